@@ -1,0 +1,48 @@
+"""aiotlink: the asyncio-native client for TransactionLink's Workflows API (v3)."""
+
+from importlib.metadata import version as _version
+
+from ._client import TransactionLinkClient
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ErrorDetail,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    ResultTooLargeError,
+    ServerError,
+    TransactionLinkError,
+    WaitTimeoutError,
+    WorkflowFailedError,
+)
+from ._models import DownloadedResult, Origin, WorkflowExecution, WorkflowStatus
+
+__version__ = _version("aiotlink")
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "DownloadedResult",
+    "ErrorDetail",
+    "NotFoundError",
+    "Origin",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "ResultTooLargeError",
+    "ServerError",
+    "TransactionLinkClient",
+    "TransactionLinkError",
+    "WaitTimeoutError",
+    "WorkflowExecution",
+    "WorkflowFailedError",
+    "WorkflowStatus",
+]

@@ -1,0 +1,324 @@
+"""The client: configuration, the HTTP session's lifecycle, and the request path.
+
+Every API call goes through :meth:`TransactionLinkClient._request` (auth, headers,
+retries); every storage download through :meth:`TransactionLinkClient._fetch_storage`
+(no credentials at all). The endpoints live in ``_workflows.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from functools import partial
+from importlib.metadata import version
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from ._redaction import mask_url
+from ._retry import RetryPolicy, call_with_retries
+from ._transport import Response, authorization_value, send
+from ._workflows import Workflows
+
+DEFAULT_BASE_URL = "https://api.transactionlink.io"
+TOKEN_ENV_VAR = "TRANSACTIONLINK_TOKEN"
+USER_AGENT = f"aiotlink/{version('aiotlink')}"
+JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
+
+
+class _Keep(enum.Enum):
+    """Marks an option that :meth:`TransactionLinkClient.with_options` leaves as it is."""
+
+    KEEP = enum.auto()
+
+
+_KEEP = _Keep.KEEP
+
+
+@attrs.frozen
+class _RequestOptions:
+    """Per-attempt settings: what :meth:`~TransactionLinkClient.with_options` may change."""
+
+    timeout: float | None
+    retry_policy: RetryPolicy
+    client_timeout: aiohttp.ClientTimeout = attrs.field(init=False)
+    storage_timeout: aiohttp.ClientTimeout = attrs.field(init=False)
+
+    @client_timeout.default
+    def _client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.timeout)
+
+    @storage_timeout.default
+    def _storage_timeout(self) -> aiohttp.ClientTimeout:
+        # Per read, not in total: a large, healthy download may take longer than any
+        # single attempt at an API call should.
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+
+
+class _Sessions:
+    """The aiohttp sessions of one client and of every view made by ``with_options``.
+
+    The API session is the caller's (never closed here) or ours, opened lazily inside
+    the running loop. Storage is fetched on a session that carries no default headers,
+    auth or cookies: ours when we own the API session (we create it clean), else a
+    second one of ours, because a caller's session may add credentials of its own.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession | None, connection_limit: int) -> None:
+        self._caller_session = session
+        self._connection_limit = connection_limit
+        self._own_sessions: list[aiohttp.ClientSession] = []
+        self.closed = False
+
+    def _open(self) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connection_limit),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self._own_sessions.append(session)
+        return session
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this TransactionLinkClient is closed; create a new one")
+
+    def api(self) -> aiohttp.ClientSession:
+        """The session for API calls, opened on first use."""
+        self._check_open()
+        if self._caller_session is not None:
+            return self._caller_session
+        return self._own_sessions[0] if self._own_sessions else self._open()
+
+    def storage(self) -> aiohttp.ClientSession:
+        """A session safe to send to storage: no credentials, headers or cookies of ours."""
+        if self._caller_session is None:
+            return self.api()
+        self._check_open()
+        return self._own_sessions[0] if self._own_sessions else self._open()
+
+    async def close(self) -> None:
+        self.closed = True
+        sessions, self._own_sessions = self._own_sessions, []
+        for session in sessions:
+            await session.close()
+
+    def __del__(self) -> None:
+        if any(not session.closed for session in self._own_sessions):
+            warnings.warn(
+                "TransactionLinkClient was not closed: use `async with` or `await client.close()`",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+
+def _check_base_url(base_url: str) -> str:
+    url = URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+    if url.query_string or url.fragment:
+        raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
+    return str(url).rstrip("/")
+
+
+def _check_token(token: str | None) -> str:
+    if token is None:
+        token = os.environ.get(TOKEN_ENV_VAR)
+        if not token:
+            raise ValueError(
+                f"no API token: pass token= or set the {TOKEN_ENV_VAR} environment variable"
+            )
+    if not isinstance(token, str) or not token.strip():
+        raise ValueError("token must be a non-empty string")
+    if any(char in token for char in "\r\n\0") or token != token.strip():
+        # Not echoed: the text of a ValueError ends up in logs.
+        raise ValueError("token contains whitespace or control characters")
+    return token
+
+
+def _check_options(timeout: float | None, max_retries: int) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+
+
+def _check_default_headers(default_headers: Mapping[str, str] | None) -> dict[str, str]:
+    headers = dict(default_headers or {})
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValueError(f"default_headers must map str to str, got {name!r}")
+        if name.lower() == "authorization":
+            raise ValueError("default_headers must not set Authorization: pass the token instead")
+    return headers
+
+
+class TransactionLinkClient:
+    """An asyncio client for TransactionLink's Workflows API (v3).
+
+    ``token`` is an organization token (``tot_...``, sent as is) or a legacy JWT (sent as
+    ``Bearer <jwt>``); ``None`` reads ``TRANSACTIONLINK_TOKEN``. ``session`` is an
+    ``aiohttp.ClientSession`` you own and close; without one the client opens its own
+    on first use and closes it in :meth:`close`. ``timeout`` is seconds per HTTP attempt
+    (``None``: no limit); ``max_retries`` counts retries after the first attempt, for
+    transient failures only; ``retry_backoff=False`` retries without sleeping (tests).
+    ``default_headers`` are added to every API call (e.g. an ``Accept`` that picks the
+    API version), never to storage. ``connection_limit`` caps the connections of the
+    client's own session.
+
+    One client is meant to be shared by all tasks of an event loop.
+
+    Raises:
+        ValueError: no token, or a malformed argument.
+    """
+
+    workflows: Workflows
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float | None = 30.0,
+        max_retries: int = 3,
+        retry_backoff: bool = True,
+        default_headers: Mapping[str, str] | None = None,
+        connection_limit: int = 100,
+    ) -> None:
+        token = _check_token(token)
+        _check_options(timeout, max_retries)
+        if isinstance(connection_limit, bool) or not isinstance(connection_limit, int):
+            raise ValueError(f"connection_limit must be a whole number, got {connection_limit!r}")
+        if connection_limit < 1:
+            raise ValueError(f"connection_limit must be at least 1, got {connection_limit}")
+        headers = _check_default_headers(default_headers)
+        self.base_url = _check_base_url(base_url)
+        self._token = token
+        self._get_headers = {
+            **headers,
+            "User-Agent": USER_AGENT,
+            "Authorization": authorization_value(token),
+        }
+        self._post_headers = {**self._get_headers, "Content-Type": JSON_CONTENT_TYPE}
+        self._sessions = _Sessions(session, connection_limit)
+        self._owns_lifecycle = True
+        self._options = _RequestOptions(timeout, RetryPolicy(max_retries, retry_backoff))
+        self.workflows = Workflows(self)
+
+    def with_options(
+        self,
+        *,
+        timeout: float | _Keep | None = _KEEP,
+        max_retries: int | _Keep = _KEEP,
+        retry_backoff: bool | _Keep = _KEEP,
+    ) -> TransactionLinkClient:
+        """A view of this client with other per-call settings, sharing its session.
+
+        For one call (``await client.with_options(max_retries=0).workflows.find(id)``)
+        or a part of a program. Closing a view does nothing: close the original client.
+        """
+        policy = self._options.retry_policy
+        new_timeout = self._options.timeout if timeout is _KEEP else timeout
+        new_policy = RetryPolicy(
+            policy.max_retries if max_retries is _KEEP else max_retries,
+            policy.backoff if retry_backoff is _KEEP else retry_backoff,
+        )
+        _check_options(new_timeout, new_policy.max_retries)
+        view = object.__new__(TransactionLinkClient)
+        view.__dict__.update(self.__dict__)
+        view._owns_lifecycle = False
+        view._options = _RequestOptions(new_timeout, new_policy)
+        view.workflows = Workflows(view)
+        return view
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds per HTTP attempt (``None``: no limit)."""
+        return self._options.timeout
+
+    @property
+    def max_retries(self) -> int:
+        """Retries after the first attempt, for transient failures."""
+        return self._options.retry_policy.max_retries
+
+    async def close(self) -> None:
+        """Close the sessions this client opened (never the caller's). Safe to repeat."""
+        if self._owns_lifecycle:
+            await self._sessions.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<TransactionLinkClient base_url={self.base_url!r}>"
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        idempotent: bool = True,
+        max_bytes: int | None = None,
+    ) -> Response:
+        """One API call with auth and retries; ``path`` is already safe to put in a URL."""
+        session = self._sessions.api()
+        url_text = self.base_url + path
+        url = URL(url_text, encoded=True)
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = self._get_headers if data is None else self._post_headers
+        options = self._options
+        return await call_with_retries(
+            partial(
+                send,
+                session,
+                method,
+                url,
+                display_url=url_text,
+                headers=headers,
+                data=data,
+                client_timeout=options.client_timeout,
+                max_bytes=max_bytes,
+                secret=self._token,
+            ),
+            policy=options.retry_policy,
+            idempotent=idempotent,
+            description=f"{method} {url_text}",
+        )
+
+    async def _fetch_storage(self, url_text: str, *, max_bytes: int | None) -> Response:
+        """GET a pre-signed storage URL exactly as given, with no credential of ours."""
+        session = self._sessions.storage()
+        display_url = mask_url(url_text)
+        url = URL(url_text, encoded=True)
+        options = self._options
+        return await call_with_retries(
+            partial(
+                send,
+                session,
+                "GET",
+                url,
+                display_url=display_url,
+                headers=None,
+                client_timeout=options.storage_timeout,
+                max_bytes=max_bytes,
+                allow_redirects=True,
+            ),
+            policy=options.retry_policy,
+            idempotent=True,
+            description=f"GET {display_url}",
+        )

@@ -1,0 +1,156 @@
+"""The one cattrs converter: wire names (camelCase) and value formats live here.
+
+Models stay plain snake_case attrs classes; the hooks below rename every field and
+convert ``datetime`` (ISO 8601, ``Z`` accepted and sent), ``UUID`` and the status enum.
+Structuring is strict about types (no silent ``str(123)``) and lenient about extra
+fields, so a newer API that adds fields does not break older clients.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+from uuid import UUID
+
+import attrs
+from cattrs import Converter
+from cattrs.errors import BaseValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.v import transform_error
+
+from ._models import InitialiseRequest, Origin, WorkflowExecution, WorkflowStatus
+
+T = TypeVar("T")
+
+
+def to_camel_case(name: str) -> str:
+    """``workflow_definition_id`` -> ``workflowDefinitionId``."""
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def format_datetime(value: datetime) -> str:
+    """An aware datetime as ISO 8601 in UTC with milliseconds and ``Z``."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _expect(kind: type[T], value: object) -> T:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _structure_str(value: object, _: type) -> str:
+    return _expect(str, value)
+
+
+def _structure_object(value: object, _: type) -> dict[str, Any]:
+    # JSON objects are kept as decoded (no copy): they are the user's free-form data.
+    return _expect(dict, value)
+
+
+def _structure_number(value: object, _: type) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return value
+
+
+def _structure_datetime(value: object, _: type) -> datetime:
+    parsed = datetime.fromisoformat(_expect(str, value))
+    # The reference promises ISO 8601 without saying the zone; UTC is its convention.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _structure_uuid(value: object, _: type) -> UUID:
+    return UUID(_expect(str, value))
+
+
+def _structure_status(value: object, _: type) -> WorkflowStatus:
+    return WorkflowStatus(_expect(str, value))
+
+
+def _structure_origin(value: object, _: type) -> Origin:
+    fields = _expect(dict, value)
+    if "type" not in fields:
+        raise ValueError("an origin needs a type")
+    details = {key: item for key, item in fields.items() if key != "type"}
+    return Origin(type=_expect(str, fields["type"]), details=details)
+
+
+def _camel_case_overrides(cls: type) -> dict[str, Any]:
+    return {field.name: override(rename=to_camel_case(field.name)) for field in attrs.fields(cls)}
+
+
+def _make_converter() -> Converter:
+    converter = Converter(detailed_validation=True, forbid_extra_keys=False)
+    converter.register_structure_hook(str, _structure_str)
+    # Generic aliases and unions are matched by predicate: singledispatch takes classes.
+    converter.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_object)
+    converter.register_structure_hook_func(lambda t: t == int | float, _structure_number)
+    converter.register_structure_hook(datetime, _structure_datetime)
+    converter.register_structure_hook(UUID, _structure_uuid)
+    converter.register_structure_hook(WorkflowStatus, _structure_status)
+    converter.register_structure_hook(Origin, _structure_origin)
+    converter.register_structure_hook(
+        WorkflowExecution,
+        make_dict_structure_fn(
+            WorkflowExecution, converter, **_camel_case_overrides(WorkflowExecution)
+        ),
+    )
+    converter.register_unstructure_hook(datetime, format_datetime)
+    converter.register_unstructure_hook(UUID, str)
+    # Parameters are the user's JSON object, checked as JSON before we get here.
+    converter.register_unstructure_hook_func(lambda t: t == Mapping[str, Any], lambda v: v)
+    converter.register_unstructure_hook(
+        InitialiseRequest,
+        make_dict_unstructure_fn(
+            InitialiseRequest,
+            converter,
+            _cattrs_omit_if_default=True,
+            **_camel_case_overrides(InitialiseRequest),
+        ),
+    )
+    return converter
+
+
+_converter = _make_converter()
+
+
+class DecodeError(Exception):
+    """A JSON value that does not fit a model; ``problems`` name the field paths."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_FIELD_PATH = re.compile(r"@ \$\.(\w+)")
+
+
+def _wire_paths(problems: list[str]) -> list[str]:
+    # cattrs names attributes; the user looks at the JSON body, so name its fields.
+    return [_FIELD_PATH.sub(lambda m: "@ $." + to_camel_case(m[1]), line) for line in problems]
+
+
+def _structurer(cls: type[T]) -> Callable[[Any], T]:
+    structure = _converter.get_structure_hook(cls)
+
+    def decode(value: Any) -> T:
+        if not isinstance(value, dict):
+            raise DecodeError([f"expected a JSON object, got {type(value).__name__} @ $"])
+        try:
+            return cast(T, structure(value, cls))
+        except BaseValidationError as exc:
+            raise DecodeError(_wire_paths(transform_error(exc))) from None
+
+    return decode
+
+
+decode_execution: Callable[[Any], WorkflowExecution] = _structurer(WorkflowExecution)
+
+
+def encode_initialise_request(request: InitialiseRequest) -> Mapping[str, Any]:
+    """The JSON object for ``POST /workflows``: camelCase, unset optionals left out."""
+    return cast(Mapping[str, Any], _converter.unstructure(request))

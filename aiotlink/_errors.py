@@ -1,0 +1,211 @@
+"""The errors the client raises on purpose, all under one root.
+
+::
+
+    TransactionLinkError
+    ├── APIError                     an HTTP error answer (.status, .fingerprint, .errors)
+    │   ├── BadRequestError          400
+    │   ├── AuthenticationError      401
+    │   ├── PermissionDeniedError    403
+    │   ├── NotFoundError            404
+    │   ├── RateLimitError           429 (.retry_after)
+    │   └── ServerError              5xx
+    ├── APIConnectionError           no answer: connect failure, connection lost
+    │   └── APITimeoutError          no answer in time; also a builtin TimeoutError
+    ├── ResponseValidationError      a 2xx answer that does not fit the model
+    ├── ResultTooLargeError          a result over max_bytes: use download_result
+    ├── WorkflowFailedError          (waiting) the execution ended other than COMPLETED
+    └── WaitTimeoutError             (waiting) the deadline passed first
+
+Programming errors (a malformed argument) raise ``ValueError`` before any request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._models import WorkflowExecution
+
+# What the error text says when a non-idempotent request failed after it may have
+# reached the server: retrying blindly could start the workflow twice.
+_MAY_HAVE_BEEN_CREATED = (
+    "the request may have reached the server, so the execution may have been created; "
+    "it was not retried: check before initialising again"
+)
+
+
+@attrs.frozen
+class ErrorDetail:
+    """One entry of an error answer's ``errors`` list."""
+
+    code: str
+    message: str
+
+
+class TransactionLinkError(Exception):
+    """Root of every error the client raises on purpose."""
+
+
+class APIError(TransactionLinkError):
+    """The API (or storage, or a proxy in front of them) answered with an error status.
+
+    ``status`` is the HTTP status, ``fingerprint`` the provider's id of this error
+    instance (quote it to their support; ``None`` when the body had none), ``errors``
+    the list of :class:`ErrorDetail`, ``method`` and ``url`` the request (signature
+    parameters of a pre-signed URL masked). ``body_snippet`` is the start of a body
+    that was not an error document, e.g. a proxy's HTML page.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        method: str,
+        url: str,
+        fingerprint: str | None = None,
+        errors: Sequence[ErrorDetail] = (),
+        body_snippet: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status)
+        self.status = status
+        self.method = method
+        self.url = url
+        self.fingerprint = fingerprint
+        self.errors = list(errors)
+        self.body_snippet = body_snippet
+        self.retry_after = retry_after
+        self.may_have_been_created = False
+
+    def __str__(self) -> str:
+        parts = [f"{self.status}"]
+        if self.errors:
+            first = self.errors[0]
+            parts.append(f"{first.code}: {first.message}")
+            if len(self.errors) > 1:
+                parts.append(f"(+{len(self.errors) - 1} more)")
+        elif self.body_snippet:
+            parts.append(repr(self.body_snippet))
+        if self.fingerprint:
+            parts.append(f"[fingerprint {self.fingerprint}]")
+        parts.append(f"on {self.method} {self.url}")
+        if self.retry_after is not None:
+            parts.append(f"(retry after {self.retry_after:g} s)")
+        if self.may_have_been_created:
+            parts.append(f"-- {_MAY_HAVE_BEEN_CREATED}")
+        return " ".join(parts)
+
+
+class BadRequestError(APIError):
+    """400: the request was invalid."""
+
+
+class AuthenticationError(APIError):
+    """401: the token is missing, unknown or expired."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the token lacks the permission, or storage refused a pre-signed URL."""
+
+
+class NotFoundError(APIError):
+    """404: no such execution, or it has no result yet."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests; ``retry_after`` is the server's wait in seconds, if given."""
+
+
+class ServerError(APIError):
+    """5xx: the server (or a proxy in front of it) failed."""
+
+
+class APIConnectionError(TransactionLinkError):
+    """No HTTP answer: the connection could not be made, or was lost.
+
+    ``request_sent`` is False only when the server provably never saw the request
+    (the connection could not be established).
+    """
+
+    def __init__(self, message: str, *, method: str, url: str, request_sent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.request_sent = request_sent
+        self.may_have_been_created = False
+
+    def __str__(self) -> str:
+        text = f"{self.message} on {self.method} {self.url}"
+        if self.may_have_been_created:
+            text += f" -- {_MAY_HAVE_BEEN_CREATED}"
+        return text
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """No answer within the timeout; ``except TimeoutError`` catches it too."""
+
+
+class ResponseValidationError(TransactionLinkError):
+    """A successful answer whose body does not fit the expected model.
+
+    ``problems`` lists what does not fit, each naming the field path (``... @ $.status``).
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = (), method: str, url: str):
+        super().__init__(message)
+        self.message = message
+        self.problems = list(problems)
+        self.method = method
+        self.url = url
+
+    def __str__(self) -> str:
+        text = f"{self.message} on {self.method} {self.url}"
+        if self.problems:
+            text += ": " + "; ".join(self.problems)
+        return text
+
+
+class ResultTooLargeError(TransactionLinkError):
+    """The result is larger than ``max_bytes``; stream it to disk with ``download_result``."""
+
+    def __init__(self, *, max_bytes: int, size: int | None, url: str) -> None:
+        self.max_bytes = max_bytes
+        self.size = size
+        self.url = url
+        seen = f"is {size} bytes" if size is not None else "is larger"
+        super().__init__(
+            f"the result {seen}, over max_bytes={max_bytes} (from {url}); "
+            "stream it to disk with client.workflows.download_result(execution_id, path) "
+            "or raise max_bytes"
+        )
+
+
+class WorkflowFailedError(TransactionLinkError):
+    """The execution reached a terminal status other than COMPLETED.
+
+    ``execution`` is that terminal execution, ``status`` its status.
+    """
+
+    def __init__(self, execution: WorkflowExecution) -> None:
+        self.execution = execution
+        self.status = execution.status
+        super().__init__(f"workflow execution {execution.id} ended {execution.status.value}")
+
+
+class WaitTimeoutError(TransactionLinkError, TimeoutError):
+    """The wait's deadline passed before the execution ended.
+
+    ``execution`` is the last execution seen (``None`` if none was seen yet). The remote
+    execution is left running unless the caller asked for it to be cancelled.
+    """
+
+    def __init__(self, execution: WorkflowExecution | None, timeout: float) -> None:
+        self.execution = execution
+        self.timeout = timeout
+        last = f"; last status {execution.status.value}" if execution is not None else ""
+        super().__init__(f"execution did not finish within {timeout:g} s{last}")

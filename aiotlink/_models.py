@@ -1,0 +1,132 @@
+"""Typed models of the Workflows API, free of any wire knowledge.
+
+Wire names (camelCase) and value formats live in ``_converter.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+# Our reading of the reference, which does not say (spec/README.md): these never change again.
+_TERMINAL_VALUES = frozenset(
+    {"COMPLETED", "FAILED", "TIMEOUT", "TERMINATED", "EXPIRED", "CANCELLED"}
+)
+
+
+class WorkflowStatus(enum.StrEnum):
+    """Status of a workflow execution.
+
+    A value the client does not know yet still decodes: it becomes a member-like value
+    whose ``.value`` is the raw text, ``is_known`` is False and ``is_terminal`` is False
+    (so waiting goes on rather than ending on a status nobody can interpret).
+    """
+
+    INITIALISED = "INITIALISED"
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    AWAITING = "AWAITING"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    TERMINATED = "TERMINATED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+    PAUSED = "PAUSED"
+
+    @classmethod
+    def _missing_(cls, value: object) -> WorkflowStatus | None:
+        if not isinstance(value, str) or not value:
+            return None
+        # A pseudo-member (as enum.Flag makes for combined values): not cached, so
+        # arbitrary server text cannot grow the class.
+        unknown = str.__new__(cls, value)
+        unknown._name_ = value
+        unknown._value_ = value
+        return unknown
+
+    @property
+    def is_known(self) -> bool:
+        """Whether this is one of the eleven documented statuses."""
+        return self._name_ in type(self).__members__
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the execution has ended and its status will not change again."""
+        return self._value_ in _TERMINAL_VALUES
+
+
+@attrs.frozen
+class Origin:
+    """Who started an execution.
+
+    ``type`` is ``"API"``, ``"USER"`` or ``"WORKFLOW"`` (or a newer value, kept as sent);
+    ``details`` holds every other field of the origin object as sent, since the
+    reference does not define them.
+    """
+
+    type: str
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class WorkflowExecution:
+    """One run of a workflow definition, as the API last described it."""
+
+    id: str
+    workspace_id: str
+    workflow_definition_id: str
+    parameters: dict[str, Any]
+    name: str
+    revision: str
+    status: WorkflowStatus
+    locale: str
+    ui_options: dict[str, Any]
+    execution_type: str
+    execution_version: int | float
+    origin: Origin
+    expires_at: datetime | None = None
+    # The execution token opens the hosted page for the end user: keep it out of logs.
+    token: str | None = attrs.field(default=None, repr=False)
+    link: str | None = None
+    record_id: UUID | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the execution has ended (see :attr:`WorkflowStatus.is_terminal`)."""
+        return self.status.is_terminal
+
+    @property
+    def is_interactive(self) -> bool:
+        """Whether the execution runs on a hosted page (it has a ``link`` or a ``token``)."""
+        return self.link is not None or self.token is not None
+
+
+@attrs.frozen
+class DownloadedResult:
+    """A result written to disk.
+
+    ``path`` is where it is, ``size`` its length in bytes, ``redirected`` whether it came
+    from a ``$redirect`` to storage.
+    """
+
+    path: Path
+    size: int
+    redirected: bool
+
+
+@attrs.frozen
+class InitialiseRequest:
+    """The body of ``POST /workflows``, already checked."""
+
+    workflow_definition_id: str
+    locale: str
+    parameters: Mapping[str, Any]
+    expires_at: datetime | None = None
+    record_id: UUID | None = None

@@ -1,0 +1,157 @@
+"""When and how long to retry a failed request: pure decisions, run by tenacity.
+
+tenacity is an implementation detail and is imported nowhere else; the public knobs
+are the client's ``max_retries`` and ``retry_backoff``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import attrs
+import tenacity
+
+from ._errors import APIConnectionError, APIError
+
+T = TypeVar("T")
+
+logger = logging.getLogger("aiotlink")
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# A Retry-After longer than this is not slept through: the caller gets RateLimitError
+# with the wait and decides (a worker may prefer to requeue rather than hold a slot).
+MAX_RETRY_AFTER = 60.0
+BACKOFF_BASE = 0.5  # seconds: the ceiling of the first retry's wait, doubling after
+BACKOFF_CAP = 8.0  # seconds
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How many retries after the first attempt, and whether to sleep between them."""
+
+    max_retries: int = 3
+    backoff: bool = True
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date).
+
+    ``None`` when the header is absent or unreadable; a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" in an HTTP date means UTC
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def backoff_delay(retry_number: int, *, random_fraction: float) -> float:
+    """Seconds before retry ``retry_number`` (1-based): exponential with full jitter.
+
+    ``random_fraction`` in [0, 1) picks the point between 0 and the ceiling
+    ``min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (retry_number - 1))``.
+    """
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** (retry_number - 1))
+    return random_fraction * ceiling
+
+
+def retry_reason(error: BaseException, *, idempotent: bool) -> str | None:
+    """Why the failed attempt may be retried, or ``None`` when it must not be.
+
+    A request that is not idempotent (``initialise``) is retried only where the server
+    provably did not process it: the connection was never established, or 429.
+    ``asyncio.CancelledError`` and anything unexpected are never retried.
+    """
+    if isinstance(error, APIError):
+        if error.status not in RETRYABLE_STATUSES:
+            return None
+        if error.retry_after is not None and error.retry_after > MAX_RETRY_AFTER:
+            return None
+        if idempotent or error.status == 429:
+            return f"HTTP {error.status}"
+        return None
+    if isinstance(error, APIConnectionError) and (idempotent or not error.request_sent):
+        return error.message
+    return None
+
+
+def wait_before_retry(error: BaseException, retry_number: int, *, random_fraction: float) -> float:
+    """Seconds to wait: the server's ``Retry-After`` where it gave one, else backoff."""
+    if isinstance(error, APIError) and error.retry_after is not None:
+        return error.retry_after
+    return backoff_delay(retry_number, random_fraction=random_fraction)
+
+
+async def _no_sleep(_: float) -> None:
+    # Still yield once, so a retry loop with sleeps turned off stays cancellable.
+    await asyncio.sleep(0)
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    idempotent: bool,
+    description: str,
+) -> T:
+    """Await ``attempt()`` until it succeeds, fails for good, or retries run out.
+
+    ``attempt`` must be a coroutine function (or a ``functools.partial`` of one).
+
+    The last error is raised as it is. ``description`` (method and masked URL) goes
+    into the log line of each retry.
+    """
+    attempts = policy.max_retries + 1
+
+    def failure(retry_state: tenacity.RetryCallState) -> BaseException | None:
+        outcome = retry_state.outcome
+        return outcome.exception() if outcome is not None and outcome.failed else None
+
+    def should_retry(retry_state: tenacity.RetryCallState) -> bool:
+        error = failure(retry_state)
+        return error is not None and retry_reason(error, idempotent=idempotent) is not None
+
+    def wait(retry_state: tenacity.RetryCallState) -> float:
+        error = failure(retry_state)
+        if not policy.backoff or error is None:
+            return 0.0
+        return wait_before_retry(error, retry_state.attempt_number, random_fraction=random.random())
+
+    def log_retry(retry_state: tenacity.RetryCallState) -> None:
+        error = failure(retry_state)
+        sleep = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        logger.info(
+            "retrying %s in %.2f s (attempt %d of %d failed: %s)",
+            description,
+            sleep,
+            retry_state.attempt_number,
+            attempts,
+            error and retry_reason(error, idempotent=idempotent),
+        )
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        retry=should_retry,
+        wait=wait,
+        sleep=asyncio.sleep if policy.backoff else _no_sleep,
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    return await retrying(attempt)

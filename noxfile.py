@@ -1,0 +1,35 @@
+"""Development sessions: `nox` runs lint, typecheck and tests, as CI does."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite with branch coverage of aiotlink/ (at least 95%, enforced)."""
+    session.install("-e", ".[test]")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "report")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and likely bugs with ruff, and that the code is formatted."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package, and a usage file as users write it, with mypy --strict."""
+    session.install("-e", ".[typecheck]")
+    session.run("mypy", "--strict", "aiotlink")
+    session.run("mypy", "--strict", "tests/typed_usage.py")
