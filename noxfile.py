@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "examples"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -33,3 +33,17 @@ def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[typecheck]")
     session.run("mypy", "--strict", "aiotlink")
     session.run("mypy", "--strict", "tests/typed_usage.py")
+
+
+@nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Run every example in examples/ against the fake server, so that none can rot."""
+    session.install("-e", ".[examples]")
+    session.run("python", "examples/run_against_fake.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks in benchmarks/ (on purpose, not in CI: they take minutes)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/waiters.py", *session.posargs)

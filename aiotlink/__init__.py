@@ -20,7 +20,7 @@ from ._errors import (
     WaitTimeoutError,
     WorkflowFailedError,
 )
-from ._models import DownloadedResult, Origin, WorkflowExecution, WorkflowStatus
+from ._models import DownloadedResult, Origin, RunResult, WorkflowExecution, WorkflowStatus
 
 __version__ = _version("aiotlink")
 
@@ -38,6 +38,7 @@ __all__ = [
     "RateLimitError",
     "ResponseValidationError",
     "ResultTooLargeError",
+    "RunResult",
     "ServerError",
     "TransactionLinkClient",
     "TransactionLinkError",

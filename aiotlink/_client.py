@@ -72,13 +72,13 @@ class _Sessions:
 
     def __init__(self, session: aiohttp.ClientSession | None, connection_limit: int) -> None:
         self._caller_session = session
-        self._connection_limit = connection_limit
+        self.connection_limit = connection_limit
         self._own_sessions: list[aiohttp.ClientSession] = []
         self.closed = False
 
     def _open(self) -> aiohttp.ClientSession:
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._connection_limit),
+            connector=aiohttp.TCPConnector(limit=self.connection_limit),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._own_sessions.append(session)

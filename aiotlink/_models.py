@@ -122,6 +122,17 @@ class DownloadedResult:
 
 
 @attrs.frozen
+class RunResult:
+    """What ``client.workflows.run()`` returns.
+
+    ``execution`` is the terminal execution, ``result`` its decoded JSON result.
+    """
+
+    execution: WorkflowExecution
+    result: Any
+
+
+@attrs.frozen
 class InitialiseRequest:
     """The body of ``POST /workflows``, already checked."""
 

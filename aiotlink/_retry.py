@@ -113,12 +113,43 @@ async def call_with_retries(
 ) -> T:
     """Await ``attempt()`` until it succeeds, fails for good, or retries run out.
 
-    ``attempt`` must be a coroutine function (or a ``functools.partial`` of one).
-
     The last error is raised as it is. ``description`` (method and masked URL) goes
     into the log line of each retry.
     """
+    # The first attempt runs bare: most calls succeed, and tenacity's state is a
+    # reference cycle per call that only the cyclic GC can free, which at thousands of
+    # calls a second means long collector pauses (design/PERFORMANCE.md).
+    try:
+        return await attempt()
+    except Exception as error:
+        if policy.max_retries == 0 or retry_reason(error, idempotent=idempotent) is None:
+            raise
+        first_failure = error
+    return await _retry_after_failure(
+        attempt, first_failure, policy=policy, idempotent=idempotent, description=description
+    )
+
+
+async def _retry_after_failure(
+    attempt: Callable[[], Awaitable[T]],
+    first_failure: Exception,
+    *,
+    policy: RetryPolicy,
+    idempotent: bool,
+    description: str,
+) -> T:
+    """Hand a failed first attempt to tenacity, which waits and retries from there."""
     attempts = policy.max_retries + 1
+    replayed = False
+
+    async def attempt_again() -> T:
+        # tenacity's first attempt reports the failure already seen, so that its wait
+        # (Retry-After or backoff) and its log line decide what comes before retry 1.
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first_failure
+        return await attempt()
 
     def failure(retry_state: tenacity.RetryCallState) -> BaseException | None:
         outcome = retry_state.outcome
@@ -154,4 +185,4 @@ async def call_with_retries(
         before_sleep=log_retry,
         reraise=True,
     )
-    return await retrying(attempt)
+    return await retrying(attempt_again)

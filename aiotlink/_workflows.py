@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from ._converter import DecodeError, decode_execution, encode_initialise_request
-from ._errors import APIConnectionError, ResponseValidationError, ServerError
-from ._models import InitialiseRequest, WorkflowExecution
+from ._errors import (
+    APIConnectionError,
+    ResponseValidationError,
+    ServerError,
+    TransactionLinkError,
+    WaitTimeoutError,
+    WorkflowFailedError,
+)
+from ._models import InitialiseRequest, RunResult, WorkflowExecution, WorkflowStatus
+from ._polling import DEFAULT_SCHEDULE, DeadlinePassed, Poller, PollSchedule
 from ._redaction import mask_url
 from ._results import redirect_target
+from ._retry import parse_retry_after
 from ._transport import Response, decode_json
 
 if TYPE_CHECKING:
     from ._client import TransactionLinkClient
 
+logger = logging.getLogger("aiotlink")
+
+OnStatus = Callable[[WorkflowExecution], Awaitable[None] | None]
+
 # The provider's bounds for expiresAt (spec/README.md).
 MIN_EXPIRY = timedelta(minutes=30)
 MAX_EXPIRY = timedelta(days=30)
 DEFAULT_MAX_RESULT_BYTES = 100 * 2**20
+DEFAULT_POLL_ARGUMENTS = (1.0, 15.0, 1.5)  # poll_interval, max_poll_interval, poll_factor
+# The remote cancel sent when a wait is cancelled must not hold up the cancellation.
+REMOTE_CANCEL_TIMEOUT = 5.0
 # Ids go into the URL path as they are: only RFC 3986 unreserved characters, so an id
 # can never change the path (no "/", "..", "?" or "%").
 _PATH_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
@@ -99,11 +118,28 @@ def check_max_bytes(max_bytes: object) -> int:
     return max_bytes
 
 
+def check_timeout(timeout: object) -> float | None:
+    """A positive number of seconds or ``None`` (no deadline), else ``ValueError``."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+async def _call_back(on_status: OnStatus | None, execution: WorkflowExecution) -> None:
+    if on_status is not None:
+        outcome = on_status(execution)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
 class Workflows:
     """The Workflows endpoints, as ``client.workflows``."""
 
     def __init__(self, client: TransactionLinkClient) -> None:
         self._client = client
+        self._poller: Poller | None = None
 
     async def initialise(
         self,
@@ -154,6 +190,195 @@ class Workflows:
         path = f"/workflows/{check_execution_id(execution_id)}"
         response = await self._client._request("GET", path)
         return self._execution(response, "GET", path)
+
+    async def _find_for_poll(self, execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        path = f"/workflows/{execution_id}"
+        response = await self._client._request("GET", path)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=datetime.now(UTC))
+        return self._execution(response, "GET", path), retry_after
+
+    async def watch(
+        self,
+        execution_id: str | UUID,
+        *,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 15.0,
+        timeout: float | None = None,
+        poll_factor: float = 1.5,
+    ) -> AsyncGenerator[WorkflowExecution, None]:
+        """Follow an execution: yield it once per status change, ending after a terminal one.
+
+        The first lookup is immediate and its execution is always yielded. Later polls
+        come ``poll_interval`` seconds apart, growing by ``poll_factor`` (less up to 20%
+        jitter) to at most ``max_poll_interval`` while the status stays the same, and
+        back to ``poll_interval`` when it changes; a ``Retry-After`` on an answer is
+        honoured. Transient failures are retried and skipped; waiters on the same id
+        share one poll loop. ``timeout`` is one deadline, in seconds, for the whole watch.
+
+        Raises:
+            ValueError: a malformed argument. WaitTimeoutError: past ``timeout`` (with the
+            last execution seen). AuthenticationError, PermissionDeniedError,
+            NotFoundError: at once, ending the watch.
+        """
+        execution_id = check_execution_id(execution_id)
+        if (poll_interval, max_poll_interval, poll_factor) == DEFAULT_POLL_ARGUMENTS:
+            schedule = DEFAULT_SCHEDULE  # one shared object for the common case
+        else:
+            schedule = PollSchedule(poll_interval, max_poll_interval, poll_factor)
+        timeout = check_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if self._poller is None:
+            self._poller = Poller(
+                self._find_for_poll, max_in_flight=self._client._sessions.connection_limit
+            )
+        subscription = self._poller.subscribe(execution_id, schedule, deadline=deadline)
+        last: WorkflowExecution | None = None
+        try:
+            while last is None or not last.is_terminal:
+                try:
+                    change = subscription.take()
+                except DeadlinePassed:
+                    assert timeout is not None
+                    raise WaitTimeoutError(last, timeout) from None
+                if change is None:
+                    await subscription.changed()
+                    continue
+                last = change
+                yield last
+        finally:
+            self._poller.unsubscribe(subscription)
+
+    async def wait_for_completion(
+        self,
+        execution_id: str | UUID,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 15.0,
+        on_status: OnStatus | None = None,
+        raise_on_failure: bool = True,
+        cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
+        poll_factor: float = 1.5,
+    ) -> WorkflowExecution:
+        """Wait until the execution ends; return it if COMPLETED.
+
+        Polls as :meth:`watch` does. ``on_status(execution)`` (a function or a coroutine
+        function) is called once per status change, the first one seen included.
+        ``timeout`` is one deadline in seconds for the whole wait, retries included;
+        past it the remote execution keeps running unless ``cancel_on_timeout=True``.
+        If the waiting task is cancelled, polling stops at once; with
+        ``cancel_remote_on_cancel=True`` the remote execution is cancelled first
+        (shielded, bounded by a few seconds).
+
+        Raises:
+            WorkflowFailedError: it ended FAILED, TIMEOUT, TERMINATED, EXPIRED or
+            CANCELLED (unless ``raise_on_failure=False``: then it is returned).
+            WaitTimeoutError: past ``timeout``, with the last execution seen.
+            ValueError, APIError: as :meth:`watch`.
+        """
+        last: WorkflowExecution | None = None
+        try:
+            watching = self.watch(
+                execution_id,
+                poll_interval=poll_interval,
+                max_poll_interval=max_poll_interval,
+                timeout=timeout,
+                poll_factor=poll_factor,
+            )
+            try:
+                async for last in watching:
+                    await _call_back(on_status, last)
+            finally:
+                # Closed here, not by the garbage collector, so that leaving early (a
+                # failing on_status, a cancellation) stops the polling at once.
+                await watching.aclose()
+        except WaitTimeoutError:
+            if cancel_on_timeout:
+                await self._cancel_remote(execution_id)
+            raise
+        except asyncio.CancelledError:
+            if cancel_remote_on_cancel:
+                await asyncio.shield(self._cancel_remote(execution_id))
+            raise
+        assert last is not None  # watch yields at least once or raises
+        if last.status is not WorkflowStatus.COMPLETED and raise_on_failure:
+            raise WorkflowFailedError(last)
+        return last
+
+    async def _cancel_remote(self, execution_id: str | UUID) -> None:
+        """Cancel the remote execution on a best-effort basis, within a few seconds."""
+        try:
+            async with asyncio.timeout(REMOTE_CANCEL_TIMEOUT):
+                await self._client.with_options(max_retries=1).workflows.cancel(execution_id)
+        except (TransactionLinkError, TimeoutError) as error:
+            logger.warning("could not cancel execution %s: %s", execution_id, error)
+
+    async def run(
+        self,
+        workflow_definition_id: str,
+        *,
+        locale: str = "en",
+        parameters: Mapping[str, Any] | None = None,
+        expires_at: datetime | timedelta | None = None,
+        record_id: UUID | str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 15.0,
+        on_status: OnStatus | None = None,
+        raise_on_failure: bool = True,
+        cancel_on_timeout: bool = False,
+        max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> RunResult:
+        """Initialise an execution, wait for it, and fetch its result, under one ``timeout``.
+
+        Returns a :class:`RunResult` with ``.execution`` (terminal) and ``.result`` (the
+        decoded JSON; ``None`` when the execution did not complete and
+        ``raise_on_failure=False``).
+
+        Raises:
+            WaitTimeoutError: past ``timeout`` in any phase (``.execution`` is ``None``
+            if initialise itself did not answer in time). Otherwise as
+            :meth:`initialise`, :meth:`wait_for_completion` and :meth:`get_result`.
+        """
+        timeout = check_timeout(timeout)
+        max_bytes = check_max_bytes(max_bytes)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(deadline - loop.time(), 1e-3)
+
+        execution: WorkflowExecution | None = None
+        try:
+            async with asyncio.timeout_at(deadline) as phase:
+                execution = await self.initialise(
+                    workflow_definition_id,
+                    locale=locale,
+                    parameters=parameters,
+                    expires_at=expires_at,
+                    record_id=record_id,
+                )
+            execution = await self.wait_for_completion(
+                execution.id,
+                timeout=remaining(),
+                poll_interval=poll_interval,
+                max_poll_interval=max_poll_interval,
+                on_status=on_status,
+                raise_on_failure=raise_on_failure,
+                cancel_on_timeout=cancel_on_timeout,
+            )
+            if execution.status is not WorkflowStatus.COMPLETED:
+                return RunResult(execution, None)
+            async with asyncio.timeout_at(deadline) as phase:
+                result = await self.get_result(execution.id, max_bytes=max_bytes)
+        except TimeoutError as exc:
+            if deadline is None or not phase.expired():
+                raise
+            assert timeout is not None
+            raise WaitTimeoutError(execution, timeout) from exc
+        return RunResult(execution, result)
 
     async def cancel(self, execution_id: str | UUID) -> None:
         """Cancel an execution that has not ended (``POST /workflows/{id}/cancel``).

@@ -1,34 +1,37 @@
-"""Start an execution, look it up, fetch its result or cancel it: all four calls.
+"""All four calls in order: initialise, find, get_result (or cancel), and an error.
 
-Run against the real API with ``TRANSACTIONLINK_TOKEN`` set:
+    TRANSACTIONLINK_TOKEN=tot_... python examples/quickstart.py <workflow-definition-id>
 
-    python examples/quickstart.py <workflow-definition-id>
+``TRANSACTIONLINK_BASE_URL`` points it elsewhere (the examples session uses the fake).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
-from aiotlink import APIError, TransactionLinkClient
+from aiotlink import NotFoundError, TransactionLinkClient
+
+BASE_URL = os.environ.get("TRANSACTIONLINK_BASE_URL", "https://api.transactionlink.io")
 
 
 async def main(definition_id: str) -> None:
-    async with TransactionLinkClient() as client:  # token from TRANSACTIONLINK_TOKEN
+    async with TransactionLinkClient(base_url=BASE_URL) as client:  # token from the env
         execution = await client.workflows.initialise(
             definition_id, locale="en", parameters={"customerId": "c-42"}
         )
         print(f"started {execution.id}: {execution.status}")
-        execution = await client.workflows.find(execution.id)
-        print(f"now {execution.status}")
-        if execution.status == "COMPLETED":
-            print("result:", await client.workflows.get_result(execution.id))
-        elif not execution.is_terminal:
-            await client.workflows.cancel(execution.id)
-            print("cancelled")
+        execution = await client.workflows.wait_for_completion(execution.id, timeout=120)
+        print(f"finished: {execution.status}")
+        print("result:", await client.workflows.get_result(execution.id))
+
+        running = await client.workflows.initialise(definition_id)
+        await client.workflows.cancel(running.id)
+        print("cancelled:", (await client.workflows.find(running.id)).status)
         try:
-            await client.workflows.find("00000000-0000-0000-0000-000000000000")
-        except APIError as error:
+            await client.workflows.find("00000000-0000-4000-8000-000000000000")
+        except NotFoundError as error:
             print("as expected:", error)
 
 

@@ -1,0 +1,185 @@
+"""The ``aiotlink`` command: ``aiotlink demo`` runs a complete, visible flow.
+
+Without ``TRANSACTIONLINK_TOKEN`` the demo starts the fake server in this process and
+runs against it; with the token and ``--definition`` it runs against the real API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from ._client import DEFAULT_BASE_URL, TOKEN_ENV_VAR, TransactionLinkClient
+from ._errors import NotFoundError, TransactionLinkError
+from ._models import WorkflowExecution
+
+Say = Callable[[str], None]
+# An id no execution has: the demo's way to show an error as a user sees it.
+MISSING_EXECUTION_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@attrs.frozen
+class DemoPlan:
+    """Which definitions the demo starts, and how closely it polls them."""
+
+    definition: str
+    large_result_definition: str | None = None
+    cancel_definition: str | None = None
+    poll_interval: float = 1.0
+    max_poll_interval: float = 15.0
+    timeout: float = 600.0
+
+
+def _describe(execution: WorkflowExecution) -> str:
+    hosted = f", hosted page {execution.link}" if execution.link else ""
+    return f"{execution.id} [{execution.status.value}]{hosted}"
+
+
+async def run_demo(client: TransactionLinkClient, plan: DemoPlan, say: Say) -> None:
+    """Initialise, follow, fetch, cancel, and show an error, saying each step."""
+    workflows = client.workflows
+    started = time.monotonic()
+
+    def elapsed() -> str:
+        return f"{time.monotonic() - started:6.2f}s"
+
+    say(f"1. initialise {plan.definition!r}")
+    execution = await workflows.initialise(plan.definition, parameters={"customerId": "demo-1"})
+    say(f"   started {_describe(execution)}")
+
+    say("2. find it")
+    execution = await workflows.find(execution.id)
+    say(f"   {_describe(execution)}")
+
+    say("3. wait for it to finish, showing each status change as it happens")
+    execution = await workflows.wait_for_completion(
+        execution.id,
+        timeout=plan.timeout,
+        poll_interval=plan.poll_interval,
+        max_poll_interval=plan.max_poll_interval,
+        raise_on_failure=False,
+        on_status=lambda seen: say(f"   {elapsed()}  {seen.status.value}"),
+    )
+    if execution.status == "COMPLETED":
+        say("4. fetch the result")
+        result = await workflows.get_result(execution.id)
+        say(f"   {str(result)[:200]}")
+    else:
+        say(f"4. no result: the execution ended {execution.status.value}")
+
+    if plan.large_result_definition is not None:
+        say(f"5. a large result: {plan.large_result_definition!r} answers with a $redirect")
+        large = await workflows.run(
+            plan.large_result_definition,
+            timeout=plan.timeout,
+            poll_interval=plan.poll_interval,
+            max_poll_interval=plan.max_poll_interval,
+        )
+        size = len(str(large.result))
+        say(f"   fetched from pre-signed storage without credentials: {size:,} characters")
+
+    if plan.cancel_definition is not None:
+        say(f"6. cancel: start {plan.cancel_definition!r} and cancel it")
+        running = await workflows.initialise(plan.cancel_definition)
+        await workflows.cancel(running.id)
+        cancelled = await workflows.find(running.id)
+        say(f"   {_describe(cancelled)}")
+
+    say("7. an error, as your code sees it: find an execution that does not exist")
+    try:
+        await workflows.find(MISSING_EXECUTION_ID)
+    except NotFoundError as error:
+        say(f"   {type(error).__name__}: {error}")
+    say("done")
+
+
+async def _demo_on_fake(say: Say) -> None:
+    from .testing import FakeTransactionLink, GeneratedResult
+
+    async with FakeTransactionLink() as fake:
+        say(f"no {TOKEN_ENV_VAR} set: running against the built-in fake server at {fake.url}")
+        fake.add_definition(
+            "kyc-onboarding",
+            statuses=["INITIALISED", "RUNNING", "AWAITING", "PAUSED", "RUNNING", "COMPLETED"],
+            result={"decision": "APPROVED", "checks": {"document": "PASS", "liveness": "PASS"}},
+            step_seconds=0.3,
+        )
+        fake.add_definition(
+            "kyc-archive",
+            statuses=["INITIALISED", "RUNNING", "COMPLETED"],
+            result=GeneratedResult(12_000_000),
+            step_seconds=0.2,
+        )
+        fake.add_definition("kyc-review", statuses=["INITIALISED", "AWAITING"], interactive=True)
+        plan = DemoPlan(
+            definition="kyc-onboarding",
+            large_result_definition="kyc-archive",
+            cancel_definition="kyc-review",
+            poll_interval=0.1,
+            max_poll_interval=0.5,
+            timeout=60.0,
+        )
+        async with TransactionLinkClient(fake.token, base_url=fake.url) as client:
+            await run_demo(client, plan, say)
+
+
+async def _demo_on_api(args: argparse.Namespace, say: Say) -> None:
+    say(f"running against {args.base_url} with the token from {TOKEN_ENV_VAR}")
+    plan = DemoPlan(
+        definition=args.definition,
+        large_result_definition=args.large_result_definition,
+        cancel_definition=args.cancel_definition,
+        poll_interval=args.poll_interval,
+        timeout=args.timeout,
+    )
+    async with TransactionLinkClient(base_url=args.base_url) as client:
+        await run_demo(client, plan, say)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiotlink", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="run a complete flow (on a built-in fake server unless a token is set)",
+        description=(
+            f"Without {TOKEN_ENV_VAR}, runs on a fake server in this process. "
+            f"With {TOKEN_ENV_VAR} set, runs against the API: --definition is then required."
+        ),
+    )
+    demo.add_argument("--definition", help="workflow definition id to run (real API)")
+    demo.add_argument("--large-result-definition", help="a definition whose result is large")
+    demo.add_argument("--cancel-definition", help="a definition to start and cancel")
+    demo.add_argument("--base-url", default=DEFAULT_BASE_URL, help="API base URL")
+    demo.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        if os.environ.get(TOKEN_ENV_VAR):
+            if not args.definition:
+                print(f"{TOKEN_ENV_VAR} is set: pass --definition <id> to run", file=sys.stderr)
+                return 2
+            asyncio.run(_demo_on_api(args, say))
+        else:
+            asyncio.run(_demo_on_fake(say))
+    except TransactionLinkError as error:
+        print(f"failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

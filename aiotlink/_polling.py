@@ -1,0 +1,345 @@
+"""Polling executions until they end: the schedule, and one shared poll loop per id.
+
+Many waiters may follow the same execution (or thousands of different ones). Each
+execution id has one :class:`_SharedPoll`, driven by loop timers rather than by a
+sleeping task per waiter, and every waiter is a small :class:`Subscription` woken by a
+future. At 10,000 waiters this keeps the number of long-lived, GC-tracked objects (and
+so the pauses of CPython's cyclic collector) low; see design/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import heapq
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import attrs
+
+from ._errors import APIError, RateLimitError
+from ._models import WorkflowExecution
+from ._retry import retry_reason
+
+logger = logging.getLogger("aiotlink")
+
+# Each gap is shortened by up to this fraction at random, so that waiters started
+# together drift apart instead of polling in bursts.
+JITTER = 0.2
+
+Fetch = Callable[[str], Awaitable[tuple[WorkflowExecution, float | None]]]
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+@attrs.frozen
+class PollSchedule:
+    """How often to poll: seconds, growing by ``factor`` per unchanged poll.
+
+    A ``max_poll_interval`` below ``poll_interval`` is raised to it, so that
+    ``poll_interval=60`` alone means "every minute".
+    """
+
+    poll_interval: float = 1.0
+    max_poll_interval: float = 15.0
+    factor: float = 1.5
+
+    def __attrs_post_init__(self) -> None:
+        _check_seconds("poll_interval", self.poll_interval)
+        _check_seconds("max_poll_interval", self.max_poll_interval)
+        if self.max_poll_interval < self.poll_interval:
+            object.__setattr__(self, "max_poll_interval", self.poll_interval)
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
+            raise ValueError(f"poll_factor must be a number, got {self.factor!r}")
+        if self.factor < 1:
+            raise ValueError(f"poll_factor must be at least 1, got {self.factor!r}")
+
+    def next_interval(self, interval: float) -> float:
+        """The interval after an unchanged poll: grown by ``factor``, capped."""
+        return min(self.max_poll_interval, interval * self.factor)
+
+    @staticmethod
+    def merge(schedules: list[PollSchedule]) -> PollSchedule:
+        """The most eager of several waiters' schedules, for their shared poll loop."""
+        if len(schedules) == 1:
+            return schedules[0]
+        return PollSchedule(
+            min(schedule.poll_interval for schedule in schedules),
+            min(schedule.max_poll_interval for schedule in schedules),
+            min(schedule.factor for schedule in schedules),
+        )
+
+
+def poll_delay(interval: float, *, retry_after: float | None, random_fraction: float) -> float:
+    """Seconds until the next poll: ``interval`` less jitter, but never before ``retry_after``."""
+    delay = interval * (1 - JITTER * random_fraction)
+    return max(delay, retry_after) if retry_after is not None else delay
+
+
+class DeadlinePassed(Exception):
+    """A waiter's deadline passed before the execution ended (internal signal)."""
+
+
+class Subscription:
+    """One waiter's view of a shared poll loop: the changes it has not consumed yet.
+
+    Waiting costs one future at a time: no task, coroutine or timer of its own (the
+    poller keeps every deadline in one heap with one timer). A waiter mostly has one
+    change pending at most, so a queue for more is made only when needed.
+    """
+
+    __slots__ = ("_error", "_more", "_next", "_poll", "_waiter", "active", "deadline", "schedule")
+
+    def __init__(self, poll: _SharedPoll, schedule: PollSchedule, deadline: float | None) -> None:
+        self._poll = poll
+        self.active = True
+        self.schedule = schedule
+        # Loop time after which the waiter stops waiting; infinity for none.
+        self.deadline = math.inf if deadline is None else deadline
+        self._next: WorkflowExecution | None = None
+        self._more: deque[WorkflowExecution] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def __lt__(self, other: Subscription) -> bool:
+        # Ordered by deadline, for the poller's heap of waiters that have one.
+        return self.deadline < other.deadline
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def push(self, execution: WorkflowExecution) -> None:
+        if self._next is None:
+            self._next = execution
+        else:
+            if self._more is None:
+                self._more = deque()
+            self._more.append(execution)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    def take(self) -> WorkflowExecution | None:
+        """The next status change seen, or ``None`` when there is none yet.
+
+        Raises the poll loop's error (or :class:`DeadlinePassed`) once the changes that
+        came before it are consumed.
+        """
+        change = self._next
+        if change is not None:
+            self._next = self._more.popleft() if self._more else None
+            return change
+        if self._error is not None:
+            # Several waiters may raise the one error: start its traceback afresh.
+            raise self._error.with_traceback(None)
+        return None
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future done when there is something new to :meth:`take`."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+
+class _SharedPoll:
+    """The poll loop of one execution id, shared by every waiter on it."""
+
+    __slots__ = ("execution_id", "interval", "last", "stopped", "subscribers", "task", "timer")
+
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        self.subscribers: list[Subscription] = []
+        self.last: WorkflowExecution | None = None
+        self.interval = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+
+
+class Poller:
+    """Polls executions for their waiters, at most ``max_in_flight`` requests at once.
+
+    ``fetch(execution_id)`` returns the execution and the answer's ``Retry-After`` (in
+    seconds, or ``None``). Transient failures (after the session layer's own retries)
+    skip a poll and back off; any other error ends the wait of every waiter on that id.
+    """
+
+    def __init__(self, fetch: Fetch, *, max_in_flight: int) -> None:
+        self._fetch = fetch
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._polls: dict[str, _SharedPoll] = {}
+        self._ready: deque[_SharedPoll] = deque()
+        # Waiters' deadlines, earliest first, behind one timer. Entries of waiters that
+        # have left stay until popped (or until they outnumber the live ones).
+        self._deadlines: list[Subscription] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._waiting = 0
+        # Timers and poll tasks run in one context of the poller's, not a copy per call.
+        self._context = contextvars.copy_context()
+
+    @property
+    def active_polls(self) -> int:
+        """How many executions are being polled now."""
+        return len(self._polls)
+
+    def subscribe(
+        self, execution_id: str, schedule: PollSchedule, *, deadline: float | None = None
+    ) -> Subscription:
+        """Follow ``execution_id``: its first status comes at once (or with the next poll).
+
+        ``deadline`` is a time of the event loop's clock after which the subscription
+        raises :class:`DeadlinePassed` instead of waiting on.
+        """
+        poll = self._polls.get(execution_id)
+        if poll is None:
+            poll = self._polls[execution_id] = _SharedPoll(execution_id)
+            poll.interval = schedule.poll_interval
+            self._start(poll)
+        subscription = Subscription(poll, schedule, deadline)
+        poll.subscribers.append(subscription)
+        self._waiting += 1
+        if poll.last is not None:
+            subscription.push(poll.last)
+        if deadline is not None:
+            self._add_deadline(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop following; the last waiter to leave stops the poll loop and its request."""
+        if not subscription.active:
+            return
+        subscription.active = False
+        self._waiting -= 1
+        poll = subscription._poll
+        poll.subscribers.remove(subscription)
+        if not poll.subscribers and not poll.stopped:
+            self._stop(poll)
+
+    def _add_deadline(self, subscription: Subscription) -> None:
+        if len(self._deadlines) > 2 * self._waiting + 64:
+            self._deadlines = [waiting for waiting in self._deadlines if waiting.active]
+            heapq.heapify(self._deadlines)
+        heapq.heappush(self._deadlines, subscription)
+        if self._deadlines[0] is subscription:
+            self._arm_deadline_timer()
+
+    def _arm_deadline_timer(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if self._deadlines:
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_at(
+                self._deadlines[0].deadline,
+                self._deadlines_passed,
+                context=self._context,
+            )
+
+    def _deadlines_passed(self) -> None:
+        now = asyncio.get_running_loop().time()
+        while self._deadlines and self._deadlines[0].deadline <= now:
+            subscription = heapq.heappop(self._deadlines)
+            if subscription.active:
+                subscription.fail(DeadlinePassed())
+        self._deadline_timer = None
+        self._arm_deadline_timer()
+
+    def _stop(self, poll: _SharedPoll) -> None:
+        # Only a registered poll is ever not stopped, so this removes the right one.
+        poll.stopped = True
+        del self._polls[poll.execution_id]
+        if poll.timer is not None:
+            poll.timer.cancel()
+        if poll.task is not None:
+            poll.task.cancel()
+
+    def _start(self, poll: _SharedPoll) -> None:
+        poll.timer = None
+        if poll.stopped:
+            return
+        if self._in_flight >= self._max_in_flight:
+            self._ready.append(poll)
+            return
+        self._in_flight += 1
+        poll.task = asyncio.get_running_loop().create_task(
+            self._poll_once(poll), context=self._context
+        )
+
+    def _start_ready(self) -> None:
+        while self._ready and self._in_flight < self._max_in_flight:
+            self._start(self._ready.popleft())
+
+    def _schedule(self, poll: _SharedPoll, retry_after: float | None) -> None:
+        delay = poll_delay(poll.interval, retry_after=retry_after, random_fraction=random.random())
+        loop = asyncio.get_running_loop()
+        poll.timer = loop.call_at(loop.time() + delay, self._start, poll, context=self._context)
+
+    async def _poll_once(self, poll: _SharedPoll) -> None:
+        try:
+            execution, retry_after = await self._fetch(poll.execution_id)
+        except GeneratorExit:
+            raise  # the event loop is closing with this poll pending: start nothing new
+        except Exception as error:
+            self._release(poll)
+            self._failed(poll, error)
+            return
+        except BaseException:  # cancelled: its waiters have all left
+            self._release(poll)
+            raise
+        self._release(poll)
+        self._seen(poll, execution, retry_after)
+
+    def _release(self, poll: _SharedPoll) -> None:
+        """Give the finished request's place to the next poll that is due."""
+        self._in_flight -= 1
+        poll.task = None
+        self._start_ready()
+
+    # _failed and _seen run only for a poll that is not stopped: stopping one cancels
+    # its request task, which then never gets past the await of its fetch.
+    def _failed(self, poll: _SharedPoll, error: Exception) -> None:
+        if not _is_transient(error):
+            self._stop(poll)
+            for subscription in poll.subscribers:
+                subscription.fail(error)
+            return
+        # The session layer has already retried this poll: skip it and keep waiting.
+        logger.warning("polling execution %s failed, will poll again: %s", poll.execution_id, error)
+        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers])
+        poll.interval = schedule.next_interval(poll.interval)
+        self._schedule(poll, error.retry_after if isinstance(error, APIError) else None)
+
+    def _seen(
+        self, poll: _SharedPoll, execution: WorkflowExecution, retry_after: float | None
+    ) -> None:
+        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers])
+        if poll.last is None or execution.status != poll.last.status:
+            poll.last = execution
+            poll.interval = schedule.poll_interval
+            for subscription in poll.subscribers:
+                subscription.push(execution)
+        else:
+            poll.interval = schedule.next_interval(poll.interval)
+        if execution.is_terminal:
+            # Done: a later waiter on this id starts afresh with one lookup.
+            poll.stopped = True
+            del self._polls[poll.execution_id]
+            return
+        self._schedule(poll, retry_after)
+
+
+def _is_transient(error: Exception) -> bool:
+    """Whether a failed poll is worth another one later (429 always: we wait it out)."""
+    return isinstance(error, RateLimitError) or retry_reason(error, idempotent=True) is not None
+
+
+DEFAULT_SCHEDULE = PollSchedule()

@@ -1,0 +1,557 @@
+"""The fake TransactionLink server: the four Workflows endpoints on loopback.
+
+Handlers are thin: they check credentials, call the pure rules of the sibling
+modules, and return an ``Answer``; ``_serve`` records the request, applies a
+planned fault, and streams the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from html import escape
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from aiohttp import web
+
+from aiotlink.testing._answers import Answer, hang_up, send
+from aiotlink.testing._auth import (
+    ORG_TOKEN_PREFIX,
+    Grant,
+    authorise,
+    new_grant,
+    new_jwt,
+    new_org_token,
+)
+from aiotlink.testing._clock import Clock
+from aiotlink.testing._executions import (
+    DEFAULT_STATUSES,
+    Definition,
+    Execution,
+    check_statuses,
+    check_step_seconds,
+)
+from aiotlink.testing._faults import (
+    DropFault,
+    ErrorBody,
+    FaultPlan,
+    Route,
+    SlowFault,
+    StatusFault,
+    check_after_bytes,
+    check_seconds,
+    fault_answer,
+    status_fault,
+)
+from aiotlink.testing._records import RecordedRequest
+from aiotlink.testing._results import GeneratedResult, InlineResult, ResultBody
+from aiotlink.testing._storage import Storage
+from aiotlink.testing._validation import canonical_uuid, parse_initialise_body
+from aiotlink.testing._wire import (
+    JSON_CONTENT_TYPE,
+    ApiProblem,
+    ErrorDetail,
+    dump_json,
+    error_answer,
+    execution_body,
+    json_answer,
+    problem_answer,
+)
+
+HOST = "127.0.0.1"
+"""The fake listens on loopback only."""
+
+DEFAULT_REDIRECT_THRESHOLD = 9_000_000
+"""Results larger than this many bytes are answered with a ``$redirect`` (9 MB)."""
+
+DEFAULT_URL_TTL = 300
+"""Validity of a pre-signed storage URL, in seconds (5 minutes)."""
+
+_SHUTDOWN_SECONDS = 2.0
+"""Longest wait for answers in flight when the fake closes, in seconds."""
+
+_Handler = Callable[[web.Request, bytes], Answer]
+_Permission = Literal["can_run", "can_view_workspace"]
+
+
+class _Echo(enum.Enum):
+    ECHO = "echo"
+
+    def __repr__(self) -> str:
+        return "<echo of the execution>"
+
+
+ECHO = _Echo.ECHO
+"""Default ``result`` of a definition: an object echoing the execution's id,
+definition id and parameters, so a test can tell whose result it got."""
+
+
+class FakeTransactionLink:
+    """An in-process fake of TransactionLink's Workflows API v3, on 127.0.0.1.
+
+    Use it as ``async with FakeTransactionLink() as fake:``, or call ``start()`` and
+    ``close()``. ``port``/``storage_port`` 0 pick free ports. Results above
+    ``redirect_threshold`` bytes are answered with a ``$redirect`` to the storage
+    listener, valid ``url_ttl`` seconds. ``clock`` (seconds since the epoch) drives
+    ``expiresAt``, time-based steps and URL expiry; pass a ``ManualClock`` to move
+    time by hand. ``record_requests=False`` keeps ``requests`` empty, for long
+    benchmarks. ``token`` fixes the all-permission ``tot_`` token (e.g. for a demo)
+    instead of a random one.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        storage_port: int = 0,
+        redirect_threshold: int = DEFAULT_REDIRECT_THRESHOLD,
+        url_ttl: int = DEFAULT_URL_TTL,
+        clock: Clock = time.time,
+        record_requests: bool = True,
+        token: str | None = None,
+    ) -> None:
+        """Prepare the fake, with one all-permission token and JWT; nothing listens yet."""
+        if token is not None and not token.startswith(ORG_TOKEN_PREFIX):
+            raise ValueError("token must be an organization token, starting with tot_")
+        if redirect_threshold < 0:
+            raise ValueError("redirect_threshold must be 0 or more bytes")
+        if url_ttl < 1:
+            raise ValueError("url_ttl must be 1 second or more")
+        self._port = port
+        self._storage_port = storage_port
+        self._redirect_threshold = redirect_threshold
+        self._clock = clock
+        self._record_requests = record_requests
+        self._secret = secrets.token_bytes(32)
+        self._grants: dict[str, Grant] = {}
+        self._definitions: dict[str, Definition] = {}
+        self._executions: dict[str, Execution] = {}
+        self._faults = FaultPlan()
+        self._storage = Storage(clock=clock, url_ttl=url_ttl)
+        self._runners: list[web.AppRunner] = []
+        self._closing = asyncio.Event()
+        self._url: str | None = None
+        self._storage_host: str | None = None
+        self.workspace_id = str(uuid.uuid4())
+        """The workspace of every execution (``workspaceId``)."""
+        self.requests: list[RecordedRequest] = []
+        """Every request received, in order, storage included."""
+        self.token = self.add_token() if token is None else self._grant_all(token)
+        """An organization token (``tot_...``) with every permission: ``token`` if given."""
+        self.jwt = self.add_token(legacy_jwt=True)
+        """A legacy JWT with every permission, to send as ``Bearer <jwt>``."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<FakeTransactionLink url={self._url!r} definitions={len(self._definitions)}"
+            f" executions={len(self._executions)}>"
+        )
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Listen on 127.0.0.1: the API on ``port`` and the storage on ``storage_port``.
+
+        Raises ``RuntimeError`` if already started, ``OSError`` if a port is taken.
+        """
+        if self._runners:
+            raise RuntimeError("the fake is already started")
+        self._closing = asyncio.Event()
+        try:
+            api_port = await self._listen(self._api_app(), self._port)
+            storage_port = await self._listen(self._storage_app(), self._storage_port)
+        except BaseException:
+            await self.close()
+            raise
+        self._url = f"http://{HOST}:{api_port}"
+        self._storage_host = f"{HOST}:{storage_port}"
+
+    async def close(self) -> None:
+        """Stop listening; answers in flight are cut short. Closing twice is harmless."""
+        self._closing.set()
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        """Start the fake and return it."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close the fake."""
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API, without a trailing slash, e.g. ``http://127.0.0.1:43123``."""
+        if self._url is None:
+            raise RuntimeError("the fake is not started: use `async with` or `await start()`")
+        return self._url
+
+    @property
+    def storage_url(self) -> str:
+        """Base URL of the storage listener (another origin than ``url``)."""
+        if self._storage_host is None:
+            raise RuntimeError("the fake is not started: use `async with` or `await start()`")
+        return f"http://{self._storage_host}"
+
+    # Setup by tests
+
+    def add_definition(
+        self,
+        definition_id: str | None = None,
+        statuses: Sequence[str] = DEFAULT_STATUSES,
+        result: object = ECHO,
+        step_seconds: float = 0.0,
+        interactive: bool = False,
+        *,
+        name: str | None = None,
+        revision: str = "1",
+        ui_options: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Add (or replace) a workflow definition and return its id.
+
+        ``definition_id`` None picks a fresh UUID (real ids are UUIDs). ``statuses``
+        is the walk of each execution; a terminal status may only come last.
+        ``result`` is any JSON value (serialised once, compactly) or a
+        ``GeneratedResult``; by default, an echo of the execution. ``step_seconds``
+        0 moves one status per find; more moves one status per that many seconds.
+        ``interactive`` executions carry a ``link`` and a ``token``. Raises
+        ``ValueError`` or ``TypeError`` for a bad walk, step or result.
+        """
+        definition_id = str(uuid.uuid4()) if definition_id is None else definition_id
+        body: ResultBody | None
+        if result is ECHO:
+            body = None
+        elif isinstance(result, GeneratedResult):
+            body = result
+        else:
+            body = InlineResult(dump_json(result))
+        self._definitions[definition_id] = Definition(
+            definition_id=definition_id,
+            statuses=check_statuses(statuses),
+            result=body,
+            step_seconds=check_step_seconds(step_seconds),
+            interactive=interactive,
+            name=definition_id if name is None else name,
+            revision=revision,
+            ui_options=dict(ui_options or {}),
+        )
+        return definition_id
+
+    def add_token(
+        self, *, can_run: bool = True, can_view_workspace: bool = True, legacy_jwt: bool = False
+    ) -> str:
+        """Issue a credential with the given permissions and return it.
+
+        ``legacy_jwt`` issues a JWT, to send as ``Bearer <jwt>``; otherwise a
+        ``tot_`` token, to send as the whole ``Authorization`` value. Initialise
+        needs ``can_run``; find, cancel and result need ``can_view_workspace``.
+        """
+        grant = new_grant(
+            can_run=can_run, can_view_workspace=can_view_workspace, legacy_jwt=legacy_jwt
+        )
+        credential = (
+            new_jwt(secret=self._secret, grant=grant, issued_at=self._clock())
+            if legacy_jwt
+            else new_org_token()
+        )
+        self._grants[credential] = grant
+        return credential
+
+    def _grant_all(self, token: str) -> str:
+        self._grants[token] = new_grant(can_run=True, can_view_workspace=True, legacy_jwt=False)
+        return token
+
+    def expire(self, execution_id: str) -> None:
+        """Set an execution's ``expiresAt`` to now: unless terminal, it is ``EXPIRED`` from now on.
+
+        Raises ``KeyError`` for an unknown execution.
+        """
+        self._execution(execution_id).expires_at = datetime.fromtimestamp(self._clock(), UTC)
+
+    def status_of(self, execution_id: str) -> str:
+        """Return an execution's current status without counting a poll.
+
+        Raises ``KeyError`` for an unknown execution.
+        """
+        return self._execution(execution_id).status(self._clock())
+
+    def requests_for(self, route: str) -> list[RecordedRequest]:
+        """Return the recorded requests of one route, in order."""
+        return [request for request in self.requests if request.route == route]
+
+    # Faults
+
+    def fail_next(
+        self,
+        route: Route,
+        status: int = 503,
+        *,
+        times: int = 1,
+        retry_after: int | datetime | str | None = None,
+        body: ErrorBody = "auto",
+    ) -> None:
+        """Answer the next ``times`` requests of ``route`` with ``status`` instead.
+
+        ``retry_after`` sets ``Retry-After``: whole seconds, an aware datetime (sent
+        as an HTTP date) or a raw value. ``body``: ``"auto"`` (an ``ErrorResponse``,
+        or S3 XML on storage), ``"json"``, ``"xml"``, ``"html"`` (a proxy's page) or
+        ``"empty"``. Raises ``ValueError`` for an unknown route, status or body.
+        """
+        self._faults.add(route, status_fault(status, retry_after, body), times)
+
+    def drop_next(self, route: Route, *, times: int = 1, after_bytes: int | None = None) -> None:
+        """Drop the connection of the next ``times`` requests of ``route``.
+
+        ``after_bytes`` None closes it before the request is processed. A number
+        processes the request, sends the headers with the full ``Content-Length``,
+        then at most that many body bytes (always fewer than the whole body), and
+        closes; an empty answer (cancel's) cannot be cut, so it closes unanswered.
+        aiohttp retries a GET once after a drop, so plan ``times=2`` for a GET
+        client to see it.
+        """
+        self._faults.add(route, DropFault(check_after_bytes(after_bytes)), times)
+
+    def slow_next(self, route: Route, seconds: float, *, times: int = 1) -> None:
+        """Delay the next ``times`` answers of ``route`` by ``seconds``, then answer normally.
+
+        Closing the fake ends the delay at once.
+        """
+        self._faults.add(route, SlowFault(check_seconds(seconds)), times)
+
+    def pending_faults(self, route: Route) -> int:
+        """Count the faults planned for ``route`` and not yet used."""
+        return self._faults.pending(route)
+
+    def clear_faults(self) -> None:
+        """Forget every planned fault."""
+        self._faults.clear()
+
+    # Serving
+
+    async def _listen(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, HOST, port).start()
+        bound_port: int = runner.addresses[0][1]
+        return bound_port
+
+    def _api_app(self) -> web.Application:
+        app = web.Application()
+        router = app.router
+        router.add_post("/workflows", self._handler("initialise", self._initialise))
+        router.add_get(
+            "/workflows/{workflow_id:[^/]+}", self._handler("find", self._find), allow_head=False
+        )
+        router.add_post(
+            "/workflows/{workflow_id:[^/]+}/cancel", self._handler("cancel", self._cancel)
+        )
+        router.add_get(
+            "/workflows/{workflow_id:[^/]+}/result",
+            self._handler("result", self._result),
+            allow_head=False,
+        )
+        router.add_get(
+            "/hosted/{workflow_id:[^/]+}", self._handler("hosted", self._hosted), allow_head=False
+        )
+        # Last, so it only takes what no endpoint does (wrong paths and methods).
+        router.add_route("*", "/{tail:.*}", self._handler("unmatched", self._unmatched))
+        return app
+
+    def _storage_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{key:.*}", self._handler("storage", self._storage_answer))
+        return app
+
+    def _handler(
+        self, route: str, handler: _Handler
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._serve(route, handler, request)
+
+        return handle
+
+    async def _serve(
+        self, route: str, handler: _Handler, request: web.Request
+    ) -> web.StreamResponse:
+        try:
+            body: bytes | None = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body = None
+        if self._record_requests:
+            path, _, query = request.raw_path.partition("?")
+            self.requests.append(
+                RecordedRequest(route, request.method, path, query, request.headers, body or b"")
+            )
+        fault = self._faults.take(route)
+        cut_after = None
+        if isinstance(fault, StatusFault):
+            return await send(request, fault_answer(fault, route), closing=self._closing)
+        if isinstance(fault, DropFault):
+            if fault.after_bytes is None:
+                hang_up(request)
+                return web.Response()
+            cut_after = fault.after_bytes
+        elif isinstance(fault, SlowFault):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), timeout=fault.seconds)
+        if body is None:
+            detail = ErrorDetail("PAYLOAD_TOO_LARGE", "the request body is too large")
+            answer = error_answer(413, (detail,))
+        else:
+            try:
+                answer = handler(request, body)
+            except ApiProblem as problem:
+                answer = problem_answer(problem)
+        return await send(request, answer, closing=self._closing, cut_after=cut_after)
+
+    def _grant(self, request: web.Request, permission: _Permission) -> Grant:
+        grant = authorise(request.headers.get("Authorization"), self._grants)
+        if grant is None:
+            raise ApiProblem.of(
+                401,
+                "UNAUTHORIZED",
+                "missing or invalid Authorization: send a tot_ token as the whole value,"
+                " or a legacy JWT as Bearer <jwt>",
+            )
+        allowed = grant.can_run if permission == "can_run" else grant.can_view_workspace
+        if not allowed:
+            raise ApiProblem.of(403, "ACCESS_DENIED", f"the credential lacks {permission}")
+        return grant
+
+    def _execution(self, execution_id: str) -> Execution:
+        execution = self._executions.get(canonical_uuid(execution_id) or execution_id)
+        if execution is None:
+            raise KeyError(f"no workflow execution {execution_id!r}")
+        return execution
+
+    def _lookup(self, request: web.Request) -> Execution:
+        execution_id = request.match_info["workflow_id"]
+        try:
+            return self._execution(execution_id)
+        except KeyError:
+            raise ApiProblem.of(
+                404, "WORKFLOW_NOT_FOUND", f"no workflow execution {execution_id!r}"
+            ) from None
+
+    def _body(self, execution: Execution, status: str) -> Answer:
+        return json_answer(execution_body(execution, status=status, workspace_id=self.workspace_id))
+
+    def _initialise(self, request: web.Request, body: bytes) -> Answer:
+        grant = self._grant(request, "can_run")
+        if request.content_type != "application/json":
+            raise ApiProblem.of(
+                415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"
+            )
+        now = self._clock()
+        wanted = parse_initialise_body(body, datetime.fromtimestamp(now, UTC))
+        definition = self._definitions.get(wanted.workflow_definition_id)
+        if definition is None:
+            raise ApiProblem.of(
+                404,
+                "WORKFLOW_DEFINITION_NOT_FOUND",
+                f"no workflow definition {wanted.workflow_definition_id!r}",
+            )
+        execution_id = str(uuid.uuid4())
+        interactive = definition.interactive
+        execution = Execution(
+            id=execution_id,
+            definition=definition,
+            created_at=now,
+            parameters=wanted.parameters,
+            locale=wanted.locale,
+            expires_at=wanted.expires_at,
+            record_id=wanted.record_id,
+            token=secrets.token_urlsafe(24) if interactive else None,
+            link=f"{self.url}/hosted/{execution_id}" if interactive else None,
+            origin={"type": "API", "tokenId": grant.token_id},
+        )
+        self._executions[execution_id] = execution
+        return self._body(execution, execution.status(now))
+
+    def _find(self, request: web.Request, body: bytes) -> Answer:
+        self._grant(request, "can_view_workspace")
+        execution = self._lookup(request)
+        return self._body(execution, execution.poll(self._clock()))
+
+    def _cancel(self, request: web.Request, body: bytes) -> Answer:
+        self._grant(request, "can_view_workspace")
+        execution = self._lookup(request)
+        now = self._clock()
+        if execution.cancel(now) == "already_finished":
+            raise ApiProblem.of(
+                400,
+                "WORKFLOW_ALREADY_FINISHED",
+                f"workflow execution {execution.id} is already {execution.status(now)}",
+            )
+        return Answer.of_bytes(200, {}, b"")
+
+    def _result(self, request: web.Request, body: bytes) -> Answer:
+        self._grant(request, "can_view_workspace")
+        if canonical_uuid(request.match_info["workflow_id"]) is None:
+            raise ApiProblem.of(400, "INVALID_WORKFLOW_ID", "workflowId must be a UUID")
+        execution = self._lookup(request)
+        status = execution.status(self._clock())
+        if status != "COMPLETED":
+            raise ApiProblem.of(
+                404,
+                "WORKFLOW_RESULT_NOT_FOUND",
+                f"workflow execution {execution.id} has no result: it is {status}",
+            )
+        result = execution.definition.result
+        if result is None:
+            result = InlineResult(dump_json(self._echo(execution)))
+        if result.size <= self._redirect_threshold:
+            return Answer(
+                200, {"Content-Type": JSON_CONTENT_TYPE}, result.iter_bytes(), result.size
+            )
+        key = f"workspaces/{self.workspace_id}/executions/{execution.id}/result.json"
+        path = self._storage.put(key, result)
+        host = self.storage_url.removeprefix("http://")
+        url = self._storage.presigned_url(host=host, path=path)
+        return json_answer({"$redirect": url})
+
+    @staticmethod
+    def _echo(execution: Execution) -> dict[str, Any]:
+        return {
+            "executionId": execution.id,
+            "workflowDefinitionId": execution.definition.definition_id,
+            "parameters": execution.parameters,
+        }
+
+    def _hosted(self, request: web.Request, body: bytes) -> Answer:
+        # The page a person would open from an interactive execution's link.
+        execution = self._lookup(request)
+        status = execution.status(self._clock())
+        page = (
+            "<!doctype html><title>TransactionLink (fake)</title>"
+            f"<h1>{escape(execution.definition.name)}</h1>"
+            f"<p>Execution {execution.id}: {status}</p>"
+        )
+        return Answer.of_bytes(200, {"Content-Type": "text/html;charset=UTF-8"}, page.encode())
+
+    def _unmatched(self, request: web.Request, body: bytes) -> Answer:
+        raise ApiProblem.of(404, "NOT_FOUND", f"no endpoint {request.method} {request.path}")
+
+    def _storage_answer(self, request: web.Request, body: bytes) -> Answer:
+        return self._storage.answer(
+            method=request.method,
+            host=request.host,
+            target=request.raw_path,
+            headers=request.headers,
+        )

@@ -1,0 +1,176 @@
+"""Process mode: ``python -m aiotlink.testing`` serves the fake until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import TextIO
+
+import attrs
+
+from aiotlink.testing._fake import (
+    DEFAULT_REDIRECT_THRESHOLD,
+    DEFAULT_URL_TTL,
+    HOST,
+    FakeTransactionLink,
+)
+from aiotlink.testing._results import GeneratedResult
+
+DEFAULT_PORT = 8080
+
+
+@attrs.frozen
+class DemoDefinition:
+    """A definition the process mode adds, with its fixed id."""
+
+    name: str
+    statuses: tuple[str, ...]
+    interactive: bool = False
+    large: bool = False
+
+    @property
+    def definition_id(self) -> str:
+        """A UUID derived from the name: the same on every run."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://aiotlink.invalid/fake/{self.name}"))
+
+
+DEMO_DEFINITIONS = (
+    DemoDefinition("kyc-background", ("INITIALISED", "RUNNING", "COMPLETED")),
+    DemoDefinition("kyc-failing", ("INITIALISED", "RUNNING", "FAILED")),
+    DemoDefinition(
+        "kyc-interactive",
+        ("INITIALISED", "CREATED", "AWAITING", "RUNNING", "COMPLETED"),
+        interactive=True,
+    ),
+    DemoDefinition("large-report", ("INITIALISED", "RUNNING", "COMPLETED"), large=True),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line of the process mode."""
+    parser = argparse.ArgumentParser(
+        prog="python -m aiotlink.testing",
+        description="Serve a fake TransactionLink Workflows API on 127.0.0.1 until Ctrl-C.",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="API port; 0 picks one")
+    parser.add_argument("--storage-port", type=int, default=0, help="storage port; 0 picks one")
+    parser.add_argument("--token", help="use this tot_ token instead of a random one")
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        default=1.0,
+        help="seconds per status step of the demo definitions; 0 steps once per find",
+    )
+    parser.add_argument(
+        "--large-result-mib", type=int, default=64, help="size of large-report's result, MiB"
+    )
+    parser.add_argument(
+        "--redirect-threshold",
+        type=int,
+        default=DEFAULT_REDIRECT_THRESHOLD,
+        help="results above this many bytes are redirected to storage",
+    )
+    parser.add_argument(
+        "--url-ttl", type=int, default=DEFAULT_URL_TTL, help="pre-signed URL validity, seconds"
+    )
+    return parser
+
+
+def add_demo_definitions(
+    fake: FakeTransactionLink, *, step_seconds: float, large_result_bytes: int
+) -> None:
+    """Add the ready definitions of the process mode to ``fake``."""
+    for demo in DEMO_DEFINITIONS:
+        result: object = {"definition": demo.name, "decision": "APPROVED", "score": 0.97}
+        if demo.large:
+            result = GeneratedResult(large_result_bytes)
+        fake.add_definition(
+            demo.definition_id,
+            demo.statuses,
+            result=result,
+            step_seconds=step_seconds,
+            interactive=demo.interactive,
+            name=demo.name,
+        )
+
+
+def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
+    lines = [
+        f"FakeTransactionLink listening on {fake.url}",
+        f"  storage  {fake.storage_url}",
+        f"  token    {fake.token}",
+        f"  jwt      {fake.jwt}",
+        f"  definitions (a status step every {options.step_seconds} s; 0 means one per find):",
+    ]
+    for demo in DEMO_DEFINITIONS:
+        notes = " > ".join(demo.statuses)
+        if demo.interactive:
+            notes += "  (interactive: link and token)"
+        if demo.large:
+            notes += f"  ({options.large_result_mib} MiB result, redirected to storage)"
+        lines.append(f"    {demo.definition_id}  {demo.name:<16} {notes}")
+    lines.append("Press Ctrl-C to stop.")
+    return "\n".join(lines)
+
+
+async def serve(
+    options: argparse.Namespace, *, stop: asyncio.Event, out: TextIO, err: TextIO
+) -> int:
+    """Run the fake with the demo definitions until ``stop`` is set; return the exit code.
+
+    Prints the URL, the credentials and the definition ids to ``out``; a port that
+    cannot be bound is reported on ``err`` with exit code 1.
+    """
+    fake = FakeTransactionLink(
+        port=options.port,
+        storage_port=options.storage_port,
+        redirect_threshold=options.redirect_threshold,
+        url_ttl=options.url_ttl,
+        token=options.token,
+    )
+    add_demo_definitions(
+        fake,
+        step_seconds=options.step_seconds,
+        large_result_bytes=options.large_result_mib * 2**20,
+    )
+    try:
+        await fake.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {HOST}: {exc.strerror or exc}", file=err, flush=True)
+        return 1
+    try:
+        print(_banner(fake, options), file=out, flush=True)
+        await stop.wait()
+    finally:
+        await fake.close()
+    print("stopped", file=out, flush=True)
+    return 0
+
+
+async def _serve_until_signal(options: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        # Windows has no loop signal handlers; Ctrl-C then ends in KeyboardInterrupt.
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        return await serve(options, stop=stop, out=sys.stdout, err=sys.stderr)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the process mode with ``argv`` (default: the command line); return the exit code."""
+    options = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_serve_until_signal(options))
+    except KeyboardInterrupt:  # pragma: no cover - only where signal handlers are missing
+        return 0

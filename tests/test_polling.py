@@ -1,0 +1,702 @@
+"""Waiting for executions: watch, wait_for_completion and run, against the fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from aiotlink import (
+    NotFoundError,
+    PermissionDeniedError,
+    RunResult,
+    TransactionLinkClient,
+    WaitTimeoutError,
+    WorkflowExecution,
+    WorkflowFailedError,
+    WorkflowStatus,
+)
+from aiotlink._polling import Poller, PollSchedule, Subscription, poll_delay
+from aiotlink.testing import FakeTransactionLink
+
+from .conftest import EXECUTION_ID, execution_body
+from .servers import ScriptedServer, reply
+
+FAST = {"poll_interval": 0.01, "max_poll_interval": 0.02}
+WALK = ["INITIALISED", "CREATED", "RUNNING", "AWAITING", "PAUSED", "RUNNING", "COMPLETED"]
+FAILURES = ["FAILED", "TIMEOUT", "TERMINATED", "EXPIRED", "CANCELLED"]
+
+
+@pytest.fixture
+def client(transactionlink_client: TransactionLinkClient) -> TransactionLinkClient:
+    """The plugin's client of the fake, retrying without sleeps."""
+    return transactionlink_client.with_options(retry_backoff=False)
+
+
+async def start(fake: FakeTransactionLink, client: TransactionLinkClient, **definition: Any) -> str:
+    """Add a definition and initialise one execution of it; return the execution id."""
+    definition_id = fake.add_definition(**definition)
+    return (await client.workflows.initialise(definition_id)).id
+
+
+async def next_change(subscription: Subscription) -> WorkflowExecution:
+    """Wait for a subscription's next change, as watch does."""
+    while (change := subscription.take()) is None:
+        await subscription.changed()
+    return change
+
+
+def client_tasks() -> list[asyncio.Task[Any]]:
+    """The running tasks executing the client's own code (not the fake server's)."""
+    return [
+        task for task in asyncio.all_tasks() if "/aiotlink/_" in task.get_coro().cr_code.co_filename
+    ]
+
+
+async def settle() -> None:
+    """Let cancelled tasks and closed generators finish their last step."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# --- the schedule (pure) ------------------------------------------------------
+
+
+def test_schedule_grows_by_the_factor_up_to_the_cap() -> None:
+    """Unchanged polls grow the interval by the factor, capped at max_poll_interval."""
+    schedule = PollSchedule(1.0, 4.0, 1.5)
+    intervals = [1.0]
+    for _ in range(5):
+        intervals.append(schedule.next_interval(intervals[-1]))
+    assert intervals == [1.0, 1.5, 2.25, 3.375, 4.0, 4.0]
+
+
+def test_jitter_only_shortens_and_retry_after_is_a_floor() -> None:
+    """Jitter takes off up to 20%; a Retry-After longer than the gap wins."""
+    assert poll_delay(10.0, retry_after=None, random_fraction=0.0) == 10.0
+    assert poll_delay(10.0, retry_after=None, random_fraction=1.0) == 8.0
+    assert poll_delay(10.0, retry_after=30.0, random_fraction=0.5) == 30.0
+    assert poll_delay(10.0, retry_after=1.0, random_fraction=0.0) == 10.0
+
+
+def test_cap_below_the_interval_is_raised_to_it() -> None:
+    """poll_interval=60 with the default cap of 15 s means every 60 s."""
+    assert PollSchedule(60.0).max_poll_interval == 60.0
+
+
+def test_merged_schedule_is_the_most_eager() -> None:
+    """Waiters sharing a poll loop get the smallest interval, cap and factor among them."""
+    merged = PollSchedule.merge([PollSchedule(2.0, 10.0, 2.0), PollSchedule(1.0, 20.0, 1.2)])
+    assert merged == PollSchedule(1.0, 10.0, 1.2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"poll_interval": True}, "poll_interval"),
+        ({"max_poll_interval": -1}, "max_poll_interval"),
+        ({"factor": 0.5}, "poll_factor"),
+        ({"factor": "2"}, "poll_factor"),
+    ],
+)
+def test_bad_schedules_name_the_argument(kwargs: dict[str, Any], named: str) -> None:
+    """A malformed schedule raises ValueError naming the argument."""
+    with pytest.raises(ValueError, match=named):
+        PollSchedule(**kwargs)
+
+
+# --- watch ----------------------------------------------------------------------
+
+
+async def test_watch_yields_each_change_through_awaiting_and_paused(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """watch yields the first status and each change (AWAITING, PAUSED too), then ends."""
+    execution_id = await start(fake_transactionlink, client, statuses=WALK)
+    seen = [e.status async for e in client.workflows.watch(execution_id, **FAST)]
+    # initialise showed INITIALISED; the fake moves one status per find.
+    assert seen == [WorkflowStatus(s) for s in WALK[1:]]
+    assert len(fake_transactionlink.requests_for("find")) == len(WALK) - 1
+
+
+async def test_watch_yields_only_changes(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Polls that see the same status yield nothing."""
+    walk = ["RUNNING", "RUNNING", "RUNNING", "AWAITING", "AWAITING", "COMPLETED"]
+    execution_id = await start(fake_transactionlink, client, statuses=walk)
+    seen = [e.status.value async for e in client.workflows.watch(execution_id, **FAST)]
+    assert seen == ["RUNNING", "AWAITING", "COMPLETED"]
+
+
+async def test_already_terminal_takes_one_request(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """An execution that has already ended is returned after one lookup, without waiting."""
+    execution_id = await start(fake_transactionlink, client, statuses=["COMPLETED"])
+    before = len(fake_transactionlink.requests)
+    execution = await client.workflows.wait_for_completion(execution_id, poll_interval=60.0)
+    assert execution.status is WorkflowStatus.COMPLETED
+    assert len(fake_transactionlink.requests) == before + 1
+
+
+async def test_watch_timeout_raises_with_the_last_execution(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """watch's timeout raises WaitTimeoutError carrying the last execution seen."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    seen: list[WorkflowExecution] = []
+
+    async def follow() -> None:
+        async for execution in client.workflows.watch(execution_id, timeout=0.2, **FAST):
+            seen.append(execution)  # noqa: PERF401 - the list must survive the raise
+
+    with pytest.raises(WaitTimeoutError) as caught:
+        await follow()
+    assert caught.value.execution is seen[-1]
+    assert seen[-1].status is WorkflowStatus.AWAITING
+
+
+# --- wait_for_completion --------------------------------------------------------
+
+
+async def test_wait_returns_the_completed_execution_and_calls_on_status(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """wait_for_completion returns COMPLETED; a sync on_status sees every change once."""
+    execution_id = await start(fake_transactionlink, client, statuses=WALK)
+    seen: list[str] = []
+    execution = await client.workflows.wait_for_completion(
+        execution_id, on_status=lambda e: seen.append(e.status.value), **FAST
+    )
+    assert execution.status is WorkflowStatus.COMPLETED
+    assert seen == WALK[1:]
+
+
+async def test_async_on_status_is_awaited(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """A coroutine function as on_status is awaited once per change."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "COMPLETED"])
+    seen: list[str] = []
+
+    async def record(execution: WorkflowExecution) -> None:
+        await asyncio.sleep(0)
+        seen.append(execution.status.value)
+
+    await client.workflows.wait_for_completion(execution_id, on_status=record, **FAST)
+    assert seen == ["COMPLETED"]
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_each_failure_status_raises(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient, failure: str
+) -> None:
+    """Every terminal status but COMPLETED raises WorkflowFailedError with the execution."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", failure])
+    with pytest.raises(WorkflowFailedError) as caught:
+        await client.workflows.wait_for_completion(execution_id, **FAST)
+    assert caught.value.status == failure
+    assert caught.value.execution.id == execution_id
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_failures_returned_when_asked(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient, failure: str
+) -> None:
+    """raise_on_failure=False returns the failed execution instead."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", failure])
+    execution = await client.workflows.wait_for_completion(
+        execution_id, raise_on_failure=False, **FAST
+    )
+    assert execution.status == failure
+
+
+async def test_timeout_leaves_the_remote_execution_running(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Past timeout: WaitTimeoutError with the last execution; no cancel is sent."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    with pytest.raises(WaitTimeoutError) as caught:
+        await client.workflows.wait_for_completion(execution_id, timeout=0.2, **FAST)
+    assert caught.value.execution is not None
+    assert caught.value.execution.status is WorkflowStatus.AWAITING
+    assert fake_transactionlink.requests_for("cancel") == []
+    assert fake_transactionlink.status_of(execution_id) == "AWAITING"
+
+
+async def test_timeout_cancels_the_remote_execution_when_asked(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """cancel_on_timeout=True cancels the remote execution before raising."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    with pytest.raises(WaitTimeoutError):
+        await client.workflows.wait_for_completion(
+            execution_id, timeout=0.1, cancel_on_timeout=True, **FAST
+        )
+    assert fake_transactionlink.status_of(execution_id) == "CANCELLED"
+
+
+async def test_deadline_holds_with_retries_in_flight(
+    fake_transactionlink: FakeTransactionLink, transactionlink_client: TransactionLinkClient
+) -> None:
+    """The deadline covers retries: a wait stuck in retries still ends at its timeout."""
+    execution_id = await start(
+        fake_transactionlink, transactionlink_client, statuses=["RUNNING", "COMPLETED"]
+    )
+    fake_transactionlink.fail_next("find", 503, times=10, retry_after=1)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError) as caught:
+        await transactionlink_client.workflows.wait_for_completion(execution_id, timeout=0.3)
+    assert time.monotonic() - started < 1.0  # did not sleep through the Retry-After
+    assert caught.value.execution is None
+    assert caught.value.timeout == 0.3
+
+
+async def test_transient_errors_do_not_end_the_wait(
+    fake_transactionlink: FakeTransactionLink, transactionlink_client: TransactionLinkClient
+) -> None:
+    """503s beyond the session layer's retries skip polls; the wait goes on and completes."""
+    client = transactionlink_client.with_options(max_retries=1, retry_backoff=False)
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "COMPLETED"])
+    fake_transactionlink.fail_next("find", 503, times=5, body="html")
+    execution = await client.workflows.wait_for_completion(execution_id, **FAST)
+    assert execution.status is WorkflowStatus.COMPLETED
+    assert len(fake_transactionlink.requests_for("find")) == 6
+
+
+@pytest.mark.parametrize(("status", "error"), [(403, PermissionDeniedError), (404, NotFoundError)])
+async def test_permanent_errors_end_the_wait_at_once(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    status: int,
+    error: type[Exception],
+) -> None:
+    """403 and 404 on a poll end the wait with their error, without further polls."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "COMPLETED"])
+    fake_transactionlink.fail_next("find", status)
+    with pytest.raises(error):
+        await client.workflows.wait_for_completion(execution_id, **FAST)
+    assert len(fake_transactionlink.requests_for("find")) == 1
+
+
+async def test_unknown_execution_ends_with_not_found(client: TransactionLinkClient) -> None:
+    """Waiting on an id the API does not know raises NotFoundError."""
+    with pytest.raises(NotFoundError):
+        await client.workflows.wait_for_completion(EXECUTION_ID, **FAST)
+
+
+async def test_long_rate_limit_on_a_poll_is_waited_out(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """A 429 with a Retry-After too long for the session layer delays the next poll."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "COMPLETED"])
+    fake_transactionlink.fail_next("find", 429, retry_after=120)
+    with pytest.raises(WaitTimeoutError):
+        await client.workflows.wait_for_completion(execution_id, timeout=0.3, **FAST)
+    assert len(fake_transactionlink.requests_for("find")) == 1
+
+
+async def test_retry_after_on_a_poll_answer_is_honoured(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Retry-After on a 200 poll answer sets a floor under the next gap."""
+    server.script(
+        "GET",
+        f"/workflows/{EXECUTION_ID}",
+        reply(200, execution_body(status="RUNNING"), headers={"Retry-After": "0.25"}),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+    floors: list[float | None] = []
+
+    def recording_delay(
+        interval: float, *, retry_after: float | None, random_fraction: float
+    ) -> float:
+        floors.append(retry_after)
+        return poll_delay(interval, retry_after=retry_after, random_fraction=random_fraction)
+
+    monkeypatch.setattr("aiotlink._polling.poll_delay", recording_delay)
+    async with TransactionLinkClient("tot_x", base_url=server.url) as client:
+        started = time.monotonic()
+        await client.workflows.wait_for_completion(EXECUTION_ID, **FAST)
+        assert time.monotonic() - started >= 0.25
+    assert floors == [0.25]
+
+
+async def test_other_timeout_errors_pass_through_unchanged(
+    client: TransactionLinkClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TimeoutError from polling that is not the wait's deadline is raised as it is."""
+
+    async def timing_out(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        raise TimeoutError("from somewhere else")
+
+    monkeypatch.setattr(client.workflows, "_find_for_poll", timing_out)
+    with pytest.raises(TimeoutError, match="from somewhere else") as caught:
+        await client.workflows.wait_for_completion(EXECUTION_ID, timeout=30)
+    assert not isinstance(caught.value, WaitTimeoutError)
+
+
+async def test_bad_arguments_raise_before_any_request(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Malformed ids, schedules or timeouts raise ValueError naming them; nothing is sent."""
+    for call, named in [
+        (client.workflows.wait_for_completion("a/b"), "execution_id"),
+        (client.workflows.wait_for_completion(EXECUTION_ID, timeout=0), "timeout"),
+        (client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=-1), "poll_interval"),
+        (client.workflows.run("kyc", timeout=-5), "timeout"),
+    ]:
+        with pytest.raises(ValueError, match=named):
+            await call
+    assert fake_transactionlink.requests == []
+
+
+# --- cancellation ---------------------------------------------------------------
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition()`` holds (at most 2 s)."""
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+@pytest.mark.parametrize("moment", ["mid-sleep", "mid-request"])
+async def test_cancelling_the_waiter_stops_polling_at_once(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient, moment: str
+) -> None:
+    """Cancelling the waiting task re-raises CancelledError and leaves no task or poll."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    if moment == "mid-request":
+        fake_transactionlink.slow_next("find", 30.0, times=5)
+    waiter = asyncio.create_task(
+        client.workflows.wait_for_completion(execution_id, poll_interval=30.0)
+    )
+    await wait_until(lambda: len(fake_transactionlink.requests_for("find")) == 1)
+    await asyncio.sleep(0.02)  # in the 30 s gap, or inside the slow request
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await settle()
+    assert client_tasks() == []
+    assert client.workflows._poller is not None
+    assert client.workflows._poller.active_polls == 0
+    assert fake_transactionlink.requests_for("cancel") == []
+
+
+async def test_asyncio_timeout_around_a_wait(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """asyncio.timeout() around wait_for_completion ends it with TimeoutError, cleanly."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.workflows.wait_for_completion(execution_id, **FAST)
+    await settle()
+    assert client_tasks() == []
+    polls = len(fake_transactionlink.requests_for("find"))
+    await asyncio.sleep(0.1)
+    assert len(fake_transactionlink.requests_for("find")) == polls
+
+
+async def test_cancel_remote_on_cancel(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """cancel_remote_on_cancel=True sends the remote cancel before re-raising."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    waiter = asyncio.create_task(
+        client.workflows.wait_for_completion(
+            execution_id, cancel_remote_on_cancel=True, poll_interval=30.0
+        )
+    )
+    await wait_until(lambda: len(fake_transactionlink.requests_for("find")) == 1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert fake_transactionlink.status_of(execution_id) == "CANCELLED"
+
+
+async def test_failed_remote_cancel_is_logged_not_raised(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """If the remote cancel fails, the timeout is still what the caller gets."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    fake_transactionlink.fail_next("cancel", 500, times=5)
+    with pytest.raises(WaitTimeoutError):
+        await client.workflows.wait_for_completion(
+            execution_id, timeout=0.1, cancel_on_timeout=True, **FAST
+        )
+    assert "could not cancel execution" in caplog.text
+
+
+# --- sharing and scale ----------------------------------------------------------
+
+
+async def test_waiters_on_one_id_share_one_poll_loop(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Ten concurrent waits on the same execution poll it as often as one would."""
+    execution_id = await start(fake_transactionlink, client, statuses=WALK)
+    results = await asyncio.gather(
+        *(client.workflows.wait_for_completion(execution_id, **FAST) for _ in range(10))
+    )
+    assert {r.status for r in results} == {WorkflowStatus.COMPLETED}
+    assert len(fake_transactionlink.requests_for("find")) == len(WALK) - 1
+
+
+async def test_late_waiter_gets_the_latest_status_at_once(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """A waiter joining a running poll loop starts from the latest status seen."""
+    walk = ["RUNNING", "AWAITING", "AWAITING", "AWAITING", "COMPLETED"]
+    execution_id = await start(fake_transactionlink, client, statuses=walk)
+    first = client.workflows.watch(execution_id, poll_interval=0.05, max_poll_interval=0.05)
+    assert (await anext(first)).status is WorkflowStatus.AWAITING
+    second = client.workflows.watch(execution_id, poll_interval=0.05, max_poll_interval=0.05)
+    assert (await anext(second)).status is WorkflowStatus.AWAITING
+    assert [e.status async for e in second] == [WorkflowStatus.COMPLETED]
+    assert [e.status async for e in first] == [WorkflowStatus.COMPLETED]
+
+
+async def test_requests_in_flight_are_bounded() -> None:
+    """The poller never has more requests in flight than its limit, however many waiters."""
+    in_flight = 0
+    peak = 0
+    polls: dict[str, int] = {}
+
+    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001)
+        in_flight -= 1
+        polls[execution_id] = polls.get(execution_id, 0) + 1
+        status = "COMPLETED" if polls[execution_id] == 3 else "RUNNING"
+        from aiotlink._converter import decode_execution
+
+        return decode_execution(execution_body(id=execution_id, status=status)), None
+
+    poller = Poller(fetch, max_in_flight=5)
+    schedule = PollSchedule(0.001, 0.002)
+
+    async def wait(execution_id: str) -> WorkflowStatus:
+        subscription = poller.subscribe(execution_id, schedule)
+        try:
+            while True:
+                execution = await next_change(subscription)
+                if execution.is_terminal:
+                    return execution.status
+        finally:
+            poller.unsubscribe(subscription)
+
+    statuses = await asyncio.gather(*(wait(f"id-{n}") for n in range(200)))
+    assert set(statuses) == {WorkflowStatus.COMPLETED}
+    assert peak == 5
+    assert set(polls.values()) == {3}
+    assert poller.active_polls == 0
+
+
+async def test_a_waiter_leaving_while_queued_frees_its_place() -> None:
+    """A poll queued behind the in-flight limit is dropped when its waiter leaves."""
+    release = asyncio.Event()
+    fetched: list[str] = []
+
+    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        fetched.append(execution_id)
+        await release.wait()
+        from aiotlink._converter import decode_execution
+
+        return decode_execution(execution_body(id=execution_id, status="COMPLETED")), None
+
+    poller = Poller(fetch, max_in_flight=1)
+    first = poller.subscribe("first", PollSchedule())
+    queued = poller.subscribe("queued", PollSchedule())
+    await settle()
+    poller.unsubscribe(queued)
+    release.set()
+    assert (await next_change(first)).status is WorkflowStatus.COMPLETED
+    await settle()
+    assert fetched == ["first"]
+    assert poller.active_polls == 0
+
+
+async def test_a_bug_in_fetch_ends_the_wait_instead_of_hanging() -> None:
+    """An unexpected exception while polling reaches every waiter; nobody hangs."""
+
+    async def broken(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        raise KeyError(execution_id)
+
+    poller = Poller(broken, max_in_flight=2)
+    first = poller.subscribe("x", PollSchedule())
+    second = poller.subscribe("x", PollSchedule())
+    for subscription in (first, second):
+        with pytest.raises(KeyError):
+            await next_change(subscription)
+    poller.unsubscribe(first)
+    poller.unsubscribe(second)
+    assert poller.active_polls == 0
+
+
+# --- run ------------------------------------------------------------------------
+
+
+async def test_run_initialises_waits_and_fetches(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """run returns the completed execution and its result."""
+    definition = fake_transactionlink.add_definition(statuses=WALK, result={"decision": "OK"})
+    outcome = await client.workflows.run(definition, parameters={"a": 1}, timeout=10, **FAST)
+    assert isinstance(outcome, RunResult)
+    assert outcome.execution.status is WorkflowStatus.COMPLETED
+    assert outcome.result == {"decision": "OK"}
+
+
+async def test_run_of_a_failing_workflow(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """run raises WorkflowFailedError, or returns no result with raise_on_failure=False."""
+    definition = fake_transactionlink.add_definition(statuses=["RUNNING", "FAILED"])
+    with pytest.raises(WorkflowFailedError):
+        await client.workflows.run(definition, **FAST)
+    outcome = await client.workflows.run(definition, raise_on_failure=False, **FAST)
+    assert (outcome.execution.status, outcome.result) == (WorkflowStatus.FAILED, None)
+
+
+@pytest.mark.parametrize("phase", ["initialise", "wait", "result"])
+async def test_run_has_one_deadline(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient, phase: str
+) -> None:
+    """run's timeout covers initialise, the wait and the result fetch alike."""
+    walk = ["RUNNING", "AWAITING"] if phase == "wait" else ["RUNNING", "COMPLETED"]
+    definition = fake_transactionlink.add_definition(statuses=walk)
+    route = {"initialise": "initialise", "wait": "find", "result": "result"}[phase]
+    if phase != "wait":
+        fake_transactionlink.slow_next(route, 5.0)
+    with pytest.raises(WaitTimeoutError) as caught:
+        await client.workflows.run(definition, timeout=0.3, **FAST)
+    if phase == "initialise":
+        assert caught.value.execution is None
+    else:
+        assert caught.value.execution is not None
+
+
+async def test_run_passes_other_timeouts_through(
+    fake_transactionlink: FakeTransactionLink, transactionlink_client: TransactionLinkClient
+) -> None:
+    """An APITimeoutError inside run is not mistaken for run's own deadline."""
+    client = transactionlink_client.with_options(timeout=0.05, max_retries=0)
+    definition = fake_transactionlink.add_definition(statuses=["COMPLETED"])
+    fake_transactionlink.slow_next("initialise", 1.0)
+    with pytest.raises(TimeoutError) as caught:
+        await client.workflows.run(definition, timeout=30)
+    assert not isinstance(caught.value, WaitTimeoutError)
+
+
+async def test_demo_flow_helpers_type_check() -> None:
+    """on_status accepts both plain and coroutine functions (typing and behaviour)."""
+    plain: Callable[[WorkflowExecution], None] = lambda e: None  # noqa: E731
+    coroutine: Callable[[WorkflowExecution], Awaitable[None]]
+
+    async def coroutine(e: WorkflowExecution) -> None:
+        return None
+
+    from aiotlink._workflows import _call_back
+
+    execution = __import__("aiotlink._converter", fromlist=["x"]).decode_execution(execution_body())
+    await _call_back(plain, execution)
+    await _call_back(coroutine, execution)
+    await _call_back(None, execution)
+
+
+def test_closing_the_loop_with_polls_pending_starts_nothing_new(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A loop closed while polls are in flight and queued ends them without errors."""
+
+    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    loop = asyncio.new_event_loop()
+    poller = Poller(never, max_in_flight=1)
+
+    async def subscribe_two() -> None:
+        poller.subscribe("in-flight", PollSchedule())
+        poller.subscribe("queued", PollSchedule())
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(subscribe_two())
+    loop.close()
+    del poller
+    import gc
+
+    gc.collect()  # the pending poll task is destroyed, and its coroutine closed, here
+    assert "Task was destroyed but it is pending" in caplog.text  # asyncio's own notice
+    assert "no running event loop" not in caplog.text
+
+
+async def test_changes_queue_up_in_order_for_a_slow_waiter() -> None:
+    """Changes pushed faster than a waiter takes them are all kept, in order."""
+    from aiotlink._converter import decode_execution
+    from aiotlink._polling import _SharedPoll
+
+    subscription = Subscription(_SharedPoll("x"), PollSchedule(), None)
+    for status in ("RUNNING", "AWAITING", "COMPLETED"):
+        subscription.push(decode_execution(execution_body(status=status)))
+    taken = [subscription.take(), subscription.take(), subscription.take(), subscription.take()]
+    assert [e.status.value if e else None for e in taken] == [
+        "RUNNING",
+        "AWAITING",
+        "COMPLETED",
+        None,
+    ]
+
+
+async def test_deadlines_fire_in_order_and_skip_waiters_that_left() -> None:
+    """One timer serves every deadline: earliest first, re-armed, skipping those gone."""
+    from aiotlink._polling import DeadlinePassed
+
+    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    poller = Poller(never, max_in_flight=10)
+    now = asyncio.get_running_loop().time()
+    late = poller.subscribe("late", PollSchedule(), deadline=now + 0.10)
+    early = poller.subscribe("early", PollSchedule(), deadline=now + 0.05)  # re-arms the timer
+    gone = poller.subscribe("gone", PollSchedule(), deadline=now + 0.06)
+    poller.unsubscribe(gone)
+    for subscription in (early, late):
+        with pytest.raises(DeadlinePassed):
+            await next_change(subscription)
+        poller.unsubscribe(subscription)
+    assert gone.take() is None  # left before its deadline: never told
+    assert poller.active_polls == 0
+
+
+async def test_deadline_entries_of_departed_waiters_are_compacted() -> None:
+    """Deadlines of waiters who left do not pile up for as long as their timeout."""
+
+    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    poller = Poller(never, max_in_flight=10)
+    deadline = asyncio.get_running_loop().time() + 3600
+    for number in range(200):
+        poller.unsubscribe(poller.subscribe(f"id-{number}", PollSchedule(), deadline=deadline))
+    staying = poller.subscribe("staying", PollSchedule(), deadline=deadline)
+    assert len(poller._deadlines) <= 2 * 1 + 64 + 1
+    poller.unsubscribe(staying)
+    poller.unsubscribe(staying)  # leaving twice is harmless
+    assert poller._waiting == 0
+    await settle()

@@ -1,0 +1,1 @@
+"""Tests of ``aiotlink.testing``, the fake TransactionLink server."""
