@@ -629,12 +629,12 @@ def test_closing_the_loop_with_polls_pending_starts_nothing_new(
     loop = asyncio.new_event_loop()
     poller = Poller(never, max_in_flight=1)
 
-    async def subscribe_two() -> None:
+    async def subscribe_two(poller: Poller) -> None:
         poller.subscribe("in-flight", PollSchedule())
         poller.subscribe("queued", PollSchedule())
         await asyncio.sleep(0)
 
-    loop.run_until_complete(subscribe_two())
+    loop.run_until_complete(subscribe_two(poller))
     loop.close()
     del poller
     import gc
