@@ -3,6 +3,7 @@
 from importlib.metadata import version as _version
 
 from ._client import TransactionLinkClient
+from ._download import DownloadError
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -30,6 +31,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "DownloadError",
     "DownloadedResult",
     "ErrorDetail",
     "NotFoundError",

@@ -10,14 +10,16 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import attrs
 
 from ._client import DEFAULT_BASE_URL, TOKEN_ENV_VAR, TransactionLinkClient
 from ._errors import NotFoundError, TransactionLinkError
-from ._models import WorkflowExecution
+from ._models import DownloadedResult, WorkflowExecution
 
 Say = Callable[[str], None]
 # An id no execution has: the demo's way to show an error as a user sees it.
@@ -74,15 +76,19 @@ async def run_demo(client: TransactionLinkClient, plan: DemoPlan, say: Say) -> N
         say(f"4. no result: the execution ended {execution.status.value}")
 
     if plan.large_result_definition is not None:
-        say(f"5. a large result: {plan.large_result_definition!r} answers with a $redirect")
-        large = await workflows.run(
-            plan.large_result_definition,
-            timeout=plan.timeout,
-            poll_interval=plan.poll_interval,
-            max_poll_interval=plan.max_poll_interval,
-        )
-        size = len(str(large.result))
-        say(f"   fetched from pre-signed storage without credentials: {size:,} characters")
+        say(f"5. a large result: run {plan.large_result_definition!r}, stream its result to disk")
+        with tempfile.TemporaryDirectory() as folder:
+            large = await workflows.run(
+                plan.large_result_definition,
+                timeout=plan.timeout,
+                poll_interval=plan.poll_interval,
+                max_poll_interval=plan.max_poll_interval,
+                download_to=Path(folder) / "result.json",
+            )
+            downloaded: DownloadedResult = large.result
+            where = "pre-signed storage, no credentials sent" if downloaded.redirected else "API"
+            name = downloaded.path.name
+            say(f"   {downloaded.size:,} bytes from {where}, written whole to {name}")
 
     if plan.cancel_definition is not None:
         say(f"6. cancel: start {plan.cancel_definition!r} and cancel it")

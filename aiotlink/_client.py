@@ -266,6 +266,10 @@ class TransactionLinkClient:
     def __repr__(self) -> str:
         return f"<TransactionLinkClient base_url={self.base_url!r}>"
 
+    def _api_headers(self) -> dict[str, str]:
+        """The headers of a GET to the API: auth, User-Agent and the default headers."""
+        return self._get_headers
+
     async def _request(
         self,
         method: str,

@@ -195,14 +195,15 @@ async def send(
             body = await _read_body(response, max_bytes, display_url)
             return Response(response.status, response.headers, body)
     except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
-        raise _connection_error(exc, method, display_url, request_sent=False) from None
+        raise connection_error(exc, method, display_url, request_sent=False) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _connection_error(exc, method, display_url, request_sent=True) from None
+        raise connection_error(exc, method, display_url, request_sent=True) from None
 
 
-def _connection_error(
+def connection_error(
     exc: BaseException, method: str, display_url: str, *, request_sent: bool
 ) -> APIConnectionError:
+    """The error for an aiohttp failure that left no answer (a timeout or a lost link)."""
     # The aiohttp exception is not chained: its text can carry the full URL with the
     # signature of a pre-signed link.
     if isinstance(exc, TimeoutError):

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from ._converter import DecodeError, decode_execution, encode_initialise_request
+from ._download import Downloader, OnProgress, check_destination
 from ._errors import (
     APIConnectionError,
     ResponseValidationError,
@@ -21,7 +23,13 @@ from ._errors import (
     WaitTimeoutError,
     WorkflowFailedError,
 )
-from ._models import InitialiseRequest, RunResult, WorkflowExecution, WorkflowStatus
+from ._models import (
+    DownloadedResult,
+    InitialiseRequest,
+    RunResult,
+    WorkflowExecution,
+    WorkflowStatus,
+)
 from ._polling import DEFAULT_SCHEDULE, DeadlinePassed, Poller, PollSchedule
 from ._redaction import mask_url
 from ._results import redirect_target
@@ -191,6 +199,32 @@ class Workflows:
         response = await self._client._request("GET", path)
         return self._execution(response, "GET", path)
 
+    async def download_result(
+        self,
+        execution_id: str | UUID,
+        path: str | os.PathLike[str],
+        *,
+        on_progress: OnProgress | None = None,
+    ) -> DownloadedResult:
+        """Stream the result's raw JSON bytes to ``path``, inline or from a ``$redirect``.
+
+        Memory stays flat whatever the size. The file appears whole or not at all: the
+        bytes go to a temporary file beside ``path``, checked against the announced
+        length, fsynced and renamed into place; on failure ``path`` keeps what it had.
+        A dropped connection resumes with ``Range`` from the bytes on disk; an expired
+        pre-signed URL is replaced by asking the API again. ``on_progress(done_bytes,
+        total_bytes)`` (a function or a coroutine function; ``total_bytes`` ``None`` when
+        unknown) is called as bytes arrive, at most ten times a second, and at the end.
+
+        Raises:
+            ValueError: ``execution_id`` is not a UUID, or ``path``'s folder does not
+            exist (before any request). DownloadError: the file could not be written.
+            APIError, APIConnectionError: the result could not be had, after retries.
+        """
+        path_in_api = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
+        destination = check_destination(path)
+        return await Downloader(self._client, path_in_api, destination, on_progress).run()
+
     async def _find_for_poll(self, execution_id: str) -> tuple[WorkflowExecution, float | None]:
         path = f"/workflows/{execution_id}"
         response = await self._client._request("GET", path)
@@ -330,12 +364,15 @@ class Workflows:
         raise_on_failure: bool = True,
         cancel_on_timeout: bool = False,
         max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        download_to: str | os.PathLike[str] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> RunResult:
         """Initialise an execution, wait for it, and fetch its result, under one ``timeout``.
 
-        Returns a :class:`RunResult` with ``.execution`` (terminal) and ``.result`` (the
-        decoded JSON; ``None`` when the execution did not complete and
-        ``raise_on_failure=False``).
+        Returns a :class:`RunResult` with ``.execution`` (terminal) and ``.result``: the
+        decoded JSON, or with ``download_to=path`` the :class:`DownloadedResult` of
+        :meth:`download_result` (for results too large to hold in memory); ``None``
+        when the execution did not complete and ``raise_on_failure=False``.
 
         Raises:
             WaitTimeoutError: past ``timeout`` in any phase (``.execution`` is ``None``
@@ -344,6 +381,8 @@ class Workflows:
         """
         timeout = check_timeout(timeout)
         max_bytes = check_max_bytes(max_bytes)
+        if download_to is not None:
+            download_to = check_destination(download_to)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
 
@@ -372,7 +411,12 @@ class Workflows:
             if execution.status is not WorkflowStatus.COMPLETED:
                 return RunResult(execution, None)
             async with asyncio.timeout_at(deadline) as phase:
-                result = await self.get_result(execution.id, max_bytes=max_bytes)
+                if download_to is None:
+                    result = await self.get_result(execution.id, max_bytes=max_bytes)
+                else:
+                    result = await self.download_result(
+                        execution.id, download_to, on_progress=on_progress
+                    )
         except TimeoutError as exc:
             if deadline is None or not phase.expired():
                 raise

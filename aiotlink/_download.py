@@ -1,0 +1,367 @@
+"""Results straight to disk: streamed, atomic, resumed with Range, refreshed on expiry.
+
+A result is written to a temporary file beside its destination and renamed into place
+only once it is whole (its length checked) and on disk (fsynced), so the destination
+either keeps what it had or holds the complete result. Dropped connections resume
+from the bytes already written; an expired pre-signed URL (403) is replaced by asking
+the API for the result again. Reads time out per read, never in total, so a large
+healthy download is never cut short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    PermissionDeniedError,
+    ResponseValidationError,
+    TransactionLinkError,
+)
+from ._models import DownloadedResult
+from ._redaction import mask_url
+from ._results import redirect_target
+from ._retry import backoff_delay, retry_reason
+from ._transport import ERROR_BODY_LIMIT, connection_error, error_for_response
+
+if TYPE_CHECKING:
+    from ._client import TransactionLinkClient
+
+logger = logging.getLogger("aiotlink")
+
+OnProgress = Callable[[int, int | None], Awaitable[None] | None]
+
+CHUNK_BYTES = 1024 * 1024  # large reads and writes: page faults, not HTTP, set the pace
+PROGRESS_INTERVAL = 0.1  # seconds between two on_progress calls, at the most
+# A redirect answer is a few hundred bytes; anything longer is the result itself.
+REDIRECT_PROBE_BYTES = 64 * 1024
+MAX_ATTEMPTS = 5  # reads of one source that fail transiently, before giving up
+MAX_URL_REFRESHES = 3  # new pre-signed URLs asked for after storage refused one
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class DownloadError(TransactionLinkError):
+    """The result could not be written to ``path`` (e.g. the disk is full).
+
+    The destination is left as it was and no temporary file remains.
+    """
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class _Incomplete(Exception):
+    """The body ended before its announced length: resume from the current offset."""
+
+
+@attrs.define
+class _Source:
+    """Where the bytes come from: the API itself (inline) or pre-signed storage."""
+
+    url: str
+    headers: dict[str, str]
+    redirected: bool
+
+
+@attrs.define
+class _Progress:
+    """Calls ``on_progress`` at most every PROGRESS_INTERVAL seconds, and at the end."""
+
+    callback: OnProgress | None
+    last_call: float = 0.0
+
+    async def report(self, done: int, total: int | None, *, final: bool = False) -> None:
+        if self.callback is None:
+            return
+        now = time.monotonic()
+        if not final and now - self.last_call < PROGRESS_INTERVAL:
+            return
+        self.last_call = now
+        outcome = self.callback(done, total)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
+def check_destination(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a ``Path`` whose folder exists; ``ValueError`` otherwise."""
+    if not isinstance(path, str | os.PathLike):
+        raise ValueError(f"path must be a str or a path, got {type(path).__name__}")
+    destination = Path(path)
+    if destination.is_dir():
+        raise ValueError(f"path is a directory, not a file: {destination}")
+    if not destination.parent.is_dir():
+        raise ValueError(f"path's folder does not exist: {destination.parent}")
+    return destination
+
+
+def content_range_start(header: str | None) -> tuple[int | None, int | None]:
+    """The first byte and the total length from a ``Content-Range`` header.
+
+    ``(None, None)`` for a missing or malformed header; the total is ``None`` for ``*``.
+    """
+    match = _CONTENT_RANGE.fullmatch(header or "")
+    if match is None:
+        return None, None
+    return int(match[1]), None if match[3] == "*" else int(match[3])
+
+
+class _TempFile:
+    """The temporary file beside the destination; writes go to a worker thread."""
+
+    def __init__(self, destination: Path) -> None:
+        self.destination = destination
+        descriptor, name = tempfile.mkstemp(
+            dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
+        )
+        self.path = Path(name)
+        self.file: IO[bytes] = os.fdopen(descriptor, "wb")
+        self.size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        try:
+            await asyncio.to_thread(self.file.write, chunk)
+        except OSError as error:
+            raise DownloadError(
+                f"could not write the result to {self.destination}: {error}",
+                path=self.destination,
+            ) from error
+        self.size += len(chunk)
+
+    async def restart(self) -> None:
+        await asyncio.to_thread(self._truncate)
+        self.size = 0
+
+    def _truncate(self) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+
+    async def commit(self) -> None:
+        """Flush and fsync, then rename over the destination and fsync the folder."""
+        try:
+            await asyncio.to_thread(self._commit)
+        except OSError as error:
+            raise DownloadError(
+                f"could not finish writing the result to {self.destination}: {error}",
+                path=self.destination,
+            ) from error
+
+    def _commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.path, self.destination)
+        folder = os.open(self.destination.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class Downloader:
+    """Downloads one execution's result to one path (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: TransactionLinkClient,
+        result_path: str,
+        destination: Path,
+        on_progress: OnProgress | None,
+    ) -> None:
+        self._client = client
+        self._result_path = result_path
+        self._destination = destination
+        self._progress = _Progress(on_progress)
+        self._api_url = client.base_url + result_path
+        self._etag: str | None = None
+
+    async def run(self) -> DownloadedResult:
+        temp = _TempFile(self._destination)
+        try:
+            # The API answers the result itself, or a $redirect to pre-signed storage.
+            api = _Source(self._api_url, self._client._api_headers(), redirected=False)
+            storage_url = await self._fetch(api, temp, probe_redirect=True)
+            if storage_url is not None:
+                await self._fetch(_Source(storage_url, {}, redirected=True), temp)
+            await self._progress.report(temp.size, temp.size, final=True)
+            await temp.commit()
+        except BaseException:
+            temp.discard()
+            raise
+        return DownloadedResult(self._destination, temp.size, storage_url is not None)
+
+    async def _fetch(
+        self, source: _Source, temp: _TempFile, *, probe_redirect: bool = False
+    ) -> str | None:
+        """Read ``source`` into ``temp``, resuming and refreshing as needed.
+
+        With ``probe_redirect``, a short body that is a ``$redirect`` is not written:
+        its URL is returned instead.
+        """
+        attempts = refreshes = 0
+        while True:
+            try:
+                return await self._read_once(source, temp, probe_redirect)
+            except PermissionDeniedError:
+                # Storage refuses an expired or rejected pre-signed URL: get a new one.
+                if not source.redirected or refreshes >= MAX_URL_REFRESHES:
+                    raise
+                refreshes += 1
+                logger.info(
+                    "storage refused %s; asking the API for a fresh URL (%d of %d)",
+                    mask_url(source.url),
+                    refreshes,
+                    MAX_URL_REFRESHES,
+                )
+                source.url = await self._fresh_url()
+            except (APIConnectionError, APIError, _Incomplete) as error:
+                attempts += 1
+                transient = isinstance(error, _Incomplete) or retry_reason(error, idempotent=True)
+                if not transient or attempts >= MAX_ATTEMPTS:
+                    raise _final(error, source) from None
+                delay = backoff_delay(attempts, random_fraction=random.random())
+                logger.info(
+                    "reading %s failed at byte %d (%s); resuming in %.2f s",
+                    mask_url(source.url),
+                    temp.size,
+                    error,
+                    delay,
+                )
+                if self._client._options.retry_policy.backoff:
+                    await asyncio.sleep(delay)
+                if not source.redirected:
+                    await temp.restart()  # the API promises no ranges: start over
+
+    async def _fresh_url(self) -> str:
+        """Ask the API for the result again, for a new pre-signed URL."""
+        response = await self._client._request("GET", self._result_path)
+        target = self._redirect_in(response.body)
+        if target is None:
+            raise ResponseValidationError(
+                "asked again for the result's URL, the API no longer redirects",
+                method="GET",
+                url=self._api_url,
+            )
+        return target
+
+    def _redirect_in(self, body: bytes) -> str | None:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None
+        try:
+            return redirect_target(payload, api_base_url=self._client.base_url)
+        except ValueError as exc:
+            raise ResponseValidationError(str(exc), method="GET", url=self._api_url) from None
+
+    async def _read_once(
+        self, source: _Source, temp: _TempFile, probe_redirect: bool
+    ) -> str | None:
+        """One GET of ``source`` from ``temp.size`` on; raises to be retried or resumed."""
+        # Raw bytes: ranges count bytes of the stored representation, not of a decoding.
+        headers = {**source.headers, "Accept-Encoding": "identity"}
+        if temp.size and source.redirected:
+            headers["Range"] = f"bytes={temp.size}-"
+            if self._etag is not None:
+                headers["If-Range"] = self._etag
+        display_url = mask_url(source.url)
+        sessions = self._client._sessions
+        session = sessions.storage() if source.redirected else sessions.api()
+        try:
+            async with session.get(
+                URL(source.url, encoded=True),
+                headers=headers,
+                timeout=self._client._options.storage_timeout,
+                allow_redirects=source.redirected,
+                read_bufsize=CHUNK_BYTES,
+            ) as response:
+                if response.status >= 300:
+                    body = await response.content.read(ERROR_BODY_LIMIT)
+                    raise error_for_response(
+                        response.status, response.headers, body, method="GET", url=display_url
+                    )
+                total = await self._line_up(response, temp)
+                if probe_redirect:
+                    first = await _read_up_to(response, REDIRECT_PROBE_BYTES)
+                    if response.content.at_eof() and (target := self._redirect_in(first)):
+                        return target
+                    await temp.write(first)
+                    await self._progress.report(temp.size, total)
+                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                    await temp.write(chunk)
+                    await self._progress.report(temp.size, total)
+                if total is not None and temp.size != total:
+                    raise _Incomplete(f"got {temp.size} of {total} bytes")
+                return None
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
+            raise connection_error(exc, "GET", display_url, request_sent=False) from None
+        except aiohttp.ClientPayloadError:
+            raise _Incomplete(f"connection lost after byte {temp.size}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise connection_error(exc, "GET", display_url, request_sent=True) from None
+
+    async def _line_up(self, response: aiohttp.ClientResponse, temp: _TempFile) -> int | None:
+        """Line the file up with the answer; return the result's total length, if known."""
+        etag = response.headers.get("ETag")
+        if response.status == 206:
+            start, total = content_range_start(response.headers.get("Content-Range"))
+            if start == temp.size:
+                return total
+            # Not the range asked for: start over rather than guess.
+            await temp.restart()
+            raise _Incomplete(f"storage answered a range from byte {start}, not {temp.size}")
+        if temp.size:
+            # The whole result again: the storage ignored Range, or the object changed.
+            logger.info("storage sent the whole result again; restarting the download")
+            await temp.restart()
+        self._etag = etag
+        if response.headers.get("Content-Encoding", "identity") != "identity":
+            return None  # Content-Length counts encoded bytes; we write decoded ones
+        return response.content_length
+
+
+async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Read until ``limit`` bytes or the end of the body, whichever comes first."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _final(error: Exception, source: _Source) -> TransactionLinkError:
+    """What a download that gave up raises: the error as it is, or a connection error."""
+    if isinstance(error, TransactionLinkError):
+        return error
+    return APIConnectionError(
+        f"the result stayed incomplete after {MAX_ATTEMPTS} attempts ({error})",
+        method="GET",
+        url=mask_url(source.url),
+        request_sent=True,
+    )

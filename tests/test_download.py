@@ -1,0 +1,638 @@
+"""download_result: results streamed to disk, whole or not at all, resumed and refreshed."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+from aiohttp import web
+from moto.server import ThreadedMotoServer
+
+from aiotlink import (
+    DownloadedResult,
+    DownloadError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResponseValidationError,
+    ServerError,
+    TransactionLinkClient,
+)
+from aiotlink._download import content_range_start
+from aiotlink.testing import FakeTransactionLink, GeneratedResult
+
+from .conftest import EXECUTION_ID, TOKEN
+from .servers import ScriptedServer, reply
+
+BIG = GeneratedResult(3_000_000, seed=7)
+THRESHOLD = 100_000  # results above this come as a $redirect from the fake
+RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTransactionLink]:
+    """The fake with a small redirect threshold, so that tests stay quick."""
+    async with FakeTransactionLink(redirect_threshold=THRESHOLD) as started:
+        yield started
+
+
+@pytest.fixture
+async def client(fake: FakeTransactionLink) -> AsyncIterator[TransactionLinkClient]:
+    """A client of the fake that retries without sleeping, with a default header."""
+    async with TransactionLinkClient(
+        fake.token, base_url=fake.url, retry_backoff=False, default_headers={"X-Tenant": "t-1"}
+    ) as client:
+        yield client
+
+
+async def completed(fake: FakeTransactionLink, client: TransactionLinkClient, result: Any) -> str:
+    """The id of an execution that has completed with ``result``."""
+    definition = fake.add_definition(statuses=["COMPLETED"], result=result)
+    return (await client.workflows.initialise(definition)).id
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files the download left in ``folder``."""
+    return [name for name in os.listdir(folder) if name.endswith(".part")]
+
+
+# --- whole results ------------------------------------------------------------
+
+
+async def test_inline_result_written_byte_exact(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """A small result is written as the API sent it: the raw JSON bytes."""
+    execution_id = await completed(fake, client, {"decision": "APPROVED", "score": 0.97})
+    target = tmp_path / "result.json"
+    downloaded = await client.workflows.download_result(execution_id, target)
+    assert downloaded == DownloadedResult(target, target.stat().st_size, redirected=False)
+    assert target.read_bytes() == b'{"decision":"APPROVED","score":0.97}'
+    assert leftovers(tmp_path) == []
+
+
+async def test_redirected_result_written_byte_exact(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """A large result comes from storage through the $redirect, byte for byte."""
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "big.json"
+    downloaded = await client.workflows.download_result(execution_id, target)
+    assert downloaded == DownloadedResult(target, BIG.size, redirected=True)
+    assert sha256(target) == BIG.sha256()
+    assert leftovers(tmp_path) == []
+
+
+async def test_storage_gets_no_credential_and_no_default_header(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """The storage GET carries no Authorization and none of the client's default headers."""
+    execution_id = await completed(fake, client, BIG)
+    await client.workflows.download_result(execution_id, tmp_path / "r.json")
+    (storage_request,) = fake.requests_for("storage")
+    assert "Authorization" not in storage_request.headers
+    assert "X-Tenant" not in storage_request.headers
+    (api_request,) = fake.requests_for("result")
+    assert api_request.headers["X-Tenant"] == "t-1"
+
+
+# --- resuming -----------------------------------------------------------------
+
+
+async def test_dropped_connection_resumes_with_range_and_if_range(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """A body cut mid-way resumes from the bytes on disk, with Range and If-Range."""
+    execution_id = await completed(fake, client, BIG)
+    fake.drop_next("storage", after_bytes=1_000_000)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()
+    first, second = fake.requests_for("storage")
+    assert "Range" not in first.headers
+    resumed_from = int(second.headers["Range"].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_from <= 1_000_000
+    assert second.headers["If-Range"] == BIG.etag
+    assert second.query == first.query  # the same URL, byte for byte
+
+
+async def test_storage_that_ignores_range_restarts_cleanly(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """If storage answers a Range request with the whole object (200), it starts over."""
+    payload = b'{"data": "' + b"x" * 500_000 + b'"}'
+
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(len(payload))})
+        await response.prepare(request)
+        await response.write(payload[:200_000])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
+    storage.script("GET", "/r.json", cut_short, reply(200, text=payload.decode()))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        downloaded = await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == payload
+    assert downloaded.size == len(payload)
+    assert "Range" in storage.seen[1].headers
+
+
+async def test_a_range_from_elsewhere_is_not_trusted(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A 206 that starts at another byte than asked is thrown away; the file restarts."""
+    payload = b'["' + b"y" * 300_000 + b'"]'
+
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(len(payload)), "ETag": '"e"'})
+        await response.prepare(request)
+        await response.write(payload[:100_000])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    async def wrong_range(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=206,
+            body=payload[10:],
+            headers={"Content-Range": f"bytes 10-{len(payload) - 1}/{len(payload)}"},
+        )
+
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
+    storage.script("GET", "/r.json", cut_short, wrong_range, reply(200, text=payload.decode()))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == payload
+    assert len(storage.seen) == 3
+
+
+async def test_a_dropped_inline_answer_starts_over(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """An inline answer cut mid-way is fetched again from the start (the API has no Range)."""
+    result = {"items": ["z" * 1000] * 50}
+    execution_id = await completed(fake, client, result)
+    fake.drop_next("result", after_bytes=10_000)
+    target = tmp_path / "r.json"
+    downloaded = await client.workflows.download_result(execution_id, target)
+    assert not downloaded.redirected
+    assert target.stat().st_size == downloaded.size > 50_000
+    assert all("Range" not in r.headers for r in fake.requests_for("result"))
+
+
+# --- expired URLs ---------------------------------------------------------------
+
+
+async def test_expired_url_is_refreshed_from_the_api(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """A 403 from storage makes it ask the API for a new $redirect and go on from there."""
+    execution_id = await completed(fake, client, BIG)
+    fake.drop_next("storage", after_bytes=500_000)
+    fake.fail_next("storage", 403)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()
+    assert len(fake.requests_for("result")) == 2
+    last = fake.requests_for("storage")[-1]
+    assert last.headers["Range"] != "bytes=0-"
+
+
+async def test_expiry_against_the_fakes_clock(tmp_path: Path) -> None:
+    """A URL that really expired (the fake's clock moved past its TTL) is replaced."""
+    from aiotlink.testing import ManualClock
+
+    clock = ManualClock()
+    calls = 0
+
+    def move_time(done: int, total: int | None) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            clock.advance(120)  # the first URL is now expired
+
+    target = tmp_path / "r.json"
+    async with FakeTransactionLink(redirect_threshold=THRESHOLD, url_ttl=60, clock=clock) as fake:
+        client = TransactionLinkClient(fake.token, base_url=fake.url)
+        async with client:
+            execution_id = await completed(fake, client, BIG)
+            fake.drop_next("storage", after_bytes=200_000)
+            await client.workflows.download_result(execution_id, target, on_progress=move_time)
+    assert sha256(target) == BIG.sha256()
+    assert len(fake.requests_for("result")) == 2
+
+
+async def test_refreshes_are_bounded(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """Storage refusing every URL ends with PermissionDeniedError after a few refreshes."""
+    execution_id = await completed(fake, client, BIG)
+    fake.fail_next("storage", 403, times=20)
+    target = tmp_path / "r.json"
+    with pytest.raises(PermissionDeniedError, match="403"):
+        await client.workflows.download_result(execution_id, target)
+    assert len(fake.requests_for("result")) == 4  # the first answer and 3 refreshes
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+# --- failures leave nothing behind -------------------------------------------------
+
+
+async def test_failure_after_every_retry_leaves_no_file(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """Storage failing on every attempt raises, and leaves neither the file nor a temp file."""
+    execution_id = await completed(fake, client, BIG)
+    fake.fail_next("storage", 503, times=50)
+    target = tmp_path / "r.json"
+    with pytest.raises(ServerError):
+        await client.workflows.download_result(execution_id, target)
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+async def test_endless_drops_end_with_a_connection_error(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """A body cut short on every attempt gives up after a bounded number of attempts."""
+    execution_id = await completed(fake, client, BIG)
+    fake.drop_next("storage", times=50, after_bytes=1000)
+    with pytest.raises(Exception, match=r"incomplete|connection lost") as caught:
+        await client.workflows.download_result(execution_id, tmp_path / "r.json")
+    from aiotlink import APIConnectionError
+
+    assert isinstance(caught.value, APIConnectionError)
+    assert len(fake.requests_for("storage")) == 5
+    assert leftovers(tmp_path) == []
+
+
+async def test_existing_file_is_untouched_on_failure(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """An earlier file at the destination keeps its content when the download fails."""
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    target.write_bytes(b"yesterday's result")
+    fake.drop_next("storage", after_bytes=100_000)
+    fake.fail_next("storage", 404)
+    with pytest.raises(NotFoundError):
+        await client.workflows.download_result(execution_id, target)
+    assert target.read_bytes() == b"yesterday's result"
+    assert leftovers(tmp_path) == []
+
+
+async def test_existing_file_is_replaced_whole_on_success(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """A successful download replaces an earlier file at the destination."""
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    target.write_bytes(b"old")
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()
+
+
+class _FullDisk:
+    """A file object whose writes fail with ENOSPC once ``room`` bytes are written."""
+
+    def __init__(self, real: Any, room: int) -> None:
+        self._real = real
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return int(self._real.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+async def test_disk_full_gives_a_clear_error_and_no_partial_file(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Running out of disk raises DownloadError naming the path; nothing is left behind."""
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(
+        "aiotlink._download.os.fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k), 500_000)
+    )
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    target.write_bytes(b"keep me")
+    with pytest.raises(DownloadError, match="No space left on device") as caught:
+        await client.workflows.download_result(execution_id, target)
+    assert caught.value.path == target
+    assert str(target) in str(caught.value)
+    assert target.read_bytes() == b"keep me"
+    assert leftovers(tmp_path) == []
+
+
+async def test_cancelling_a_download_leaves_nothing_behind(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """Cancelling mid-download removes the temporary file and re-raises."""
+    execution_id = await completed(fake, client, BIG)
+    fake.slow_next("storage", 30.0)
+    target = tmp_path / "r.json"
+    task = asyncio.create_task(client.workflows.download_result(execution_id, target))
+    for _ in range(200):
+        if fake.requests_for("storage"):
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+# --- arguments, progress, secrets -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("execution_id", "where", "named"),
+    [
+        ("not-a-uuid", "r.json", "execution_id"),
+        (EXECUTION_ID, "missing-folder/r.json", "folder does not exist"),
+        (EXECUTION_ID, ".", "directory"),
+        (EXECUTION_ID, None, "path"),
+    ],
+)
+async def test_bad_arguments_raise_before_any_request(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    execution_id: str,
+    where: str | None,
+    named: str,
+) -> None:
+    """A malformed id or an impossible path raises ValueError before any request."""
+    path: Any = None if where is None else tmp_path / where
+    with pytest.raises(ValueError, match=named):
+        await client.workflows.download_result(execution_id, path)
+    assert fake.requests == []
+
+
+async def test_progress_reports_bytes_and_total_at_a_bounded_rate(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """on_progress (async too) sees growing byte counts, the total, and the end."""
+    execution_id = await completed(fake, client, BIG)
+    fake.slow_next("storage", 0.25)  # the download takes at least a quarter second
+    calls: list[tuple[int, int | None]] = []
+
+    async def record(done: int, total: int | None) -> None:
+        calls.append((done, total))
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await client.workflows.download_result(execution_id, tmp_path / "r.json", on_progress=record)
+    elapsed = loop.time() - started
+    assert calls[-1] == (BIG.size, BIG.size)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert {total for _, total in calls} == {BIG.size}
+    assert len(calls) <= elapsed / 0.1 + 3  # at most ten a second, plus the first and last
+
+
+async def test_signatures_are_masked_in_logs_and_errors(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retry logs and errors show the storage URL with its signature masked."""
+    caplog.set_level(logging.DEBUG)
+    execution_id = await completed(fake, client, BIG)
+    fake.drop_next("storage", after_bytes=1000)
+    fake.fail_next("storage", 503, times=50)
+    with pytest.raises(ServerError) as caught:
+        await client.workflows.download_result(execution_id, tmp_path / "r.json")
+    signature = fake.requests_for("storage")[0].query.split("X-Amz-Signature=")[1]
+    texts = [str(caught.value), *(record.getMessage() for record in caplog.records)]
+    assert any("X-Amz-Signature=***" in text for text in texts)
+    assert not [text for text in texts if signature in text]
+
+
+async def test_a_redirect_to_plain_http_from_an_https_api_is_refused(
+    mocked: Any, tmp_path: Path
+) -> None:
+    """The $redirect check applies to downloads too."""
+    mocked.get(
+        f"https://api.transactionlink.io/workflows/{EXECUTION_ID}/result",
+        payload={"$redirect": "http://elsewhere.example/r.json?X-Amz-Signature=ab"},
+    )
+    async with TransactionLinkClient(TOKEN) as client:
+        with pytest.raises(ResponseValidationError, match="refusing to follow"):
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert leftovers(tmp_path) == []
+
+
+async def test_run_can_download_to_a_path(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """run(..., download_to=path) returns the DownloadedResult as its result."""
+    definition = fake.add_definition(statuses=["RUNNING", "COMPLETED"], result=BIG)
+    target = tmp_path / "r.json"
+    outcome = await client.workflows.run(definition, download_to=target, poll_interval=0.01)
+    assert outcome.result == DownloadedResult(target, BIG.size, redirected=True)
+    assert sha256(target) == BIG.sha256()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes 100-199/1000", (100, 1000)),
+        ("bytes 0-9/*", (0, None)),
+        ("bytes */1000", (None, None)),
+        (None, (None, None)),
+        ("items 1-2/3", (None, None)),
+    ],
+)
+def test_content_range_parsing(header: str | None, expected: tuple[int | None, int | None]) -> None:
+    """Content-Range gives the first byte and the total, or nothing when malformed."""
+    assert content_range_start(header) == expected
+
+
+# --- a real S3-compatible server --------------------------------------------------
+
+
+@pytest.fixture
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1, started by the test; yields its endpoint URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+async def test_redirect_to_a_real_presigned_s3_url(
+    s3_server: str, server: ScriptedServer, tmp_path: Path
+) -> None:
+    """A boto3 pre-signed URL to an object in a real S3 server downloads byte for byte."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="eu-central-1",
+    )
+    payload = b"".join(BIG.iter_bytes())
+    location = {"LocationConstraint": "eu-central-1"}
+    await asyncio.to_thread(
+        s3.create_bucket, Bucket="tl-results", CreateBucketConfiguration=location
+    )
+    await asyncio.to_thread(s3.put_object, Bucket="tl-results", Key="r/result.json", Body=payload)
+    presigned = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "tl-results", "Key": "r/result.json"}, ExpiresIn=300
+    )
+    assert "X-Amz-Signature=" in presigned
+    assert "%2F" in presigned  # the credential scope: re-quoting would break it
+    server.script(*RESULT, reply(200, {"$redirect": presigned}))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        downloaded = await client.workflows.download_result(EXECUTION_ID, target)
+        in_memory = await client.workflows.get_result(EXECUTION_ID)
+    assert downloaded == DownloadedResult(target, len(payload), redirected=True)
+    assert sha256(target) == BIG.sha256()
+    assert in_memory == __import__("json").loads(payload)
+
+
+async def test_aiohttp_would_requote_without_encoded_urls() -> None:
+    """Why URLs are sent encoded: yarl re-quotes %2F in a plain URL (guards the design)."""
+    import yarl
+
+    url = "http://127.0.0.1/r?X-Amz-Credential=a%2Fb"
+    assert str(yarl.URL(url, encoded=True)) == url
+    assert aiohttp.__version__  # the client library under test
+
+
+# --- the edges of the network and the disk ---------------------------------------
+
+
+async def test_unreachable_storage_ends_with_a_connection_error(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """Storage that cannot be reached is retried a bounded number of times, then raised."""
+    from aiotlink import APIConnectionError
+
+    from .test_integration import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/r.json?X-Amz-Signature=secret-signature"
+    server.script(*RESULT, reply(200, {"$redirect": url}))
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        with pytest.raises(APIConnectionError, match="could not connect") as caught:
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert "secret-signature" not in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+async def test_storage_that_stops_answering_times_out_per_read(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A storage read that stalls longer than the timeout fails as a timeout, retried."""
+    from aiotlink import APITimeoutError
+
+    from .servers import stall
+
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
+    storage.script("GET", "/r.json", stall(5.0, reply(200, text="[]")))
+    async with TransactionLinkClient(
+        TOKEN, base_url=server.url, timeout=0.05, retry_backoff=False
+    ) as client:
+        with pytest.raises(APITimeoutError):
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert len(storage.seen) == 5
+
+
+async def test_compressed_storage_answer_is_written_decoded(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A gzip-encoded answer is written as the JSON it encodes (its length is not checked)."""
+    import gzip
+
+    payload = b'{"compressed": "' + b"c" * 10_000 + b'"}'
+
+    async def gzipped(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=gzip.compress(payload), headers={"Content-Encoding": "gzip"})
+
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
+    storage.script("GET", "/r.json", gzipped)
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        downloaded = await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == payload
+    assert downloaded.size == len(payload)
+    assert storage.seen[0].headers["Accept-Encoding"] == "identity"
+
+
+async def test_refresh_that_no_longer_redirects(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """If the API stops redirecting when asked for a fresh URL, that is a clear error."""
+    expired = "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+    server.script(
+        *RESULT,
+        reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}),
+        reply(200, {"not": "a redirect"}),
+    )
+    storage.script("GET", "/r.json", reply(403, text=expired))
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ResponseValidationError, match="no longer redirects"):
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_short_body_that_is_not_json_is_written_as_sent(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """download_result writes the bytes the API sent; it does not judge them."""
+    server.script(*RESULT, reply(200, text="plain text, not JSON"))
+    target = tmp_path / "r.txt"
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == b"plain text, not JSON"
+
+
+async def test_fsync_failure_leaves_the_destination_as_it_was(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the data cannot be flushed to disk, DownloadError; the old file stays; no temp."""
+
+    def failing_fsync(descriptor: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    execution_id = await completed(fake, client, {"small": True})
+    target = tmp_path / "r.json"
+    target.write_bytes(b"old")
+    monkeypatch.setattr("aiotlink._download.os.fsync", failing_fsync)
+    with pytest.raises(DownloadError, match="could not finish writing"):
+        await client.workflows.download_result(execution_id, target)
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
