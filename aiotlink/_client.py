@@ -21,6 +21,8 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from ._arguments import check_count, check_seconds
+from ._polling import Fetch, Poller
 from ._redaction import mask_url
 from ._retry import RetryPolicy, call_with_retries
 from ._transport import Response, authorization_value, send
@@ -74,7 +76,18 @@ class _Sessions:
         self._caller_session = session
         self.connection_limit = connection_limit
         self._own_sessions: list[aiohttp.ClientSession] = []
+        self._pollers: dict[_RequestOptions, Poller] = {}
         self.closed = False
+
+    def poller(self, options: _RequestOptions, fetch: Fetch) -> Poller:
+        """The poll loops for views with ``options``: waiters on one id share one loop.
+
+        Views made with the same settings (``with_options(timeout=5)`` on every call)
+        share a poller; at most ``connection_limit`` polls of each are in flight.
+        """
+        if options not in self._pollers:
+            self._pollers[options] = Poller(fetch, max_in_flight=self.connection_limit)
+        return self._pollers[options]
 
     def _open(self) -> aiohttp.ClientSession:
         session = aiohttp.ClientSession(
@@ -142,10 +155,8 @@ def _check_token(token: str | None) -> str:
 
 
 def _check_options(timeout: float | None, max_retries: int) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+    check_seconds("timeout", timeout, allow_none=True)
+    check_count("max_retries", max_retries, minimum=0)
 
 
 def _check_default_headers(default_headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -193,10 +204,7 @@ class TransactionLinkClient:
     ) -> None:
         token = _check_token(token)
         _check_options(timeout, max_retries)
-        if isinstance(connection_limit, bool) or not isinstance(connection_limit, int):
-            raise ValueError(f"connection_limit must be a whole number, got {connection_limit!r}")
-        if connection_limit < 1:
-            raise ValueError(f"connection_limit must be at least 1, got {connection_limit}")
+        check_count("connection_limit", connection_limit, minimum=1)
         headers = _check_default_headers(default_headers)
         self.base_url = _check_base_url(base_url)
         self._token = token

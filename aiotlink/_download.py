@@ -102,18 +102,6 @@ class _Progress:
             await outcome
 
 
-def check_destination(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a ``Path`` whose folder exists; ``ValueError`` otherwise."""
-    if not isinstance(path, str | os.PathLike):
-        raise ValueError(f"path must be a str or a path, got {type(path).__name__}")
-    destination = Path(path)
-    if destination.is_dir():
-        raise ValueError(f"path is a directory, not a file: {destination}")
-    if not destination.parent.is_dir():
-        raise ValueError(f"path's folder does not exist: {destination.parent}")
-    return destination
-
-
 def content_range_start(header: str | None) -> tuple[int | None, int | None]:
     """The first byte and the total length from a ``Content-Range`` header.
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
+from ._arguments import check_seconds
 from ._errors import APIError, RateLimitError
 from ._models import WorkflowExecution
 from ._retry import retry_reason
@@ -33,9 +34,9 @@ JITTER = 0.2
 Fetch = Callable[[str], Awaitable[tuple[WorkflowExecution, float | None]]]
 
 
-def _check_seconds(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+DEFAULT_POLL_INTERVAL = 1.0  # seconds
+DEFAULT_MAX_POLL_INTERVAL = 15.0  # seconds
+DEFAULT_POLL_FACTOR = 1.5
 
 
 @attrs.frozen
@@ -46,13 +47,13 @@ class PollSchedule:
     ``poll_interval=60`` alone means "every minute".
     """
 
-    poll_interval: float = 1.0
-    max_poll_interval: float = 15.0
-    factor: float = 1.5
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
+    factor: float = DEFAULT_POLL_FACTOR
 
     def __attrs_post_init__(self) -> None:
-        _check_seconds("poll_interval", self.poll_interval)
-        _check_seconds("max_poll_interval", self.max_poll_interval)
+        check_seconds("poll_interval", self.poll_interval)
+        check_seconds("max_poll_interval", self.max_poll_interval)
         if self.max_poll_interval < self.poll_interval:
             object.__setattr__(self, "max_poll_interval", self.poll_interval)
         if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
@@ -183,8 +184,9 @@ class Poller:
         self._deadlines: list[Subscription] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._waiting = 0
-        # Timers and poll tasks run in one context of the poller's, not a copy per call.
-        self._context = contextvars.copy_context()
+        # Timers and poll tasks run in an empty context of the poller's own: a shared poll
+        # serves many waiters, so none of their context variables may leak into it.
+        self._context = contextvars.Context()
 
     @property
     def active_polls(self) -> int:

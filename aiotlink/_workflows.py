@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import os
-import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from ._arguments import (
+    check_callable,
+    check_count,
+    check_destination,
+    check_execution_id,
+    check_expires_at,
+    check_parameters,
+    check_seconds,
+    check_text,
+    check_uuid,
+)
 from ._converter import DecodeError, decode_execution, encode_initialise_request
-from ._download import Downloader, OnProgress, check_destination
+from ._download import Downloader, OnProgress
 from ._errors import (
     APIConnectionError,
     ResponseValidationError,
@@ -30,7 +39,15 @@ from ._models import (
     WorkflowExecution,
     WorkflowStatus,
 )
-from ._polling import DEFAULT_SCHEDULE, DeadlinePassed, Poller, PollSchedule
+from ._polling import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_POLL_FACTOR,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_SCHEDULE,
+    DeadlinePassed,
+    Poller,
+    PollSchedule,
+)
 from ._redaction import mask_url
 from ._results import redirect_target
 from ._retry import parse_retry_after
@@ -43,96 +60,22 @@ logger = logging.getLogger("aiotlink")
 
 OnStatus = Callable[[WorkflowExecution], Awaitable[None] | None]
 
-# The provider's bounds for expiresAt (spec/README.md).
-MIN_EXPIRY = timedelta(minutes=30)
-MAX_EXPIRY = timedelta(days=30)
 DEFAULT_MAX_RESULT_BYTES = 100 * 2**20
-DEFAULT_POLL_ARGUMENTS = (1.0, 15.0, 1.5)  # poll_interval, max_poll_interval, poll_factor
 # The remote cancel sent when a wait is cancelled must not hold up the cancellation.
 REMOTE_CANCEL_TIMEOUT = 5.0
-# Ids go into the URL path as they are: only RFC 3986 unreserved characters, so an id
-# can never change the path (no "/", "..", "?" or "%").
-_PATH_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
 
 
-def check_text(name: str, value: object) -> str:
-    """``value`` as a non-empty string, else ``ValueError`` naming the argument."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def check_execution_id(value: object) -> str:
-    """An execution id safe to put in a URL path (``str`` or ``UUID``)."""
-    if isinstance(value, UUID):
-        return str(value)
-    text = check_text("execution_id", value)
-    if not _PATH_ID_PATTERN.fullmatch(text) or text in (".", ".."):
-        raise ValueError(f"execution_id has characters an id cannot have: {text!r}")
-    return text
-
-
-def check_uuid(name: str, value: object) -> UUID:
-    """``value`` (a ``UUID`` or its text) as a ``UUID``, else ``ValueError`` naming it."""
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise ValueError(f"{name} must be a UUID, got {value!r}")
-
-
-def check_parameters(parameters: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """The workflow parameters as a JSON object (``None`` is ``{}``)."""
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, Mapping):
-        raise ValueError(f"parameters must be a mapping, got {type(parameters).__name__}")
-    try:
-        json.dumps(parameters, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"parameters must be JSON-serialisable: {exc}") from None
-    return parameters
-
-
-def check_expires_at(expires_at: datetime | timedelta | None, *, now: datetime) -> datetime | None:
-    """The expiry as an aware datetime, checked to lie 30 minutes to 30 days after ``now``."""
-    if expires_at is None:
-        return None
-    if isinstance(expires_at, timedelta):
-        when = now + expires_at
-    elif isinstance(expires_at, datetime):
-        if expires_at.tzinfo is None or expires_at.utcoffset() is None:
-            raise ValueError("expires_at must be timezone-aware (e.g. datetime.now(UTC) + ...)")
-        when = expires_at
-    else:
-        raise ValueError(
-            f"expires_at must be a datetime or a timedelta, got {type(expires_at).__name__}"
-        )
-    if not MIN_EXPIRY <= when - now <= MAX_EXPIRY:
-        raise ValueError(
-            "expires_at must lie between 30 minutes and 30 days from now, "
-            f"got {when.isoformat()} ({when - now} from now)"
-        )
-    return when
-
-
-def check_max_bytes(max_bytes: object) -> int:
-    """A positive byte count, else ``ValueError``."""
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValueError(f"max_bytes must be a positive whole number, got {max_bytes!r}")
-    return max_bytes
-
-
-def check_timeout(timeout: object) -> float | None:
-    """A positive number of seconds or ``None`` (no deadline), else ``ValueError``."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    return float(timeout)
+def poll_schedule(
+    poll_interval: float, max_poll_interval: float, poll_factor: float
+) -> PollSchedule:
+    """The checked schedule, the one shared default object when nothing was changed."""
+    if (poll_interval, max_poll_interval, poll_factor) == (
+        DEFAULT_POLL_INTERVAL,
+        DEFAULT_MAX_POLL_INTERVAL,
+        DEFAULT_POLL_FACTOR,
+    ):
+        return DEFAULT_SCHEDULE
+    return PollSchedule(poll_interval, max_poll_interval, poll_factor)
 
 
 async def _call_back(on_status: OnStatus | None, execution: WorkflowExecution) -> None:
@@ -147,7 +90,6 @@ class Workflows:
 
     def __init__(self, client: TransactionLinkClient) -> None:
         self._client = client
-        self._poller: Poller | None = None
 
     async def initialise(
         self,
@@ -195,9 +137,20 @@ class Workflows:
         Raises:
             ValueError: a malformed id. NotFoundError: no such execution.
         """
-        path = f"/workflows/{check_execution_id(execution_id)}"
+        execution, _ = await self._find(check_execution_id(execution_id))
+        return execution
+
+    async def _find(self, execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        """The execution, and the answer's ``Retry-After`` in seconds (the poller's pace)."""
+        path = f"/workflows/{execution_id}"
         response = await self._client._request("GET", path)
-        return self._execution(response, "GET", path)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=datetime.now(UTC))
+        return self._execution(response, "GET", path), retry_after
+
+    @property
+    def _poller(self) -> Poller:
+        """The poll loops of every client view with this one's settings (created on use)."""
+        return self._client._sessions.poller(self._client._options, self._find)
 
     async def download_result(
         self,
@@ -223,22 +176,17 @@ class Workflows:
         """
         path_in_api = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
         destination = check_destination(path)
+        check_callable("on_progress", on_progress)
         return await Downloader(self._client, path_in_api, destination, on_progress).run()
-
-    async def _find_for_poll(self, execution_id: str) -> tuple[WorkflowExecution, float | None]:
-        path = f"/workflows/{execution_id}"
-        response = await self._client._request("GET", path)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=datetime.now(UTC))
-        return self._execution(response, "GET", path), retry_after
 
     async def watch(
         self,
         execution_id: str | UUID,
         *,
-        poll_interval: float = 1.0,
-        max_poll_interval: float = 15.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         timeout: float | None = None,
-        poll_factor: float = 1.5,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
     ) -> AsyncGenerator[WorkflowExecution, None]:
         """Follow an execution: yield it once per status change, ending after a terminal one.
 
@@ -255,18 +203,12 @@ class Workflows:
             NotFoundError: at once, ending the watch.
         """
         execution_id = check_execution_id(execution_id)
-        if (poll_interval, max_poll_interval, poll_factor) == DEFAULT_POLL_ARGUMENTS:
-            schedule = DEFAULT_SCHEDULE  # one shared object for the common case
-        else:
-            schedule = PollSchedule(poll_interval, max_poll_interval, poll_factor)
-        timeout = check_timeout(timeout)
+        schedule = poll_schedule(poll_interval, max_poll_interval, poll_factor)
+        timeout = check_seconds("timeout", timeout, allow_none=True)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        if self._poller is None:
-            self._poller = Poller(
-                self._find_for_poll, max_in_flight=self._client._sessions.connection_limit
-            )
-        subscription = self._poller.subscribe(execution_id, schedule, deadline=deadline)
+        poller = self._poller
+        subscription = poller.subscribe(execution_id, schedule, deadline=deadline)
         last: WorkflowExecution | None = None
         try:
             while last is None or not last.is_terminal:
@@ -281,20 +223,20 @@ class Workflows:
                 last = change
                 yield last
         finally:
-            self._poller.unsubscribe(subscription)
+            poller.unsubscribe(subscription)
 
     async def wait_for_completion(
         self,
         execution_id: str | UUID,
         *,
         timeout: float | None = None,
-        poll_interval: float = 1.0,
-        max_poll_interval: float = 15.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         on_status: OnStatus | None = None,
         raise_on_failure: bool = True,
         cancel_on_timeout: bool = False,
         cancel_remote_on_cancel: bool = False,
-        poll_factor: float = 1.5,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
     ) -> WorkflowExecution:
         """Wait until the execution ends; return it if COMPLETED.
 
@@ -312,6 +254,7 @@ class Workflows:
             WaitTimeoutError: past ``timeout``, with the last execution seen.
             ValueError, APIError: as :meth:`watch`.
         """
+        check_callable("on_status", on_status)
         last: WorkflowExecution | None = None
         try:
             watching = self.watch(
@@ -345,7 +288,7 @@ class Workflows:
         """Cancel the remote execution on a best-effort basis, within a few seconds."""
         try:
             async with asyncio.timeout(REMOTE_CANCEL_TIMEOUT):
-                await self._client.with_options(max_retries=1).workflows.cancel(execution_id)
+                await self.cancel(execution_id)
         except (TransactionLinkError, TimeoutError) as error:
             logger.warning("could not cancel execution %s: %s", execution_id, error)
 
@@ -358,19 +301,22 @@ class Workflows:
         expires_at: datetime | timedelta | None = None,
         record_id: UUID | str | None = None,
         timeout: float | None = None,
-        poll_interval: float = 1.0,
-        max_poll_interval: float = 15.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
         on_status: OnStatus | None = None,
         raise_on_failure: bool = True,
         cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
         max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         download_to: str | os.PathLike[str] | None = None,
         on_progress: OnProgress | None = None,
     ) -> RunResult:
         """Initialise an execution, wait for it, and fetch its result, under one ``timeout``.
 
-        Returns a :class:`RunResult` with ``.execution`` (terminal) and ``.result``: the
-        decoded JSON, or with ``download_to=path`` the :class:`DownloadedResult` of
+        Every argument is checked before the execution is started. Returns a
+        :class:`RunResult` with ``.execution`` (terminal) and ``.result``: the decoded
+        JSON, or with ``download_to=path`` the :class:`DownloadedResult` of
         :meth:`download_result` (for results too large to hold in memory); ``None``
         when the execution did not complete and ``raise_on_failure=False``.
 
@@ -379,16 +325,15 @@ class Workflows:
             if initialise itself did not answer in time). Otherwise as
             :meth:`initialise`, :meth:`wait_for_completion` and :meth:`get_result`.
         """
-        timeout = check_timeout(timeout)
-        max_bytes = check_max_bytes(max_bytes)
+        poll_schedule(poll_interval, max_poll_interval, poll_factor)
+        timeout = check_seconds("timeout", timeout, allow_none=True)
+        check_count("max_bytes", max_bytes, minimum=1)
+        check_callable("on_status", on_status)
+        check_callable("on_progress", on_progress)
         if download_to is not None:
             download_to = check_destination(download_to)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-
-        def remaining() -> float | None:
-            return None if deadline is None else max(deadline - loop.time(), 1e-3)
-
         execution: WorkflowExecution | None = None
         try:
             async with asyncio.timeout_at(deadline) as phase:
@@ -401,12 +346,14 @@ class Workflows:
                 )
             execution = await self.wait_for_completion(
                 execution.id,
-                timeout=remaining(),
+                timeout=None if deadline is None else max(deadline - loop.time(), 1e-3),
                 poll_interval=poll_interval,
                 max_poll_interval=max_poll_interval,
+                poll_factor=poll_factor,
                 on_status=on_status,
                 raise_on_failure=raise_on_failure,
                 cancel_on_timeout=cancel_on_timeout,
+                cancel_remote_on_cancel=cancel_remote_on_cancel,
             )
             if execution.status is not WorkflowStatus.COMPLETED:
                 return RunResult(execution, None)
@@ -417,6 +364,9 @@ class Workflows:
                     result = await self.download_result(
                         execution.id, download_to, on_progress=on_progress
                     )
+        except WaitTimeoutError as timed_out:
+            assert timeout is not None  # the wait had the rest of run's own deadline
+            raise WaitTimeoutError(timed_out.execution, timeout) from None
         except TimeoutError as exc:
             if deadline is None or not phase.expired():
                 raise
@@ -445,7 +395,7 @@ class Workflows:
             or no result yet. ResultTooLargeError: over ``max_bytes``.
         """
         path = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
-        max_bytes = check_max_bytes(max_bytes)
+        max_bytes = check_count("max_bytes", max_bytes, minimum=1)
         response = await self._client._request("GET", path, max_bytes=max_bytes)
         payload = self._json(response, "GET", self._client.base_url + path)
         try:

@@ -7,7 +7,6 @@ import re
 import resource
 import signal
 import statistics
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,14 +30,15 @@ class FakeProcess:
 async def fake_server_process(*options: str) -> AsyncIterator[FakeProcess]:
     """Run ``python -m aiotlink.testing`` on a free port until the block ends."""
     command = [sys.executable, "-m", "aiotlink.testing", "--port", "0", "--token", TOKEN]
-    # Started before anything is measured: blocking for it here costs nothing.
-    process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220
+    process = await asyncio.create_subprocess_exec(
+        *command, *options, stdout=asyncio.subprocess.PIPE
+    )
     assert process.stdout is not None
     banner = ""
-    for line in process.stdout:
-        banner += line
-        if "Ctrl-C" in line:
-            break
+    while "Ctrl-C" not in banner:
+        line = await process.stdout.readline()
+        assert line, f"the fake server stopped: {banner}"
+        banner += line.decode()
     try:
         url = re.search(r"listening on (\S+)", banner)
         assert url is not None, banner
@@ -46,8 +46,7 @@ async def fake_server_process(*options: str) -> AsyncIterator[FakeProcess]:
         yield FakeProcess(url[1], {name: definition for definition, name in listed})
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-        process.stdout.close()
+        await asyncio.wait_for(process.wait(), timeout=30)
 
 
 def rss_bytes() -> int:

@@ -76,34 +76,35 @@ def measured(target: Path, seconds: float, meters: Meters) -> dict[str, float]:
 
 
 async def run(size_mib: int, rounds: int, folder: Path) -> dict[str, Any]:
-    async with fake_server_process(
-        "--large-result-mib", str(size_mib), "--step-seconds", "0"
-    ) as fake:
-        async with TransactionLinkClient(TOKEN, base_url=fake.url) as client:
-            execution = await client.workflows.initialise(fake.definitions["large-report"])
-            await client.workflows.wait_for_completion(execution.id, poll_interval=0.01)
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(
-                    f"{fake.url}/workflows/{execution.id}/result",
-                    headers={"Authorization": TOKEN},
-                ) as answer,
-            ):
-                url = (await answer.json())["$redirect"]
-            results: dict[str, list[dict[str, float]]] = {"aiohttp": [], "aiotlink": [], "curl": []}
-            for _ in range(rounds):
-                for name in ("aiohttp", "aiotlink", "curl"):
-                    target = folder / f"{name}.json"
-                    if name == "aiohttp":
-                        outcome = await raw_aiohttp(url, target)
-                    elif name == "aiotlink":
-                        outcome = await aiotlink_download(client, execution.id, target)
-                    else:
-                        outcome = curl(url, target)  # type: ignore[assignment]
-                    if outcome is not None:
-                        assert target.stat().st_size == size_mib * MIB
-                        results[name].append(outcome)
-                    target.unlink(missing_ok=True)
+    async with (
+        fake_server_process("--large-result-mib", str(size_mib), "--step-seconds", "0") as fake,
+        TransactionLinkClient(TOKEN, base_url=fake.url) as client,
+    ):
+        execution = await client.workflows.initialise(fake.definitions["large-report"])
+        await client.workflows.wait_for_completion(execution.id, poll_interval=0.01)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{fake.url}/workflows/{execution.id}/result",
+                headers={"Authorization": TOKEN},
+            ) as answer,
+        ):
+            url = (await answer.json())["$redirect"]
+        results: dict[str, list[dict[str, float]]] = {"aiohttp": [], "aiotlink": [], "curl": []}
+        for _ in range(rounds):
+            for name in ("aiohttp", "aiotlink", "curl"):
+                target = folder / f"{name}.json"
+                outcome: dict[str, float] | None
+                if name == "aiohttp":
+                    outcome = await raw_aiohttp(url, target)
+                elif name == "aiotlink":
+                    outcome = await aiotlink_download(client, execution.id, target)
+                else:
+                    outcome = curl(url, target)
+                if outcome is not None:
+                    assert target.stat().st_size == size_mib * MIB
+                    results[name].append(outcome)
+                target.unlink(missing_ok=True)
     return summarise(results, size_mib, rounds)
 
 

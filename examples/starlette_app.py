@@ -47,7 +47,11 @@ async def start_kyc(request: Request) -> JSONResponse:
 async def await_kyc(request: Request) -> JSONResponse:
     client: TransactionLinkClient = request.state.client
     execution_id = request.path_params["execution_id"]
-    wait = min(float(request.query_params.get("wait", "10")), MAX_WAIT)
+    try:
+        wait = float(request.query_params.get("wait", "10"))
+    except ValueError:
+        return JSONResponse({"error": "wait must be a number of seconds"}, 400)
+    wait = min(max(wait, 0.01), MAX_WAIT)
     try:
         execution = await client.workflows.wait_for_completion(
             execution_id, timeout=wait, raise_on_failure=False, poll_interval=0.2

@@ -48,6 +48,8 @@ async def worker(
             outcomes["still running at the deadline"] += 1
         except TransactionLinkError as error:
             outcomes[f"error: {type(error).__name__}"] += 1
+        except Exception as error:  # a bug must not kill the worker and stall the pool
+            outcomes[f"unexpected: {type(error).__name__}"] += 1
         finally:
             jobs.task_done()
 

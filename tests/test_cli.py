@@ -83,8 +83,8 @@ def api_process() -> Iterator[dict[str, str]]:
         banner = "".join(lines)
         ids = dict(re.findall(r"^\s+(\S+)\s+(kyc-\S+|large-report)", banner, re.MULTILINE))
         info = {name: definition_id for definition_id, name in ids.items()}
-        info["url"] = re.search(r"listening on (\S+)", banner)[1]  # type: ignore[index]
-        info["token"] = re.search(r"token\s+(\S+)", banner)[1]  # type: ignore[index]
+        info["url"] = re.search(r"listening on (\S+)", banner)[1]
+        info["token"] = re.search(r"token\s+(\S+)", banner)[1]
         yield info
     finally:
         process.send_signal(signal.SIGINT)
@@ -140,7 +140,7 @@ def test_ctrl_c_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C during the demo ends it with status 130 and no traceback."""
 
     def interrupted(coroutine: object) -> None:
-        coroutine.close()  # type: ignore[attr-defined]
+        coroutine.close()
         raise KeyboardInterrupt
 
     monkeypatch.delenv(TOKEN_ENV_VAR, raising=False)

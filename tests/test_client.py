@@ -35,7 +35,7 @@ def test_no_token_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_malformed_tokens_are_refused_without_echoing_them(token: object) -> None:
     """Empty, padded or multi-line tokens raise ValueError that does not repeat the token."""
     with pytest.raises(ValueError, match="token") as caught:
-        TransactionLinkClient(token)  # type: ignore[arg-type]
+        TransactionLinkClient(token)
     if isinstance(token, str) and token.strip():
         assert token.strip() not in str(caught.value)
 
@@ -60,7 +60,7 @@ def test_malformed_tokens_are_refused_without_echoing_them(token: object) -> Non
 def test_bad_options_name_the_argument(kwargs: dict[str, object], named: str) -> None:
     """Every malformed option raises ValueError naming it, at construction."""
     with pytest.raises(ValueError, match=named):
-        TransactionLinkClient(TOKEN, **kwargs)  # type: ignore[arg-type]
+        TransactionLinkClient(TOKEN, **kwargs)
 
 
 def test_base_url_trailing_slash_and_repr() -> None:
@@ -115,9 +115,14 @@ async def test_unclosed_client_warns_without_a_stray_task(mocked: aioresponses) 
 
 def test_unused_client_needs_no_close() -> None:
     """A client that never made a request has nothing to close and does not warn."""
+    import warnings
+
     client = TransactionLinkClient(TOKEN)
-    del client
-    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del client
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 async def test_with_options_shares_the_session_and_does_not_close_it(

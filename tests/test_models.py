@@ -169,7 +169,7 @@ def test_models_are_frozen_and_hide_the_execution_token() -> None:
     """Models are immutable, and the execution's hosted-page token stays out of repr."""
     execution = decode_execution(execution_body(token="page-token-secret", link="https://x"))
     with pytest.raises(AttributeError):
-        execution.status = WorkflowStatus.COMPLETED  # type: ignore[misc]
+        execution.status = WorkflowStatus.COMPLETED
     assert "page-token-secret" not in repr(execution)
     assert execution.is_interactive
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -244,14 +244,13 @@ async def test_timeout_cancels_the_remote_execution_when_asked(
 async def test_deadline_holds_with_retries_in_flight(
     fake_transactionlink: FakeTransactionLink, transactionlink_client: TransactionLinkClient
 ) -> None:
-    """The deadline covers retries: a wait stuck in retries still ends at its timeout."""
-    execution_id = await start(
-        fake_transactionlink, transactionlink_client, statuses=["RUNNING", "COMPLETED"]
-    )
+    """The deadline covers retries: a wait stuck sleeping between retries ends on time."""
+    client = transactionlink_client.with_options(retry_backoff=True)
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "COMPLETED"])
     fake_transactionlink.fail_next("find", 503, times=10, retry_after=1)
     started = time.monotonic()
     with pytest.raises(WaitTimeoutError) as caught:
-        await transactionlink_client.workflows.wait_for_completion(execution_id, timeout=0.3)
+        await client.workflows.wait_for_completion(execution_id, timeout=0.3)
     assert time.monotonic() - started < 1.0  # did not sleep through the Retry-After
     assert caught.value.execution is None
     assert caught.value.timeout == 0.3
@@ -335,7 +334,7 @@ async def test_other_timeout_errors_pass_through_unchanged(
     async def timing_out(execution_id: str) -> tuple[WorkflowExecution, float | None]:
         raise TimeoutError("from somewhere else")
 
-    monkeypatch.setattr(client.workflows, "_find_for_poll", timing_out)
+    monkeypatch.setattr(client.workflows, "_find", timing_out)
     with pytest.raises(TimeoutError, match="from somewhere else") as caught:
         await client.workflows.wait_for_completion(EXECUTION_ID, timeout=30)
     assert not isinstance(caught.value, WaitTimeoutError)
@@ -601,22 +600,6 @@ async def test_run_passes_other_timeouts_through(
     assert not isinstance(caught.value, WaitTimeoutError)
 
 
-async def test_demo_flow_helpers_type_check() -> None:
-    """on_status accepts both plain and coroutine functions (typing and behaviour)."""
-    plain: Callable[[WorkflowExecution], None] = lambda e: None  # noqa: E731
-    coroutine: Callable[[WorkflowExecution], Awaitable[None]]
-
-    async def coroutine(e: WorkflowExecution) -> None:
-        return None
-
-    from aiotlink._workflows import _call_back
-
-    execution = __import__("aiotlink._converter", fromlist=["x"]).decode_execution(execution_body())
-    await _call_back(plain, execution)
-    await _call_back(coroutine, execution)
-    await _call_back(None, execution)
-
-
 def test_closing_the_loop_with_polls_pending_starts_nothing_new(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -700,3 +683,169 @@ async def test_deadline_entries_of_departed_waiters_are_compacted() -> None:
     poller.unsubscribe(staying)  # leaving twice is harmless
     assert poller._waiting == 0
     await settle()
+
+
+async def test_intervals_grow_while_unchanged_and_reset_on_change(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gaps grow by the factor to the cap while the status stays, and reset on a change."""
+    intervals: list[float] = []
+
+    def recording_delay(
+        interval: float, *, retry_after: float | None, random_fraction: float
+    ) -> float:
+        intervals.append(interval)
+        return 0.001
+
+    monkeypatch.setattr("aiotlink._polling.poll_delay", recording_delay)
+    walk = ["INITIALISED"] + ["RUNNING"] * 5 + ["AWAITING", "AWAITING", "COMPLETED"]
+    execution_id = await start(fake_transactionlink, client, statuses=walk)
+    await client.workflows.wait_for_completion(
+        execution_id, poll_interval=1.0, max_poll_interval=4.0, poll_factor=2.0
+    )
+    # RUNNING seen first (1), unchanged 4 times (2, 4, 4, 4), AWAITING (1), unchanged (2).
+    assert intervals == [1.0, 2.0, 4.0, 4.0, 4.0, 1.0, 2.0]
+
+
+async def test_remote_cancel_survives_a_second_cancellation(
+    fake_transactionlink: FakeTransactionLink,
+) -> None:
+    """The remote cancel is shielded: cancelling the waiter again does not abort it."""
+    fake = fake_transactionlink
+    # One connection, held by a slow request: the remote cancel has to queue for it.
+    async with TransactionLinkClient(
+        fake.token, base_url=fake.url, connection_limit=1, retry_backoff=False
+    ) as client:
+        execution_id = await start(fake, client, statuses=["RUNNING", "AWAITING"])
+        waiter = asyncio.create_task(
+            client.workflows.wait_for_completion(
+                execution_id, cancel_remote_on_cancel=True, poll_interval=30.0
+            )
+        )
+        await wait_until(lambda: len(fake.requests_for("find")) == 1)
+        fake.slow_next("find", 0.3)
+        blocker = asyncio.create_task(client.workflows.find(execution_id))
+        await wait_until(lambda: len(fake.requests_for("find")) == 2)
+        waiter.cancel()
+        await asyncio.sleep(0.05)  # the remote cancel now waits for the connection...
+        waiter.cancel()  # ...when the waiter is cancelled again
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await blocker
+        await wait_until(lambda: fake.status_of(execution_id) == "CANCELLED")
+
+
+async def test_remote_cancel_is_bounded_in_time(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A remote cancel that hangs is given up after REMOTE_CANCEL_TIMEOUT seconds."""
+    monkeypatch.setattr("aiotlink._workflows.REMOTE_CANCEL_TIMEOUT", 0.2)
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    fake_transactionlink.slow_next("cancel", 30.0)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        await client.workflows.wait_for_completion(
+            execution_id, timeout=0.1, cancel_on_timeout=True, **FAST
+        )
+    assert time.monotonic() - started < 5.0
+    assert "could not cancel execution" in caplog.text
+
+
+async def test_polls_in_flight_never_exceed_the_connection_limit(server: ScriptedServer) -> None:
+    """With connection_limit=3, twenty waiters never have more than three polls in flight."""
+    in_flight = peak = 0
+    polls: dict[str, int] = {}
+
+    async def slow_find(request: Any) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        execution_id = request.path.rsplit("/", 1)[1]
+        polls[execution_id] = polls.get(execution_id, 0) + 1
+        status = "COMPLETED" if polls[execution_id] >= 2 else "RUNNING"
+        return await reply(200, execution_body(id=execution_id, status=status))(request)
+
+    ids = [f"7d0c1a3e-5b2f-4c8e-9a61-3f2b8d4e{n:04d}" for n in range(20)]
+    for execution_id in ids:
+        server.script("GET", f"/workflows/{execution_id}", slow_find)
+    async with TransactionLinkClient("tot_x", base_url=server.url, connection_limit=3) as client:
+        results = await asyncio.gather(
+            *(client.workflows.wait_for_completion(i, **FAST) for i in ids)
+        )
+        assert client._sessions.api().connector is not None
+        assert client._sessions.api().connector.limit == 3
+    assert {r.status for r in results} == {WorkflowStatus.COMPLETED}
+    assert peak == 3
+
+
+async def test_views_with_the_same_settings_share_poll_loops(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Waiters through with_options views (same settings) still share one poll loop."""
+    execution_id = await start(fake_transactionlink, client, statuses=WALK)
+    await asyncio.gather(
+        *(
+            client.with_options(timeout=10).workflows.wait_for_completion(execution_id, **FAST)
+            for _ in range(5)
+        )
+    )
+    assert len(fake_transactionlink.requests_for("find")) == len(WALK) - 1
+
+
+async def test_run_checks_every_argument_before_starting(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Any
+) -> None:
+    """A bad polling, callback or path argument to run starts no execution."""
+    definition = fake_transactionlink.add_definition(statuses=["COMPLETED"])
+    for kwargs, named in [
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"max_poll_interval": -1}, "max_poll_interval"),
+        ({"poll_factor": 0.5}, "poll_factor"),
+        ({"on_status": 5}, "on_status"),
+        ({"on_progress": "x"}, "on_progress"),
+        ({"max_bytes": 0}, "max_bytes"),
+        ({"download_to": tmp_path / "missing" / "r.json"}, "folder does not exist"),
+        ({"parameters": {1: "a"}}, "string keys"),
+    ]:
+        with pytest.raises(ValueError, match=named):
+            await client.workflows.run(definition, **kwargs)
+    assert fake_transactionlink.requests == []
+
+
+async def test_run_timeout_error_names_the_callers_timeout(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """WaitTimeoutError from run carries the timeout the caller gave, not what was left."""
+    definition = fake_transactionlink.add_definition(statuses=["RUNNING", "AWAITING"])
+    with pytest.raises(WaitTimeoutError) as caught:
+        await client.workflows.run(definition, timeout=0.3, **FAST)
+    assert caught.value.timeout == 0.3
+    assert "within 0.3 s" in str(caught.value)
+
+
+async def test_polls_do_not_see_a_waiters_context_variables(
+    client: TransactionLinkClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared poll runs in its own empty context: no waiter's context leaks into it."""
+    import contextvars
+
+    from aiotlink._converter import decode_execution
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+    seen: list[str] = []
+
+    async def find(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        seen.append(request_id.get())
+        return decode_execution(execution_body(id=execution_id, status="COMPLETED")), None
+
+    monkeypatch.setattr(client.workflows, "_find", find)
+    request_id.set("waiter-a")
+    await client.workflows.wait_for_completion(EXECUTION_ID)
+    assert seen == [""]

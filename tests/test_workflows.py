@@ -12,7 +12,7 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from aiotlink import TransactionLinkClient
-from aiotlink._workflows import check_expires_at
+from aiotlink._arguments import check_expires_at
 
 from .conftest import EXECUTION_ID, TOKEN, execution_body
 

@@ -51,17 +51,33 @@ async def send(
     ``cut_after`` (bytes) sends the headers with the full ``Content-Length`` and at
     most that much of the body, always less than all of it, then closes the
     connection; an empty body cannot be cut, so the connection closes unanswered.
-    ``closing`` set by the server's shutdown stops a long body early.
+    ``closing`` set by the server's shutdown stops a long body early. A client that
+    hangs up mid-answer (a timeout, a result too large for it) ends the answer
+    quietly, as a real server's would: it is not an error of the fake's.
     """
     if cut_after is not None and answer.length == 0:
         hang_up(request)
         return web.Response()
     response = web.StreamResponse(status=answer.status, headers=answer.headers)
     response.content_length = answer.length
+    try:
+        await _write(request, response, answer, closing, cut_after)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+        hang_up(request)
+    return response
+
+
+async def _write(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    answer: Answer,
+    closing: asyncio.Event,
+    cut_after: int | None,
+) -> None:
     await response.prepare(request)
     if request.method == "HEAD":
         await response.write_eof()
-        return response
+        return
     budget = answer.length if cut_after is None else min(cut_after, answer.length - 1)
     sent = 0
     for chunk in answer.chunks:
@@ -75,6 +91,5 @@ async def send(
             break
     if cut_after is not None or closing.is_set():
         hang_up(request)
-        return response
+        return
     await response.write_eof()
-    return response

@@ -272,7 +272,7 @@ async def _provoke(
     }
     arguments = natural.get((operation, status))
     if arguments is None:
-        fake.fail_next(operation, status)  # type: ignore[arg-type]
+        fake.fail_next(operation, status)
         arguments = (execution_id, fake.token, good)
     return await call(*arguments)
 

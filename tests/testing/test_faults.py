@@ -175,7 +175,7 @@ async def test_drop_next_closes_before_answering(
 ) -> None:
     """drop_next closes without an answer (twice for a GET, which aiohttp retries once)."""
     execution_id = await running(session, fake)
-    fake.drop_next(route, times=times)  # type: ignore[arg-type]
+    fake.drop_next(route, times=times)
     method, url = {
         "initialise": ("POST", f"{fake.url}/workflows"),
         "find": ("GET", f"{fake.url}/workflows/{execution_id}"),
@@ -371,3 +371,22 @@ def test_retry_after_value_formats_seconds_and_dates() -> None:
         __import__("datetime").timezone(timedelta(hours=1))
     )
     assert retry_after_value(paris) == "Sat, 28 Nov 2026 07:00:00 GMT"
+
+
+async def test_a_client_hanging_up_mid_answer_logs_no_error(
+    fake: FakeTransactionLink,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that gives up on a slow answer costs the fake no error traceback."""
+    execution_id = await running(session, fake)
+    fake.slow_next("find", seconds=0.2)
+    with pytest.raises(asyncio.TimeoutError):
+        async with session.get(
+            f"{fake.url}/workflows/{execution_id}",
+            headers=auth(fake.token),
+            timeout=aiohttp.ClientTimeout(total=0.05),
+        ):
+            pass  # never reached: the timeout fires first
+    await asyncio.sleep(0.3)  # the fake wakes up and writes to the closed connection
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []

@@ -1,0 +1,121 @@
+"""Checking arguments before any request: each malformed one is a ValueError naming it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+# The provider's bounds for expiresAt (spec/README.md).
+MIN_EXPIRY = timedelta(minutes=30)
+MAX_EXPIRY = timedelta(days=30)
+# Ids go into the URL path as they are: only RFC 3986 unreserved characters, so an id
+# can never change the path (no "/", "..", "?" or "%").
+_PATH_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def check_seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    """A positive number of seconds (or ``None`` where allowed), else ``ValueError``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        also = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a positive number of seconds{also}, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: object, *, minimum: int) -> int:
+    """A whole number at least ``minimum``, else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def check_callable(name: str, value: object) -> None:
+    """``None`` or something callable, else ``ValueError``."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{name} must be a function or None, got {type(value).__name__}")
+
+
+def check_text(name: str, value: object) -> str:
+    """``value`` as a non-empty string, else ``ValueError`` naming the argument."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_execution_id(value: object) -> str:
+    """An execution id safe to put in a URL path (``str`` or ``UUID``)."""
+    if isinstance(value, UUID):
+        return str(value)
+    text = check_text("execution_id", value)
+    if not _PATH_ID_PATTERN.fullmatch(text) or text in (".", ".."):
+        raise ValueError(f"execution_id has characters an id cannot have: {text!r}")
+    return text
+
+
+def check_uuid(name: str, value: object) -> UUID:
+    """``value`` (a ``UUID`` or its text) as a ``UUID``, else ``ValueError`` naming it."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a UUID, got {value!r}")
+
+
+def check_parameters(parameters: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The workflow parameters as a JSON object (``None`` is ``{}``)."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise ValueError(f"parameters must be a mapping, got {type(parameters).__name__}")
+    if not all(isinstance(key, str) for key in parameters):
+        # json.dumps would turn 1 into "1" without a word: say so instead.
+        raise ValueError("parameters must have string keys (they are JSON object keys)")
+    try:
+        json.dumps(parameters, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"parameters must be JSON-serialisable: {exc}") from None
+    return parameters
+
+
+def check_expires_at(expires_at: datetime | timedelta | None, *, now: datetime) -> datetime | None:
+    """The expiry as an aware datetime, checked to lie 30 minutes to 30 days after ``now``."""
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, timedelta):
+        when = now + expires_at
+    elif isinstance(expires_at, datetime):
+        if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+            raise ValueError("expires_at must be timezone-aware (e.g. datetime.now(UTC) + ...)")
+        when = expires_at
+    else:
+        raise ValueError(
+            f"expires_at must be a datetime or a timedelta, got {type(expires_at).__name__}"
+        )
+    if not MIN_EXPIRY <= when - now <= MAX_EXPIRY:
+        raise ValueError(
+            "expires_at must lie between 30 minutes and 30 days from now, "
+            f"got {when.isoformat()} ({when - now} from now)"
+        )
+    return when
+
+
+def check_destination(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a ``Path`` whose folder exists; ``ValueError`` otherwise."""
+    if not isinstance(path, str | os.PathLike):
+        raise ValueError(f"path must be a str or a path, got {type(path).__name__}")
+    destination = Path(path)
+    if destination.is_dir():
+        raise ValueError(f"path is a directory, not a file: {destination}")
+    if not destination.parent.is_dir():
+        raise ValueError(f"path's folder does not exist: {destination.parent}")
+    return destination
