@@ -49,7 +49,6 @@ logger = logging.getLogger("aiotlink")
 OnProgress = Callable[[int, int | None], Awaitable[None] | None]
 
 CHUNK_BYTES = 1024 * 1024  # large reads and writes: page faults, not HTTP, set the pace
-BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # written bytes between two background syncs
 SLOW_WRITE_SECONDS = 0.005  # a write slower than this moves the later ones to a thread
 PROGRESS_INTERVAL = 0.1  # seconds between two on_progress calls, at the most
 # A redirect answer is a few hundred bytes; anything longer is the result itself.
@@ -117,10 +116,9 @@ class _TempFile:
     """The temporary file beside the destination.
 
     Writes of 1 MiB to the page cache take well under a millisecond, so they run on the
-    event loop (a worker thread per chunk would halve the throughput); once a write
-    turns out slow (a congested or network disk), later ones move to a thread. The
-    data is synced to disk in the background as it grows, one sync at a time, so the
-    fsync before the rename has little left to do.
+    event loop (a worker thread per chunk halves the throughput); once a write turns
+    out slow (a congested or network disk), later ones move to a thread. The data is
+    synced once, before the rename: syncing as it grows was measured slower.
     """
 
     def __init__(self, destination: Path) -> None:
@@ -132,8 +130,6 @@ class _TempFile:
         self.file: IO[bytes] = os.fdopen(descriptor, "wb")
         self.size = 0
         self._write_in_thread = False
-        self._sync: asyncio.Future[None] | None = None
-        self._synced_to = 0
 
     async def write(self, chunk: bytes) -> None:
         try:
@@ -149,31 +145,10 @@ class _TempFile:
                 path=self.destination,
             ) from error
         self.size += len(chunk)
-        if self.size - self._synced_to >= BACKGROUND_SYNC_BYTES and (
-            self._sync is None or self._sync.done()
-        ):
-            await self._settle_sync()
-            self.file.flush()
-            self._synced_to = self.size
-            self._sync = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, self.file.fileno()))
-
-    async def _settle_sync(self) -> None:
-        """Wait for the background sync, if any; its failure is a write failure."""
-        sync, self._sync = self._sync, None
-        if sync is None:
-            return
-        try:
-            await sync
-        except OSError as error:
-            raise DownloadError(
-                f"could not write the result to {self.destination}: {error}",
-                path=self.destination,
-            ) from error
 
     async def restart(self) -> None:
-        await self._settle_sync()
         await asyncio.to_thread(self._truncate)
-        self.size = self._synced_to = 0
+        self.size = 0
 
     def _truncate(self) -> None:
         self.file.seek(0)
@@ -181,7 +156,6 @@ class _TempFile:
 
     async def commit(self) -> None:
         """Flush and fsync, then rename over the destination and fsync the folder."""
-        await self._settle_sync()
         try:
             await asyncio.to_thread(self._commit)
         except OSError as error:
@@ -202,19 +176,10 @@ class _TempFile:
             os.close(folder)
 
     def discard(self) -> None:
-        """Remove the temporary file (now: no await, so that cancellation can call it)."""
+        """Close and remove the temporary file (no await: cancellation calls it)."""
+        self.file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        sync, self._sync = self._sync, None
-        if sync is None or sync.done():
-            if sync is not None and not sync.cancelled():
-                sync.exception()  # retrieved: a failed sync of a discarded file is moot
-            self.file.close()
-        else:
-            # A sync still runs in its thread on this file: close the file after it.
-            sync.add_done_callback(
-                lambda done: (done.cancelled() or done.exception(), self.file.close())
-            )
 
 
 class Downloader:

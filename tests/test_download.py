@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import hashlib
 import logging
@@ -639,20 +638,18 @@ async def test_fsync_failure_leaves_the_destination_as_it_was(
     assert leftovers(tmp_path) == []
 
 
-async def test_slow_disk_writes_move_to_a_thread_and_sync_in_the_background(
+async def test_slow_disk_writes_move_to_a_thread(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A slow write moves later writes off the loop; syncs run as the file grows."""
+    """Once a write is slow, the later writes leave the event loop for a worker thread."""
     import threading
 
     monkeypatch.setattr("aiotlink._download.SLOW_WRITE_SECONDS", 0.0)
-    monkeypatch.setattr("aiotlink._download.BACKGROUND_SYNC_BYTES", 256 * 1024)
     writer_threads: set[str] = set()
-    syncs = 0
-    real_fdopen, real_fdatasync = os.fdopen, os.fdatasync
+    real_fdopen = os.fdopen
 
     class Recording:
         def __init__(self, real: Any) -> None:
@@ -665,83 +662,12 @@ async def test_slow_disk_writes_move_to_a_thread_and_sync_in_the_background(
         def __getattr__(self, name: str) -> Any:
             return getattr(self._real, name)
 
-    def counting_fdatasync(descriptor: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        real_fdatasync(descriptor)
-
     monkeypatch.setattr(
         "aiotlink._download.os.fdopen", lambda *a, **k: Recording(real_fdopen(*a, **k))
     )
-    monkeypatch.setattr("aiotlink._download.os.fdatasync", counting_fdatasync)
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     await client.workflows.download_result(execution_id, target)
     assert sha256(target) == BIG.sha256()
     assert threading.main_thread().name in writer_threads  # the first write, on the loop
     assert len(writer_threads) > 1  # the later ones, in a worker thread
-    assert syncs >= 1  # at least one while downloading (the final one is an fsync)
-
-
-async def test_a_failing_background_sync_is_a_download_error(
-    fake: FakeTransactionLink,
-    client: TransactionLinkClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An I/O error while syncing in the background fails the download cleanly."""
-
-    def failing_fdatasync(descriptor: int) -> None:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    monkeypatch.setattr("aiotlink._download.BACKGROUND_SYNC_BYTES", 256 * 1024)
-    monkeypatch.setattr("aiotlink._download.os.fdatasync", failing_fdatasync)
-    execution_id = await completed(fake, client, BIG)
-    with pytest.raises(DownloadError, match="Input/output error"):
-        await client.workflows.download_result(execution_id, tmp_path / "r.json")
-    assert leftovers(tmp_path) == []
-
-
-async def test_cancelled_while_a_sync_runs_closes_the_file_after_it(
-    fake: FakeTransactionLink,
-    client: TransactionLinkClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Cancelling during a background sync removes the temp file; nothing is left open."""
-    import threading
-
-    syncing = threading.Event()
-    release = threading.Event()
-    real_fdatasync = os.fdatasync
-
-    def slow_fdatasync(descriptor: int) -> None:
-        syncing.set()
-        release.wait(5)
-        real_fdatasync(descriptor)
-
-    monkeypatch.setattr("aiotlink._download.BACKGROUND_SYNC_BYTES", 256 * 1024)
-    monkeypatch.setattr("aiotlink._download.os.fdatasync", slow_fdatasync)
-    execution_id = await completed(fake, client, BIG)
-    task = asyncio.create_task(client.workflows.download_result(execution_id, tmp_path / "r.json"))
-    await asyncio.to_thread(syncing.wait, 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert leftovers(tmp_path) == []
-    release.set()
-    for _ in range(100):  # the file is closed once the sync thread is done
-        await asyncio.sleep(0.01)
-        if not open_temp_files():
-            break
-    assert open_temp_files() == []
-
-
-def open_temp_files() -> list[str]:
-    """Temporary download files this process still has open (Linux)."""
-    folder = Path(f"/proc/{os.getpid()}/fd")
-    names = []
-    for entry in folder.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            names.append(str(entry.readlink()))
-    return [name for name in names if name.endswith(".part") or ".part (deleted)" in name]
