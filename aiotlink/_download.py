@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import os
 import random
@@ -39,7 +38,7 @@ from ._models import DownloadedResult
 from ._redaction import mask_url
 from ._results import redirect_target
 from ._retry import backoff_delay, retry_reason
-from ._transport import ERROR_BODY_LIMIT, connection_error, error_for_response
+from ._transport import ERROR_BODY_LIMIT, connection_error, error_for_response, parse_json
 
 if TYPE_CHECKING:
     from ._client import TransactionLinkClient
@@ -270,7 +269,7 @@ class Downloader:
 
     def _redirect_in(self, body: bytes) -> str | None:
         try:
-            payload = json.loads(body)
+            payload = parse_json(body)
         except ValueError:
             return None
         try:

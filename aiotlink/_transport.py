@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+import orjson
 from yarl import URL
 
 from ._errors import (
@@ -79,7 +80,7 @@ def _snippet(body: bytes) -> str | None:
 def _error_document(body: bytes) -> tuple[str | None, list[ErrorDetail]] | None:
     """The fingerprint and errors of an ``ErrorResponse`` body (or S3's XML), if it is one."""
     try:
-        document = json.loads(body)
+        document = parse_json(body)
     except ValueError:
         match = _S3_ERROR_PATTERN.search(body.decode("utf-8", errors="replace"))
         if match is None:
@@ -132,9 +133,21 @@ def error_for_response(
     )
 
 
+def parse_json(body: bytes) -> Any:
+    """The JSON value of ``body``; ``ValueError`` when it is not JSON.
+
+    orjson parses three times faster than the standard library, which still takes what
+    orjson refuses but JSON allows (integers beyond 64 bits).
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def decode_json(response: Response) -> Any:
     """The JSON value of a successful answer's body; ``ValueError`` when it is not JSON."""
-    return json.loads(response.body)
+    return parse_json(response.body)
 
 
 async def _read_body(response: aiohttp.ClientResponse, max_bytes: int | None, url: str) -> bytes:

@@ -161,6 +161,16 @@ async def test_cancel_posts_to_the_cancel_path(
     assert len(server.requests_to(*CANCEL)) == 1
 
 
+async def test_integers_beyond_64_bits_survive(
+    server: ScriptedServer, client: TransactionLinkClient
+) -> None:
+    """JSON allows integers of any size: a result with one beyond 64 bits decodes exactly."""
+    server.script(*RESULT, reply(200, text='{"ledger": 123456789012345678901234567890}'))
+    assert await client.workflows.get_result(EXECUTION_ID) == {
+        "ledger": 123456789012345678901234567890
+    }
+
+
 async def test_inline_result_is_decoded(
     server: ScriptedServer, client: TransactionLinkClient
 ) -> None:
