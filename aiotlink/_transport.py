@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import attrs
-import orjson
+import msgspec
 from yarl import URL
 
 from ._errors import (
@@ -133,15 +133,19 @@ def error_for_response(
     )
 
 
+_JSON_DECODER = msgspec.json.Decoder()
+
+
 def parse_json(body: bytes) -> Any:
     """The JSON value of ``body``; ``ValueError`` when it is not JSON.
 
-    orjson parses three times faster than the standard library, which still takes what
-    orjson refuses but JSON allows (integers beyond 64 bits).
+    msgspec parses about four times faster than the standard library and, unlike
+    orjson, keeps integers beyond 64 bits exact. What it refuses goes to the standard
+    library, which either takes it (``NaN``) or says what is wrong.
     """
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
+        return _JSON_DECODER.decode(body)
+    except msgspec.DecodeError:
         return json.loads(body)
 
 
