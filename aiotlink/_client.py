@@ -12,7 +12,6 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
-from functools import partial
 from importlib.metadata import version
 from types import TracebackType
 from typing import Any, Self
@@ -25,7 +24,7 @@ from ._arguments import check_count, check_seconds
 from ._polling import Fetch, Poller
 from ._redaction import mask_url
 from ._retry import RetryPolicy, call_with_retries
-from ._transport import Response, authorization_value, send
+from ._transport import Response, api_url, authorization_value, send
 from ._workflows import Workflows
 
 DEFAULT_BASE_URL = "https://api.transactionlink.io"
@@ -290,47 +289,45 @@ class TransactionLinkClient:
         """One API call with auth and retries; ``path`` is already safe to put in a URL."""
         session = self._sessions.api()
         url_text = self.base_url + path
-        url = URL(url_text, encoded=True)
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = self._get_headers if data is None else self._post_headers
         options = self._options
         return await call_with_retries(
-            partial(
-                send,
-                session,
-                method,
-                url,
-                display_url=url_text,
-                headers=headers,
-                data=data,
-                client_timeout=options.client_timeout,
-                max_bytes=max_bytes,
-                secret=self._token,
-            ),
+            send,
+            session,
+            method,
+            api_url(url_text),
+            url_text,
+            self._get_headers if data is None else self._post_headers,
+            data,
+            options.client_timeout,
+            max_bytes,
+            self._token,
+            False,  # allow_redirects: credentials must not follow a redirect
             policy=options.retry_policy,
             idempotent=idempotent,
-            description=f"{method} {url_text}",
+            method=method,
+            url=url_text,
         )
 
     async def _fetch_storage(self, url_text: str, *, max_bytes: int | None) -> Response:
         """GET a pre-signed storage URL exactly as given, with no credential of ours."""
         session = self._sessions.storage()
         display_url = mask_url(url_text)
-        url = URL(url_text, encoded=True)
         options = self._options
         return await call_with_retries(
-            partial(
-                send,
-                session,
-                "GET",
-                url,
-                display_url=display_url,
-                headers=None,
-                client_timeout=options.storage_timeout,
-                max_bytes=max_bytes,
-                allow_redirects=True,
-            ),
+            send,
+            session,
+            "GET",
+            URL(url_text, encoded=True),
+            display_url,
+            None,  # no header of ours: storage gets no credential
+            None,
+            options.storage_timeout,
+            max_bytes,
+            None,
+            True,  # allow_redirects: nothing secret is sent along
             policy=options.retry_policy,
             idempotent=True,
-            description=f"GET {display_url}",
+            method="GET",
+            url=display_url,
         )

@@ -13,7 +13,8 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 import attrs
 import tenacity
@@ -105,28 +106,34 @@ async def _no_sleep(_: float) -> None:
 
 
 async def call_with_retries(
-    attempt: Callable[[], Awaitable[T]],
-    *,
+    attempt: Callable[..., Awaitable[T]],
+    *arguments: Any,
     policy: RetryPolicy,
     idempotent: bool,
-    description: str,
+    method: str,
+    url: str,
 ) -> T:
-    """Await ``attempt()`` until it succeeds, fails for good, or retries run out.
+    """Await ``attempt(*arguments)`` until it succeeds, fails for good, or retries run out.
 
-    The last error is raised as it is. ``description`` (method and masked URL) goes
+    The last error is raised as it is. ``method`` and ``url`` (signatures masked) go
     into the log line of each retry.
     """
-    # The first attempt runs bare: most calls succeed, and tenacity's state is a
-    # reference cycle per call that only the cyclic GC can free, which at thousands of
-    # calls a second means long collector pauses (design/PERFORMANCE.md).
+    # The first attempt runs bare, and nothing is built for a retry until one is
+    # needed: most calls succeed, every microsecond here is the client's overhead per
+    # call, and tenacity's state is a reference cycle per call that only the cyclic GC
+    # frees, which at thousands of calls a second means long collector pauses.
     try:
-        return await attempt()
+        return await attempt(*arguments)
     except Exception as error:
         if policy.max_retries == 0 or retry_reason(error, idempotent=idempotent) is None:
             raise
         first_failure = error
     return await _retry_after_failure(
-        attempt, first_failure, policy=policy, idempotent=idempotent, description=description
+        partial(attempt, *arguments),
+        first_failure,
+        policy=policy,
+        idempotent=idempotent,
+        description=f"{method} {url}",
     )
 
 

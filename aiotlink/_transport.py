@@ -6,14 +6,14 @@ around them stays thin so that retries, results and polling can reuse one attemp
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
-import attrs
 import msgspec
 from yarl import URL
 
@@ -61,13 +61,21 @@ def authorization_value(token: str) -> str:
     return f"Bearer {token}"
 
 
-@attrs.frozen
-class Response:
-    """A complete HTTP answer: status, headers and the body bytes."""
+class Response(NamedTuple):
+    """A complete HTTP answer: status, headers and the body bytes (a tuple: one per call)."""
 
     status: int
-    headers: Mapping[str, str] = attrs.field(repr=False)
-    body: bytes = attrs.field(repr=False)
+    headers: Mapping[str, str]
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"Response(status={self.status}, {len(self.body)} bytes)"
+
+
+@functools.lru_cache(maxsize=4096)
+def api_url(text: str) -> URL:
+    """``text`` as a URL sent exactly as written; remembered, as polling asks again."""
+    return URL(text, encoded=True)
 
 
 def _snippet(body: bytes) -> str | None:
@@ -178,14 +186,13 @@ async def send(
     session: aiohttp.ClientSession,
     method: str,
     url: URL,
-    *,
     display_url: str,
     headers: Mapping[str, str] | None,
-    data: bytes | None = None,
+    data: bytes | None,
     client_timeout: aiohttp.ClientTimeout,
-    max_bytes: int | None = None,
-    secret: str | None = None,
-    allow_redirects: bool = False,
+    max_bytes: int | None,
+    secret: str | None,
+    allow_redirects: bool,
 ) -> Response:
     """Make one HTTP attempt and return the whole successful answer.
 

@@ -51,7 +51,7 @@ from ._polling import (
 from ._redaction import mask_url
 from ._results import redirect_target
 from ._retry import parse_retry_after
-from ._transport import Response, decode_json
+from ._transport import Response, decode_json, parse_json
 
 if TYPE_CHECKING:
     from ._client import TransactionLinkClient
@@ -144,7 +144,8 @@ class Workflows:
         """The execution, and the answer's ``Retry-After`` in seconds (the poller's pace)."""
         path = f"/workflows/{execution_id}"
         response = await self._client._request("GET", path)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=datetime.now(UTC))
+        header = response.headers.get("Retry-After")
+        retry_after = None if header is None else parse_retry_after(header, now=datetime.now(UTC))
         return self._execution(response, "GET", path), retry_after
 
     @property
@@ -418,13 +419,16 @@ class Workflows:
             ) from None
 
     def _execution(self, response: Response, method: str, path: str) -> WorkflowExecution:
-        url = self._client.base_url + path
         try:
-            return decode_execution(self._json(response, method, url))
+            return decode_execution(parse_json(response.body))
+        except ValueError:
+            raise ResponseValidationError(
+                "the answer is not valid JSON", method=method, url=self._client.base_url + path
+            ) from None
         except DecodeError as exc:
             raise ResponseValidationError(
                 "the answer does not fit WorkflowExecution",
                 problems=exc.problems,
                 method=method,
-                url=url,
+                url=self._client.base_url + path,
             ) from None
