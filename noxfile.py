@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "examples"]
+nox.options.sessions = ["lint", "typecheck", "tests", "examples", "bench_smoke"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -44,6 +44,13 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks in benchmarks/ (on purpose, not in CI: they take minutes)."""
+    """Run every benchmark and write benchmarks/RESULTS.md (on purpose: about 10 minutes)."""
     session.install("-e", ".[bench]")
-    session.run("python", "benchmarks/waiters.py", *session.posargs)
+    session.run("python", "benchmarks/report.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """Run every benchmark with tiny counts, so that none can rot (RESULTS.md untouched)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/report.py", "--smoke")

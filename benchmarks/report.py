@@ -1,0 +1,257 @@
+"""Run every benchmark, each in a fresh process, and write benchmarks/RESULTS.md.
+
+    python benchmarks/report.py            # what `nox -s bench` runs (about 10 minutes)
+    python benchmarks/report.py --smoke    # tiny counts: checks they all still run
+
+The smoke run writes its report to a temporary file, never over RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+FULL = {
+    "calls": ["--calls", "5000", "--httpx-calls", "600", "--rounds", "3"],
+    "decode": ["--count", "20000", "--rounds", "5"],
+    "waiters": ["--waiters", "10000"],
+    "download": ["--mib", "1024", "--rounds", "6"],
+}
+SMOKE = {
+    "calls": ["--calls", "64", "--httpx-calls", "64", "--rounds", "1"],
+    "decode": ["--count", "100", "--rounds", "1"],
+    "waiters": ["--waiters", "50"],
+    "download": ["--mib", "8", "--rounds", "1"],
+}
+LIBRARIES = ("aiotlink", "aiohttp", "yarl", "attrs", "cattrs", "msgspec", "tenacity", "httpx")
+LIBRARIES += ("pydantic", "pydantic-core")
+
+
+def run_benchmark(name: str, arguments: list[str]) -> dict[str, Any]:
+    """Run ``benchmarks/<name>.py`` in its own process; its JSON report."""
+    print(f"running {name} {' '.join(arguments)}", flush=True)
+    started = time.monotonic()
+    finished = subprocess.run(
+        [sys.executable, str(HERE / f"{name}.py"), *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if finished.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{finished.stderr}")
+    report: dict[str, Any] = json.loads(finished.stdout)
+    report["seconds"] = round(time.monotonic() - started)
+    return report
+
+
+def machine() -> list[str]:
+    model = "unknown CPU"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    if Path("/proc/meminfo").exists():
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB memory"
+    return [
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores ({model}){memory}, "
+        f"{platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()})",
+        "- Libraries: "
+        + ", ".join(f"{name} {importlib.metadata.version(name)}" for name in LIBRARIES),
+    ]
+
+
+def cell(spread: dict[str, float], digits: int = 1) -> str:
+    """A measurement as ``median (min to max)``."""
+    return (
+        f"{spread['median']:.{digits}f} ({spread['min']:.{digits}f} to {spread['max']:.{digits}f})"
+    )
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def calls_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Call overhead: `client.workflows.find()` vs raw aiohttp and httpx",
+        "",
+        f"{report['calls']} calls per side and level ({report['httpx_calls']} for httpx), "
+        f"{report['rounds']} rounds, round-robin; server in its own process on its own core.",
+        "",
+        "| in flight | side | calls/s | client CPU µs/call |",
+        "|---:|---|---:|---:|",
+    ]
+    for level in (1, 8, 64):
+        data = report[f"in_flight_{level}"]
+        lines += [
+            f"| {level} | {side} | {cell(data[f'{side}_per_second'], 0)} "
+            f"| {cell(data[f'{side}_cpu_us_per_call'])} |"
+            for side in ("aiohttp", "aiotlink", "httpx")
+        ]
+    lines += ["", "| in flight | rate vs aiohttp | CPU vs aiohttp | rate vs httpx |"]
+    lines.append("|---:|---:|---:|---:|")
+    for level in (1, 8, 64):
+        data = report[f"in_flight_{level}"]
+        lines.append(
+            f"| {level} | {cell(data['rate_vs_aiohttp'], 3)} | {cell(data['cpu_vs_aiohttp'], 3)} "
+            f"| {cell(data['rate_vs_httpx'], 1)} |"
+        )
+    return [*lines, ""]
+
+
+def decode_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Decode: one execution body to a typed, frozen object",
+        "",
+        f"{report['count']} decodes per side, {report['rounds']} rounds; µs per object.",
+        "",
+        "| way | µs per object |",
+        "|---|---:|",
+    ]
+    for name, spread in report["microseconds"].items():
+        lines.append(f"| {name} | {cell(spread, 2)} |")
+    lines += [
+        "",
+        f"aiotlink / pydantic v2: dict {cell(report['ratio_to_pydantic_dict'], 2)}, "
+        f"bytes {cell(report['ratio_to_pydantic_bytes'], 2)}.",
+        "",
+    ]
+    return lines
+
+
+def waiters_section(report: dict[str, Any]) -> list[str]:
+    rows = [
+        ("waiters", report["waiters"]),
+        ("all returned COMPLETED", report["all_completed"]),
+        ("wait, seconds", f"{report['wait_seconds']:.1f}"),
+        ("peak RSS, MiB", f"{report['peak_rss_mib']:.0f}"),
+        ("connections opened", report["connections_opened"]),
+        (
+            "polls per execution (schedule allows)",
+            f"{report['polls_per_execution']:.2f} ({report['schedule_allows_per_execution']})",
+        ),
+        ("worst loop lag, ms", f"{report['worst_loop_lag_ms']:.0f}"),
+        ("p99 loop lag, ms", f"{report['p99_loop_lag_ms']:.0f}"),
+        (
+            "full GC collections (worst pause, ms)",
+            f"{report['full_gc_collections']} ({report['worst_full_gc_ms']:.0f})",
+        ),
+    ]
+    lines = ["## 10,000 concurrent `wait_for_completion` calls", "", "| measure | value |"]
+    lines.append("|---|---:|")
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return [*lines, ""]
+
+
+def download_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## A {report['size_mib']} MiB redirected result to disk",
+        "",
+        f"{report['rounds']} rounds, each starting with another side.",
+        "",
+        "| side | MB/s |",
+        "|---|---:|",
+        f"| raw aiohttp to a file | {cell(report['aiohttp_mb_per_s'], 0)} |",
+        f"| raw aiohttp to a file, then fsync | {cell(report['aiohttp_fsync_mb_per_s'], 0)} |",
+        f"| `download_result` | {cell(report['aiotlink_mb_per_s'], 0)} |",
+    ]
+    if "curl_mb_per_s" in report:
+        lines.append(f"| `curl -o` | {cell(report['curl_mb_per_s'], 0)} |")
+    lines += [
+        "",
+        f"Ratio to raw aiohttp {cell(report['ratio_to_aiohttp'], 3)}; to raw aiohttp with "
+        f"the fsync {cell(report['ratio_to_aiohttp_with_fsync'], 3)}. Peak RSS growth "
+        f"{cell(report['aiotlink_peak_rss_growth_mib'])} MiB; worst loop lag "
+        f"{cell(report['aiotlink_worst_loop_lag_ms'])} ms.",
+        "",
+    ]
+    return lines
+
+
+def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
+    calls, decode = reports["calls"]["in_flight_64"], reports["decode"]
+    waiters, download = reports["waiters"], reports["download"]
+    rows = [
+        ("calls/s at 64 in flight >= 0.85 x raw aiohttp", calls["rate_vs_aiohttp"]["median"],
+         reports["calls"]["targets"]["rate_at_least_0.85_of_aiohttp"]),
+        ("client CPU per call at 64 <= 1.2 x raw aiohttp", calls["cpu_vs_aiohttp"]["median"],
+         reports["calls"]["targets"]["cpu_at_most_1.2x_aiohttp"]),
+        ("calls/s at 64 >= 10 x httpx", calls["rate_vs_httpx"]["median"],
+         reports["calls"]["targets"]["rate_at_least_10x_httpx"]),
+        ("decode dict <= 1.5 x pydantic v2", decode["ratio_to_pydantic_dict"]["median"],
+         decode["targets"]["at_most_1.5x_pydantic_dict"]),
+        ("decode bytes <= 1.5 x pydantic v2", decode["ratio_to_pydantic_bytes"]["median"],
+         decode["targets"]["at_most_1.5x_pydantic_bytes"]),
+        ("10,000 waiters: peak RSS < 300 MiB", waiters["peak_rss_mib"],
+         waiters["targets"]["peak_rss_under_300_mib"]),
+        ("10,000 waiters: worst loop lag < 100 ms", waiters["worst_loop_lag_ms"],
+         waiters["targets"]["worst_loop_lag_under_100_ms"]),
+        ("10,000 waiters: polls within the schedule", waiters["polls_per_execution"],
+         waiters["targets"]["polls_within_schedule"]),
+        ("download >= 0.9 x raw aiohttp", download["ratio_to_aiohttp"]["median"],
+         download["targets"]["ratio_at_least_0.9"]),
+        ("download peak RSS growth < 32 MiB",
+         download["aiotlink_peak_rss_growth_mib"]["max"],
+         download["targets"]["rss_growth_under_32_mib"]),
+        ("download worst loop lag < 50 ms", download["aiotlink_worst_loop_lag_ms"]["max"],
+         download["targets"]["loop_lag_under_50_ms"]),
+    ]  # fmt: skip
+    lines = ["## Targets", "", "| target | measured | |", "|---|---:|---|"]
+    lines += [f"| {name} | {value:.3g} | {verdict(met)} |" for name, value, met in rows]
+    return [*lines, ""]
+
+
+def write(reports: dict[str, dict[str, Any]], target: Path, smoke: bool) -> None:
+    command = "python benchmarks/report.py" + (" --smoke" if smoke else "  (nox -s bench)")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M %Z')}. Every ratio "
+        "compares sides measured in the same run; medians with (min to max) over the rounds.",
+        "Rerun with `nox -s bench`; the scripts are in this folder, one per measure.",
+        "",
+        *machine(),
+        "",
+        *targets_section(reports),
+        *calls_section(reports["calls"]),
+        *decode_section(reports["decode"]),
+        *waiters_section(reports["waiters"]),
+        *download_section(reports["download"]),
+    ]
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    target.write_text("\n".join(lines))
+    print(f"wrote {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny counts; not RESULTS.md")
+    args = parser.parse_args()
+    plan = SMOKE if args.smoke else FULL
+    reports = {name: run_benchmark(name, arguments) for name, arguments in plan.items()}
+    if args.smoke:
+        target = Path(tempfile.mkdtemp(prefix="aiotlink-bench-")) / "RESULTS.md"
+    else:
+        target = HERE / "RESULTS.md"
+    write(reports, target, args.smoke)
+
+
+if __name__ == "__main__":
+    main()
