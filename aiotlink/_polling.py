@@ -58,7 +58,7 @@ class PollSchedule:
             object.__setattr__(self, "max_poll_interval", self.poll_interval)
         if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
             raise ValueError(f"poll_factor must be a number, got {self.factor!r}")
-        if self.factor < 1:
+        if not self.factor >= 1:  # also refuses NaN
             raise ValueError(f"poll_factor must be at least 1, got {self.factor!r}")
 
     def next_interval(self, interval: float) -> float:

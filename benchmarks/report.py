@@ -217,7 +217,7 @@ def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def write(reports: dict[str, dict[str, Any]], target: Path, smoke: bool) -> None:
-    command = "python benchmarks/report.py" + (" --smoke" if smoke else "  (nox -s bench)")
+    command = "python benchmarks/report.py --smoke" if smoke else "nox -s bench"
     lines = [
         "# Benchmark results",
         "",
