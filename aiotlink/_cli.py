@@ -87,8 +87,8 @@ async def run_demo(client: TransactionLinkClient, plan: DemoPlan, say: Say) -> N
             )
             downloaded: DownloadedResult = large.result
             where = "pre-signed storage, no credentials sent" if downloaded.redirected else "API"
-            name = downloaded.path.name
-            say(f"   {downloaded.size:,} bytes from {where}, written whole to {name}")
+            say(f"   {downloaded.size:,} bytes from {where}, written whole to a file")
+            say("   (in a temporary folder that the demo removes again)")
 
     if plan.cancel_definition is not None:
         say(f"6. cancel: start {plan.cancel_definition!r} and cancel it")
@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_demo_on_api(args, say))
         else:
             asyncio.run(_demo_on_fake(say))
-    except TransactionLinkError as error:
+    except (TransactionLinkError, ValueError) as error:
+        # ValueError: a malformed setting, e.g. a token with a stray newline
         print(f"failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import re
-import tempfile
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -122,10 +122,10 @@ class _TempFile:
 
     def __init__(self, destination: Path) -> None:
         self.destination = destination
-        descriptor, name = tempfile.mkstemp(
-            dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-        )
-        self.path = Path(name)
+        self.path = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.part")
+        # Not mkstemp: its 0600 would survive the rename. Mode 0666 less the umask is
+        # what a file created by any other program gets.
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.file: IO[bytes] = os.fdopen(descriptor, "wb")
         self.size = 0
         self._write_in_thread = False

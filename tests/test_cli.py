@@ -136,6 +136,15 @@ def test_demo_of_a_failing_workflow_says_there_is_no_result(
     assert "no result: the execution ended FAILED" in capsys.readouterr().out
 
 
+def test_a_malformed_token_is_reported_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token with a stray newline ends the demo with one line on stderr and status 1."""
+    monkeypatch.setenv(TOKEN_ENV_VAR, "tot_abc\n")
+    assert main(["demo", "--definition", "kyc"]) == 1
+    assert capsys.readouterr().err.startswith("failed: ValueError: token")
+
+
 def test_ctrl_c_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C during the demo ends it with status 130 and no traceback."""
 

@@ -298,6 +298,20 @@ async def test_existing_file_is_untouched_on_failure(
     assert leftovers(tmp_path) == []
 
 
+async def test_the_file_gets_the_permissions_of_a_new_file(
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+) -> None:
+    """The result is readable as any new file would be (mode 0666 less the umask)."""
+    execution_id = await completed(fake, client, {"small": True})
+    old_umask = os.umask(0o022)
+    try:
+        target = tmp_path / "r.json"
+        await client.workflows.download_result(execution_id, target)
+    finally:
+        os.umask(old_umask)
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
 async def test_existing_file_is_replaced_whole_on_success(
     fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
 ) -> None:
@@ -671,3 +685,19 @@ async def test_slow_disk_writes_move_to_a_thread(
     assert sha256(target) == BIG.sha256()
     assert threading.main_thread().name in writer_threads  # the first write, on the loop
     assert len(writer_threads) > 1  # the later ones, in a worker thread
+
+
+async def test_refusing_a_large_result_costs_the_fake_no_error(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client hanging up on a result over max_bytes leaves no traceback in the fake."""
+    from aiotlink import ResultTooLargeError
+
+    # Larger than the socket buffers, so that the fake is still writing when we hang up.
+    execution_id = await completed(fake, client, GeneratedResult(30_000_000))
+    with pytest.raises(ResultTooLargeError):
+        await client.workflows.get_result(execution_id, max_bytes=1000)
+    await asyncio.sleep(0.3)  # the fake notices the closed connection
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

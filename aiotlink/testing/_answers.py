@@ -62,7 +62,7 @@ async def send(
     response.content_length = answer.length
     try:
         await _write(request, response, answer, closing, cut_after)
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+    except ConnectionError:  # reset, aborted, or aiohttp's "Connection lost"
         hang_up(request)
     return response
 

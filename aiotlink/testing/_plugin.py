@@ -31,7 +31,7 @@ def _needs_pytest_asyncio(name: str) -> Callable[[], NoReturn]:
     def fixture_without_pytest_asyncio() -> NoReturn:
         pytest.fail(
             f"the {name} fixture of aiotlink needs pytest-asyncio:"
-            " pip install pytest-asyncio (or aiotlink[test])",
+            ' pip install pytest-asyncio, and set asyncio_mode = "auto"',
             pytrace=False,
         )
 

@@ -105,7 +105,8 @@ def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
         f"  storage  {fake.storage_url}",
         f"  token    {fake.token}",
         f"  jwt      {fake.jwt}",
-        f"  definitions (a status step every {options.step_seconds} s; 0 means one per find):",
+        f"  definitions by id (use the id, not the name; a status step every"
+        f" {options.step_seconds} s, 0 means one per find):",
     ]
     for demo in DEMO_DEFINITIONS:
         notes = " > ".join(demo.statuses)
@@ -114,6 +115,11 @@ def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
         if demo.large:
             notes += f"  ({options.large_result_mib} MiB result, redirected to storage)"
         lines.append(f"    {demo.definition_id}  {demo.name:<16} {notes}")
+    first = DEMO_DEFINITIONS[0].definition_id
+    lines.append(
+        f"  try: TRANSACTIONLINK_TOKEN={fake.token} python -m aiotlink demo"
+        f" --base-url {fake.url} --definition {first}"
+    )
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)
 
