@@ -49,6 +49,20 @@ class ErrorDetail:
 class TransactionLinkError(Exception):
     """Root of every error the client raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (ProcessPoolExecutor, multiprocessing), and
+        # Exception's own pickling would call __init__ with the wrong arguments.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(
+    cls: type[TransactionLinkError], args: tuple[object, ...], state: dict[str, object]
+) -> TransactionLinkError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class APIError(TransactionLinkError):
     """The API (or storage, or a proxy in front of them) answered with an error status.

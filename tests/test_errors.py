@@ -186,3 +186,24 @@ def test_waiting_errors_carry_the_execution() -> None:
 def test_authorization_value(token: str, header: str) -> None:
     """tot_ raw, JWT as Bearer, Bearer as is."""
     assert authorization_value(token) == header
+
+
+def test_errors_survive_pickling() -> None:
+    """Every error pickles (for process pools) with its attributes and its text."""
+    import pickle
+
+    failed = decode_execution(execution_body(status="FAILED"))
+    errors = [
+        error_for_response(404, {"Retry-After": "3"}, ERROR_JSON, method="GET", url=URL),
+        APIConnectionError("connection lost", method="POST", url=URL, request_sent=True),
+        APITimeoutError("timed out", method="GET", url=URL, request_sent=False),
+        ResponseValidationError("bad", problems=["x @ $.status"], method="GET", url=URL),
+        ResultTooLargeError(max_bytes=1, size=2, url=URL),
+        WorkflowFailedError(failed),
+        WaitTimeoutError(failed, 3.0),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
