@@ -19,6 +19,7 @@ import attrs
 from cattrs import Converter
 from cattrs.errors import BaseValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.preconf.json import make_converter as make_json_converter
 from cattrs.v import transform_error
 
 from ._models import InitialiseRequest, Origin, WorkflowExecution, WorkflowStatus
@@ -89,7 +90,8 @@ def _camel_case_overrides(cls: type) -> dict[str, Any]:
 
 
 def _make_converter() -> Converter:
-    converter = Converter(detailed_validation=True, forbid_extra_keys=False)
+    # cattrs' JSON preset, with our own hooks over its defaults where we are stricter.
+    converter = make_json_converter(detailed_validation=True, forbid_extra_keys=False)
     converter.register_structure_hook(str, _structure_str)
     # Generic aliases and unions are matched by predicate: singledispatch takes classes.
     converter.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_object)
