@@ -149,16 +149,12 @@ async def test_watch_timeout_raises_with_the_last_execution(
 ) -> None:
     """watch's timeout raises WaitTimeoutError carrying the last execution seen."""
     execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
-    seen: list[WorkflowExecution] = []
-
-    async def follow() -> None:
-        async for execution in client.workflows.watch(execution_id, timeout=0.2, **FAST):
-            seen.append(execution)  # noqa: PERF401 - the list must survive the raise
-
+    watching = client.workflows.watch(execution_id, timeout=0.2, **FAST)
+    first = await anext(watching)  # AWAITING: the fake's first find moves one status on
     with pytest.raises(WaitTimeoutError) as caught:
-        await follow()
-    assert caught.value.execution is seen[-1]
-    assert seen[-1].status is WorkflowStatus.AWAITING
+        await anext(watching)
+    assert caught.value.execution is first
+    assert first.status is WorkflowStatus.AWAITING
 
 
 # --- wait_for_completion --------------------------------------------------------
