@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import random
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -27,6 +25,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from ._callbacks import OnProgress, notify
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from ._client import TransactionLinkClient
 
 logger = logging.getLogger("aiotlink")
-
-OnProgress = Callable[[int, int | None], Awaitable[None] | None]
 
 CHUNK_BYTES = 1024 * 1024  # large reads and writes: page faults, not HTTP, set the pace
 SLOW_WRITE_SECONDS = 0.005  # a write slower than this moves the later ones to a thread
@@ -95,9 +92,7 @@ class _Progress:
         if not final and now - self.last_call < PROGRESS_INTERVAL:
             return
         self.last_call = now
-        outcome = self.callback(done, total)
-        if inspect.isawaitable(outcome):
-            await outcome
+        await notify(self.callback, done, total)
 
 
 def content_range_start(header: str | None) -> tuple[int | None, int | None]:

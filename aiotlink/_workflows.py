@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -22,8 +21,9 @@ from ._arguments import (
     check_text,
     check_uuid,
 )
+from ._callbacks import OnProgress, OnStatus, notify
 from ._converter import DecodeError, decode_execution, encode_initialise_request
-from ._download import Downloader, OnProgress
+from ._download import Downloader
 from ._errors import (
     APIConnectionError,
     ResponseValidationError,
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aiotlink")
 
-OnStatus = Callable[[WorkflowExecution], Awaitable[None] | None]
-
 DEFAULT_MAX_RESULT_BYTES = 100 * 2**20
 # The remote cancel sent when a wait is cancelled must not hold up the cancellation.
 REMOTE_CANCEL_TIMEOUT = 5.0
@@ -76,13 +74,6 @@ def poll_schedule(
     ):
         return DEFAULT_SCHEDULE
     return PollSchedule(poll_interval, max_poll_interval, poll_factor)
-
-
-async def _call_back(on_status: OnStatus | None, execution: WorkflowExecution) -> None:
-    if on_status is not None:
-        outcome = on_status(execution)
-        if inspect.isawaitable(outcome):
-            await outcome
 
 
 class Workflows:
@@ -267,7 +258,7 @@ class Workflows:
             )
             try:
                 async for last in watching:
-                    await _call_back(on_status, last)
+                    await notify(on_status, last)
             finally:
                 # Closed here, not by the garbage collector, so that leaving early (a
                 # failing on_status, a cancellation) stops the polling at once.
