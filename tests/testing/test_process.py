@@ -181,3 +181,17 @@ def test_python_dash_m_runs_main(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(Path(process.__file__).with_name("__main__.py")), run_name="__main__")
     assert exited.value.code == 3
+
+
+def test_main_treats_ctrl_c_without_signal_handlers_as_a_clean_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where Ctrl-C arrives as KeyboardInterrupt (no loop signal handlers), exit code is 0."""
+    from aiotlink.testing import _process
+
+    def interrupted(coroutine: object) -> int:
+        coroutine.close()  # never started: the interrupt comes first
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_process.asyncio, "run", interrupted)
+    assert _process.main(["--port", "0"]) == 0

@@ -253,10 +253,8 @@ def test_add_definition_refuses_bad_walks(
 
 def test_add_definition_takes_enum_statuses(fake: FakeTransactionLink) -> None:
     """Statuses may be members of a str enum, not only of a StrEnum like WorkflowStatus."""
-
-    class Status(str, enum.Enum):  # noqa: UP042 - str() of this kind is not its value
-        RUNNING = "RUNNING"
-        COMPLETED = "COMPLETED"
+    # A str mixin, not a StrEnum: its str() is "Status.RUNNING", not the value.
+    Status = enum.Enum("Status", {"RUNNING": "RUNNING", "COMPLETED": "COMPLETED"}, type=str)
 
     fake.add_definition("enum", statuses=[Status.RUNNING, Status.COMPLETED])
     assert fake._definitions["enum"].statuses == ("RUNNING", "COMPLETED")
