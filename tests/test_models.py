@@ -98,6 +98,23 @@ def test_naive_timestamp_is_read_as_utc() -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "9f1e2d3c-4b5a-4678-9abc-def012345678",
+        "9F1E2D3C-4B5A-4678-9ABC-DEF012345678",
+        "9f1e2d3c4b5a46789abcdef012345678",
+        "{9f1e2d3c-4b5a-4678-9abc-def012345678}",
+        "urn:uuid:9f1e2d3c-4b5a-4678-9abc-def012345678",
+    ],
+)
+def test_record_id_takes_every_form_uuid_takes(text: str) -> None:
+    """The fast canonical parse and the standard library's other forms give one UUID."""
+    record_id = decode_execution(execution_body(recordId=text)).record_id
+    assert record_id == UUID("9f1e2d3c-4b5a-4678-9abc-def012345678")
+    assert type(record_id) is UUID
+
+
+@pytest.mark.parametrize(
     ("changes", "removed", "expected"),
     [
         ({}, "status", "required field missing @ $.status"),
