@@ -17,6 +17,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -87,6 +88,82 @@ class DeadlinePassed(Exception):
     """A waiter's deadline passed before the execution ended (internal signal)."""
 
 
+class _Timed(Protocol):
+    """What a :class:`_Timeline` holds: ordered by ``when``, a time of the loop's clock."""
+
+    @property
+    def when(self) -> float: ...
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+T = TypeVar("T", bound=_Timed)
+
+
+class _Timeline(Generic[T]):
+    """Items that fall due at times of the event loop's clock: one heap, one timer.
+
+    A timer handle per item would be three more long-lived objects (handle, arguments,
+    bound method) for each of thousands of waiters or polls, made anew at every poll,
+    for CPython's cyclic collector to walk; see design/PERFORMANCE.md. An item that is
+    no longer wanted (``is_live`` says so) stays until it comes up and is skipped, or
+    until the heap outgrows twice the owner's count of wanted items (``wanted()``).
+    """
+
+    def __init__(
+        self,
+        fire: Callable[[T], None],
+        *,
+        is_live: Callable[[T], bool],
+        wanted: Callable[[], int],
+        context: contextvars.Context,
+    ) -> None:
+        self._fire = fire
+        self._is_live = is_live
+        self._wanted = wanted
+        self._context = context
+        self._heap: list[T] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, item: T) -> None:
+        """Fire ``item`` once the loop's clock reaches ``item.when``, if still live then."""
+        if len(self._heap) > 2 * self._wanted() + 64:
+            self._heap = [waiting for waiting in self._heap if self._is_live(waiting)]
+            heapq.heapify(self._heap)
+        heapq.heappush(self._heap, item)
+        if self._heap[0] is item:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._heap:
+            loop = asyncio.get_running_loop()
+            when = self._heap[0].when
+            self._timer = loop.call_at(when, self._due, when, context=self._context)
+
+    def _due(self, armed_for: float) -> None:
+        # The loop runs a timer up to its clock's resolution early: what the timer was
+        # armed for is due even if the clock reads a hair less.
+        now = max(asyncio.get_running_loop().time(), armed_for)
+        self._timer = None
+        while self._heap and self._heap[0].when <= now:
+            item = heapq.heappop(self._heap)
+            if self._is_live(item):
+                self._fire(item)
+        if self._timer is None:  # firing may have added an earlier item, and armed
+            self._arm()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class Subscription:
     """One waiter's view of a shared poll loop: the changes it has not consumed yet.
 
@@ -108,8 +185,12 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
 
+    @property
+    def when(self) -> float:
+        return self.deadline
+
     def __lt__(self, other: Subscription) -> bool:
-        # Ordered by deadline, for the poller's heap of waiters that have one.
+        # Ordered by deadline, for the poller's timeline of waiters that have one.
         return self.deadline < other.deadline
 
     def _wake(self) -> None:
@@ -153,16 +234,24 @@ class Subscription:
 class _SharedPoll:
     """The poll loop of one execution id, shared by every waiter on it."""
 
-    __slots__ = ("execution_id", "interval", "last", "stopped", "subscribers", "task", "timer")
+    __slots__ = ("due", "execution_id", "interval", "last", "stopped", "subscribers", "task")
 
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         self.subscribers: list[Subscription] = []
         self.last: WorkflowExecution | None = None
         self.interval = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0  # loop time of the next poll, while one is scheduled
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
+
+    @property
+    def when(self) -> float:
+        return self.due
+
+    def __lt__(self, other: _SharedPoll) -> bool:
+        # Ordered by the time of the next poll, for the poller's timeline of polls.
+        return self.due < other.due
 
 
 class Poller:
@@ -179,14 +268,23 @@ class Poller:
         self._in_flight = 0
         self._polls: dict[str, _SharedPoll] = {}
         self._ready: deque[_SharedPoll] = deque()
-        # Waiters' deadlines, earliest first, behind one timer. Entries of waiters that
-        # have left stay until popped (or until they outnumber the live ones).
-        self._deadlines: list[Subscription] = []
-        self._deadline_timer: asyncio.TimerHandle | None = None
         self._waiting = 0
         # Timers and poll tasks run in an empty context of the poller's own: a shared poll
         # serves many waiters, so none of their context variables may leak into it.
         self._context = contextvars.Context()
+        # The next poll of every execution, and the deadline of every waiter that has one.
+        self._due_polls = _Timeline(
+            self._start,
+            is_live=lambda poll: not poll.stopped,
+            wanted=lambda: len(self._polls),
+            context=self._context,
+        )
+        self._deadlines = _Timeline(
+            self._deadline_passed,
+            is_live=lambda subscription: subscription.active,
+            wanted=lambda: self._waiting,
+            context=self._context,
+        )
 
     @property
     def active_polls(self) -> int:
@@ -212,7 +310,7 @@ class Poller:
         if poll.last is not None:
             subscription.push(poll.last)
         if deadline is not None:
-            self._add_deadline(subscription)
+            self._deadlines.add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -226,46 +324,19 @@ class Poller:
         if not poll.subscribers and not poll.stopped:
             self._stop(poll)
 
-    def _add_deadline(self, subscription: Subscription) -> None:
-        if len(self._deadlines) > 2 * self._waiting + 64:
-            self._deadlines = [waiting for waiting in self._deadlines if waiting.active]
-            heapq.heapify(self._deadlines)
-        heapq.heappush(self._deadlines, subscription)
-        if self._deadlines[0] is subscription:
-            self._arm_deadline_timer()
-
-    def _arm_deadline_timer(self) -> None:
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        if self._deadlines:
-            loop = asyncio.get_running_loop()
-            self._deadline_timer = loop.call_at(
-                self._deadlines[0].deadline,
-                self._deadlines_passed,
-                context=self._context,
-            )
-
-    def _deadlines_passed(self) -> None:
-        now = asyncio.get_running_loop().time()
-        while self._deadlines and self._deadlines[0].deadline <= now:
-            subscription = heapq.heappop(self._deadlines)
-            if subscription.active:
-                subscription.fail(DeadlinePassed())
-        self._deadline_timer = None
-        self._arm_deadline_timer()
+    @staticmethod
+    def _deadline_passed(subscription: Subscription) -> None:
+        subscription.fail(DeadlinePassed())
 
     def _stop(self, poll: _SharedPoll) -> None:
-        # Only a registered poll is ever not stopped, so this removes the right one.
+        # Only a registered poll is ever not stopped, so this removes the right one. A
+        # scheduled next poll stays in the timeline, to be skipped.
         poll.stopped = True
         del self._polls[poll.execution_id]
-        if poll.timer is not None:
-            poll.timer.cancel()
         if poll.task is not None:
             poll.task.cancel()
 
     def _start(self, poll: _SharedPoll) -> None:
-        poll.timer = None
         if poll.stopped:
             return
         if self._in_flight >= self._max_in_flight:
@@ -282,8 +353,8 @@ class Poller:
 
     def _schedule(self, poll: _SharedPoll, retry_after: float | None) -> None:
         delay = poll_delay(poll.interval, retry_after=retry_after, random_fraction=random.random())
-        loop = asyncio.get_running_loop()
-        poll.timer = loop.call_at(loop.time() + delay, self._start, poll, context=self._context)
+        poll.due = asyncio.get_running_loop().time() + delay
+        self._due_polls.add(poll)
 
     async def _poll_once(self, poll: _SharedPoll) -> None:
         try:

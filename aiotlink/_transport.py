@@ -6,7 +6,6 @@ around them stays thin so that retries, results and polling can reuse one attemp
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Mapping
@@ -72,9 +71,13 @@ class Response(NamedTuple):
         return f"Response(status={self.status}, {len(self.body)} bytes)"
 
 
-@functools.lru_cache(maxsize=4096)
 def api_url(text: str) -> URL:
-    """``text`` as a URL sent exactly as written; remembered, as polling asks again."""
+    """``text`` as a URL sent exactly as written.
+
+    Not remembered here: yarl caches its own parsing, and a cache of ours would churn
+    at thousands of polled executions, each entry one more long-lived object for the
+    cyclic collector (benchmarks/NOTES.md).
+    """
     return URL(text, encoded=True)
 
 
