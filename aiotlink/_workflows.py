@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping
@@ -139,9 +140,13 @@ class Workflows:
         retry_after = None if header is None else parse_retry_after(header, now=datetime.now(UTC))
         return self._execution(response, "GET", path), retry_after
 
-    @property
+    @functools.cached_property
     def _poller(self) -> Poller:
-        """The poll loops of every client view with this one's settings (created on use)."""
+        """The poll loops of every client view with this one's settings (created on use).
+
+        Remembered: a view's settings never change, and hashing them on every wait
+        costs a microsecond of each of thousands of waits started together.
+        """
         return self._client._sessions.poller(self._client._options, self._find)
 
     async def download_result(

@@ -6,7 +6,12 @@ connections opened, polls per execution against what the poll schedule allows, t
 event loop's worst lag (a 10 ms ticker's largest delay), and CPython's full garbage
 collections during the wait (the cause of the longest stalls; see design/PERFORMANCE.md).
 
-    python benchmarks/waiters.py                 # 10,000 waiters
+The baseline, measured in the same run, is what design/PERFORMANCE.md started from: raw
+aiohttp, one task per execution that GETs it, decodes the JSON and sleeps on the same
+schedule, on one session with the same connection limit. Each side runs in a process of
+its own, so that neither inherits the other's heap.
+
+    python benchmarks/waiters.py                 # 10,000 waiters, both sides
     python benchmarks/waiters.py --waiters 200   # a quick smoke run
 """
 
@@ -16,7 +21,10 @@ import argparse
 import asyncio
 import gc
 import json
+import random
 import resource
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -24,12 +32,13 @@ import aiohttp
 from _common import TICK, TOKEN, fake_server_process, rounded
 
 from aiotlink import TransactionLinkClient, WorkflowStatus
-from aiotlink._polling import JITTER, PollSchedule
+from aiotlink._polling import DEFAULT_POLL_FACTOR, JITTER, PollSchedule
 
 # kyc-background walks INITIALISED, RUNNING, COMPLETED: one step per STEP_SECONDS, long
 # enough that every wait sees a status change after initialising 10,000 executions.
 STEP_SECONDS = 8.0
 CONNECTION_LIMIT = 100
+TERMINAL_STATUSES = frozenset(status.value for status in WorkflowStatus if status.is_terminal)
 
 
 def peak_rss_mib() -> float:
@@ -79,7 +88,53 @@ async def loop_lags(stop: asyncio.Event, lags: list[float]) -> None:
         lags.append(loop.time() - expected)
 
 
-async def run(waiters: int, poll_interval: float, max_poll_interval: float) -> dict[str, Any]:
+async def raw_aiohttp_wait(
+    session: aiohttp.ClientSession,
+    url: str,
+    schedule: PollSchedule,
+) -> str:
+    """The baseline waiter: GET, decode, sleep on the same growing schedule; the status."""
+    headers = {"Authorization": TOKEN}
+    interval, last_status = schedule.poll_interval, None
+    while True:
+        async with session.get(url, headers=headers) as response:
+            response.raise_for_status()
+            status = (await response.json())["status"]
+        if status in TERMINAL_STATUSES:
+            return str(status)
+        changed, last_status = status != last_status, status
+        interval = schedule.poll_interval if changed else schedule.next_interval(interval)
+        await asyncio.sleep(interval * (1 - JITTER * random.random()))
+
+
+async def asyncio_floor(waiters: int) -> dict[str, Any]:
+    """The lag of asyncio alone: as many tasks, started together, that only await a future.
+
+    No HTTP and no client: what starting this many waiters costs any asyncio program on
+    this machine, the part of the worst lag that no client can remove.
+    """
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(waiters)]
+    stop, lags = asyncio.Event(), []
+    ticker = asyncio.create_task(loop_lags(stop, lags))
+    await asyncio.sleep(5 * TICK)
+    waiting = asyncio.gather(*(future_waiter(future) for future in futures))
+    await asyncio.sleep(50 * TICK)
+    for future in futures:
+        future.set_result(None)
+    await waiting
+    stop.set()
+    await ticker
+    return {"waiters": waiters, "worst_loop_lag_ms": max(lags) * 1000}
+
+
+async def future_waiter(future: asyncio.Future[None]) -> None:
+    await future
+
+
+async def run(
+    side: str, waiters: int, poll_interval: float, max_poll_interval: float
+) -> dict[str, Any]:
     counts = {"connections": 0, "requests": 0}
 
     async def on_connection(*_: Any) -> None:
@@ -123,17 +178,28 @@ async def run(waiters: int, poll_interval: float, max_poll_interval: float) -> d
             gc.callbacks.append(collections)
             ticker = asyncio.create_task(loop_lags(stop, lags))
             started = time.monotonic()
-            executions = await asyncio.gather(
-                *(
-                    client.workflows.wait_for_completion(
-                        execution_id,
-                        poll_interval=poll_interval,
-                        max_poll_interval=max_poll_interval,
-                        timeout=120,
+            if side == "aiotlink":
+                executions = await asyncio.gather(
+                    *(
+                        client.workflows.wait_for_completion(
+                            execution_id,
+                            poll_interval=poll_interval,
+                            max_poll_interval=max_poll_interval,
+                            timeout=120,
+                        )
+                        for execution_id in ids
                     )
-                    for execution_id in ids
                 )
-            )
+                statuses = [execution.status.value for execution in executions]
+            else:
+                schedule = PollSchedule(poll_interval, max_poll_interval, DEFAULT_POLL_FACTOR)
+                async with asyncio.timeout(120):
+                    statuses = await asyncio.gather(
+                        *(
+                            raw_aiohttp_wait(session, f"{fake.url}/workflows/{id_}", schedule)
+                            for id_ in ids
+                        )
+                    )
             wait_seconds = time.monotonic() - started
             stop.set()
             await ticker
@@ -144,7 +210,7 @@ async def run(waiters: int, poll_interval: float, max_poll_interval: float) -> d
     )
     report = {
         "waiters": waiters,
-        "all_completed": all(e.status is WorkflowStatus.COMPLETED for e in executions),
+        "all_completed": all(status == "COMPLETED" for status in statuses),
         "setup_seconds": setup_seconds,
         "wait_seconds": wait_seconds,
         "peak_rss_mib": peak_rss_mib(),
@@ -165,13 +231,51 @@ async def run(waiters: int, poll_interval: float, max_poll_interval: float) -> d
     return report
 
 
+def run_side_in_process(side: str, arguments: list[str]) -> dict[str, Any]:
+    """This script again, for one side: a fresh interpreter and heap per side."""
+    finished = subprocess.run(
+        [sys.executable, __file__, "--side", side, *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if finished.returncode != 0:
+        raise SystemExit(f"the {side} side failed:\n{finished.stderr}")
+    report: dict[str, Any] = json.loads(finished.stdout)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--waiters", type=int, default=10_000)
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--max-poll-interval", type=float, default=15.0)
+    parser.add_argument(
+        "--side", choices=["aiotlink", "aiohttp", "floor"], help="run one side only"
+    )
     args = parser.parse_args()
-    report = asyncio.run(run(args.waiters, args.poll_interval, args.max_poll_interval))
+    if args.side == "floor":
+        print(json.dumps(rounded(asyncio.run(asyncio_floor(args.waiters)), 2)))
+        return
+    if args.side:
+        report = asyncio.run(
+            run(args.side, args.waiters, args.poll_interval, args.max_poll_interval)
+        )
+        print(json.dumps(rounded(report, 2)))
+        return
+    arguments = ["--waiters", str(args.waiters), "--poll-interval", str(args.poll_interval)]
+    arguments += ["--max-poll-interval", str(args.max_poll_interval)]
+    report = run_side_in_process("aiotlink", arguments)
+    baseline = report["aiohttp"] = run_side_in_process("aiohttp", arguments)
+    del baseline["targets"]  # the targets are for the client
+    report["asyncio_floor_worst_loop_lag_ms"] = run_side_in_process("floor", arguments)[
+        "worst_loop_lag_ms"
+    ]
+    for measure in ("worst_loop_lag_ms", "peak_rss_mib", "worst_full_gc_ms"):
+        # A smoke run may see no full collection at all on either side.
+        theirs = baseline[measure]
+        report[f"{measure}_vs_aiohttp"] = report[measure] / theirs if theirs else None
     print(json.dumps(rounded(report, 2), indent=2))
 
 
