@@ -1,0 +1,111 @@
+"""Where the client spends its time: pyinstrument profiles of the measured hot paths.
+
+The profiles behind benchmarks/NOTES.md, reproducible. Each prints pyinstrument's view,
+library frames included: the call tree for decoding, and for the others the functions
+by their own time (aiohttp's and asyncio's next to ours):
+
+- ``decode``: ``decode_execution`` of the decode benchmark's body, from a dict and
+  from bytes;
+- ``calls``: ``client.workflows.find()`` at 64 in flight against the call benchmark's
+  server (in its own process, as in ``calls.py``);
+- ``waiters``: the first step of 10,000 ``wait_for_completion`` calls started together
+  (their polls never answer), the burst that sets the waiting benchmark's first lag.
+
+    python benchmarks/profile.py decode
+    python benchmarks/profile.py calls --count 20000
+    python benchmarks/profile.py waiters
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+from typing import Any
+
+from calls import EXECUTION_ID, measure, pin, start_server
+from decode import BODY, RAW
+from pyinstrument import Profiler
+
+from aiotlink import TransactionLinkClient, WorkflowExecution
+from aiotlink._converter import decode_execution
+from aiotlink._transport import parse_json
+
+INTERVAL = 0.0001  # seconds between samples
+
+
+def report(profiler: Profiler, *, flat: bool = False) -> None:
+    """The call tree, or (``flat``) the functions by their own time, largest first."""
+    print(
+        profiler.output_text(
+            unicode=True,
+            show_all=True,
+            time="percent_of_total",
+            flat=flat,
+            processor_options={"filter_threshold": 0.005},
+        )
+    )
+
+
+def profile_decode(count: int) -> None:
+    profiler = Profiler(interval=INTERVAL)
+    with profiler:
+        for _ in range(count):
+            decode_execution(BODY)
+            decode_execution(parse_json(RAW))
+    report(profiler)
+
+
+async def profile_calls(count: int) -> None:
+    pin(0, 1)
+    server, url = await start_server()
+    try:
+        async with TransactionLinkClient("tot_profile", base_url=url) as client:
+            await measure(lambda: client.workflows.find(EXECUTION_ID), 500, 64)  # warm up
+            profiler = Profiler(interval=INTERVAL, async_mode="disabled")
+            with profiler:
+                await measure(lambda: client.workflows.find(EXECUTION_ID), count, 64)
+    finally:
+        server.terminate()
+        await server.wait()
+    report(profiler, flat=True)
+
+
+async def profile_waiters(count: int) -> None:
+    async def never_answers(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    async with TransactionLinkClient("tot_profile", base_url="http://127.0.0.1:9") as client:
+        client.workflows._poller._fetch = never_answers
+        waits = [
+            client.workflows.wait_for_completion(str(uuid.uuid4()), timeout=60)
+            for _ in range(count)
+        ]
+        tasks = [asyncio.ensure_future(wait) for wait in waits]
+        profiler = Profiler(interval=INTERVAL, async_mode="disabled")
+        with profiler:
+            await asyncio.sleep(0)  # every task's first step runs in this one iteration
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    report(profiler, flat=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", choices=["decode", "calls", "waiters"])
+    parser.add_argument("--count", type=int, help="decodes, calls or waiters")
+    args = parser.parse_args()
+    defaults: dict[str, Any] = {"decode": 100_000, "calls": 20_000, "waiters": 10_000}
+    count = args.count or defaults[args.path]
+    if args.path == "decode":
+        profile_decode(count)
+    elif args.path == "calls":
+        asyncio.run(profile_calls(count))
+    else:
+        asyncio.run(profile_waiters(count))
+
+
+if __name__ == "__main__":
+    main()
