@@ -72,7 +72,8 @@ def _structure_uuid(value: object, _: type) -> UUID:
         # msgspec parses the canonical form in C, three times faster than UUID(text).
         return msgspec.convert(text, UUID)
     except msgspec.ValidationError:
-        return UUID(text)  # braces, "urn:uuid:"; or the standard library's own error
+        pass
+    return UUID(text)  # braces, "urn:uuid:" and the like; or the standard library's error
 
 
 _KNOWN_STATUSES = {status.value: status for status in WorkflowStatus}
@@ -161,6 +162,9 @@ def _make_fast_structure_fn(cls: type[Any], converter: Converter) -> Callable[[A
     lines = ["def structure(o):"]
     arguments = []
     for index, field in enumerate(attrs.fields(cls)):
+        if not field.init or field.kw_only:
+            # Else every call would fail, and every decode fall back to the slow path.
+            raise TypeError(f"{cls.__name__}.{field.name}: the fast path passes fields by position")
         key = to_camel_case(field.name)
         value = f"v{index}"
         if field.default is attrs.NOTHING:

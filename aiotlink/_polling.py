@@ -1,10 +1,11 @@
 """Polling executions until they end: the schedule, and one shared poll loop per id.
 
 Many waiters may follow the same execution (or thousands of different ones). Each
-execution id has one :class:`_SharedPoll`, driven by loop timers rather than by a
-sleeping task per waiter, and every waiter is a small :class:`Subscription` woken by a
-future. At 10,000 waiters this keeps the number of long-lived, GC-tracked objects (and
-so the pauses of CPython's cyclic collector) low; see design/PERFORMANCE.md.
+execution id has one :class:`_SharedPoll`, started from one timeline of due polls
+rather than by a sleeping task per waiter, and every waiter is a small
+:class:`Subscription` woken by a future. At 10,000 waiters this keeps the number of
+long-lived, GC-tracked objects (and so the pauses of CPython's cyclic collector) low;
+see design/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ class DeadlinePassed(Exception):
 
 
 class _Timed(Protocol):
-    """What a :class:`_Timeline` holds: ordered by ``when``, a time of the loop's clock."""
+    """What a :class:`_Timeline` holds: ``when``, a time of the loop's clock.
+
+    ``__lt__`` must order items by ``when``: the heap orders by one, the timer by the
+    other.
+    """
 
     @property
     def when(self) -> float: ...
@@ -97,41 +102,44 @@ class _Timed(Protocol):
     def __lt__(self, other: Any, /) -> bool: ...
 
 
-T = TypeVar("T", bound=_Timed)
+_TimedT = TypeVar("_TimedT", bound=_Timed)
 
 
-class _Timeline(Generic[T]):
+class _Timeline(Generic[_TimedT]):
     """Items that fall due at times of the event loop's clock: one heap, one timer.
 
     A timer handle per item would be three more long-lived objects (handle, arguments,
     bound method) for each of thousands of waiters or polls, made anew at every poll,
     for CPython's cyclic collector to walk; see design/PERFORMANCE.md. An item that is
     no longer wanted (``is_live`` says so) stays until it comes up and is skipped, or
-    until the heap outgrows twice the owner's count of wanted items (``wanted()``).
+    until the heap outgrows twice the owner's count of live items (``live_count()``).
     """
 
     def __init__(
         self,
-        fire: Callable[[T], None],
+        fire: Callable[[_TimedT], None],
         *,
-        is_live: Callable[[T], bool],
-        wanted: Callable[[], int],
+        is_live: Callable[[_TimedT], bool],
+        live_count: Callable[[], int],
         context: contextvars.Context,
     ) -> None:
         self._fire = fire
         self._is_live = is_live
-        self._wanted = wanted
+        self._live_count = live_count
         self._context = context
-        self._heap: list[T] = []
+        self._heap: list[_TimedT] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, item: T) -> None:
-        """Fire ``item`` once the loop's clock reaches ``item.when``, if still live then."""
-        if len(self._heap) > 2 * self._wanted() + 64:
-            self._heap = [waiting for waiting in self._heap if self._is_live(waiting)]
+    def add(self, item: _TimedT) -> None:
+        """Fire ``item`` once the loop's clock reaches ``item.when``, if still live then.
+
+        An item must not be added again while it is in the timeline.
+        """
+        if len(self._heap) > 2 * self._live_count() + 64:
+            self._heap = [queued for queued in self._heap if self._is_live(queued)]
             heapq.heapify(self._heap)
         heapq.heappush(self._heap, item)
         if self._heap[0] is item:
@@ -151,17 +159,16 @@ class _Timeline(Generic[T]):
         # armed for is due even if the clock reads a hair less.
         now = max(asyncio.get_running_loop().time(), armed_for)
         self._timer = None
-        while self._heap and self._heap[0].when <= now:
-            item = heapq.heappop(self._heap)
-            if self._is_live(item):
-                self._fire(item)
-        if self._timer is None:  # firing may have added an earlier item, and armed
-            self._arm()
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        try:
+            while self._heap and self._heap[0].when <= now:
+                item = heapq.heappop(self._heap)
+                if self._is_live(item):
+                    self._fire(item)
+        finally:
+            # Re-armed even if firing one item failed, or the others would wait forever.
+            # A fired item may have added an earlier one and armed for it already.
+            if self._timer is None:
+                self._arm()
 
 
 class Subscription:
@@ -241,7 +248,9 @@ class _SharedPoll:
         self.subscribers: list[Subscription] = []
         self.last: WorkflowExecution | None = None
         self.interval = 0.0
-        self.due = 0.0  # loop time of the next poll, while one is scheduled
+        # Loop time of the next poll. Set only while the poll is out of the poller's
+        # timeline (in flight or new): a heap item's key must not change under it.
+        self.due = 0.0
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
 
@@ -269,20 +278,21 @@ class Poller:
         self._polls: dict[str, _SharedPoll] = {}
         self._ready: deque[_SharedPoll] = deque()
         self._waiting = 0
-        # Timers and poll tasks run in an empty context of the poller's own: a shared poll
-        # serves many waiters, so none of their context variables may leak into it.
+        # Timers run in an empty context of the poller's own, and each poll task in an
+        # empty one of its own: a shared poll serves many waiters, so none of their
+        # context variables may leak into it.
         self._context = contextvars.Context()
         # The next poll of every execution, and the deadline of every waiter that has one.
         self._due_polls = _Timeline(
             self._start,
             is_live=lambda poll: not poll.stopped,
-            wanted=lambda: len(self._polls),
+            live_count=lambda: len(self._polls),
             context=self._context,
         )
         self._deadlines = _Timeline(
             self._deadline_passed,
             is_live=lambda subscription: subscription.active,
-            wanted=lambda: self._waiting,
+            live_count=lambda: self._waiting,
             context=self._context,
         )
 
@@ -330,7 +340,8 @@ class Poller:
 
     def _stop(self, poll: _SharedPoll) -> None:
         # Only a registered poll is ever not stopped, so this removes the right one. A
-        # scheduled next poll stays in the timeline, to be skipped.
+        # scheduled next poll stays in the timeline until it comes up and is skipped (or
+        # the timeline is compacted): at most a max_poll_interval, bounded in number.
         poll.stopped = True
         del self._polls[poll.execution_id]
         if poll.task is not None:
@@ -343,8 +354,10 @@ class Poller:
             self._ready.append(poll)
             return
         self._in_flight += 1
+        # Not the timers' context: this may run inside it (a timer, or a poll task
+        # starting the next), and an eager task factory would enter it a second time.
         poll.task = asyncio.get_running_loop().create_task(
-            self._poll_once(poll), context=self._context
+            self._poll_once(poll), context=contextvars.Context()
         )
 
     def _start_ready(self) -> None:

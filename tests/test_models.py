@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID
 
+import attrs
 import pytest
 
 from aiotlink import Origin, WorkflowExecution, WorkflowStatus
 from aiotlink._converter import (
     DecodeError,
+    _converter,
+    _make_fast_structure_fn,
     decode_execution,
     encode_initialise_request,
     format_datetime,
@@ -107,11 +110,36 @@ def test_naive_timestamp_is_read_as_utc() -> None:
         "urn:uuid:9f1e2d3c-4b5a-4678-9abc-def012345678",
     ],
 )
-def test_record_id_takes_every_form_uuid_takes(text: str) -> None:
-    """The fast canonical parse and the standard library's other forms give one UUID."""
+def test_record_id_takes_the_canonical_compact_braced_and_urn_forms(text: str) -> None:
+    """msgspec's fast canonical parse and the standard library's other forms agree."""
     record_id = decode_execution(execution_body(recordId=text)).record_id
     assert record_id == UUID("9f1e2d3c-4b5a-4678-9abc-def012345678")
     assert type(record_id) is UUID
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"recordId": "{9f1e2d3c-4b5a-4678-9abc-def012345678}"}, {"recordId": None}],
+)
+def test_the_fast_path_decodes_a_valid_body_as_the_detailed_converter(
+    changes: dict[str, object],
+) -> None:
+    """A valid body never needs the detailed fallback, and both give the same object."""
+    body = execution_body(**changes)
+    fast = _make_fast_structure_fn(WorkflowExecution, _converter)
+    assert fast(body) == _converter.structure(body, WorkflowExecution)
+
+
+def test_the_fast_path_refuses_a_model_it_cannot_build_by_position() -> None:
+    """A keyword-only field is refused when the function is made, not slowed at every call."""
+
+    @attrs.frozen
+    class KeywordOnly:
+        name: str
+        size: int = attrs.field(kw_only=True)
+
+    with pytest.raises(TypeError, match=r"KeywordOnly\.size"):
+        _make_fast_structure_fn(KeywordOnly, _converter)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from typing import Any
@@ -660,6 +661,160 @@ async def test_deadlines_fire_in_order_and_skip_waiters_that_left() -> None:
         poller.unsubscribe(subscription)
     assert gone.take() is None  # left before its deadline: never told
     assert poller.active_polls == 0
+
+
+async def test_deadlines_fire_earliest_first() -> None:
+    """The earlier deadline fires while the later waiter is still waiting."""
+    from aiotlink._polling import DeadlinePassed
+
+    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    poller = Poller(never, max_in_flight=10)
+    now = asyncio.get_running_loop().time()
+    late = poller.subscribe("late", PollSchedule(), deadline=now + 0.2)
+    early = poller.subscribe("early", PollSchedule(), deadline=now + 0.02)
+    with pytest.raises(DeadlinePassed):
+        await next_change(early)
+    assert late.take() is None  # not yet
+    with pytest.raises(DeadlinePassed):
+        await next_change(late)
+    assert asyncio.get_running_loop().time() >= now + 0.2
+    for subscription in (early, late):
+        poller.unsubscribe(subscription)
+
+
+async def test_a_poll_due_sooner_is_not_held_up_by_a_later_one() -> None:
+    """Polls on different schedules each come when due: one timer, re-armed for the sooner."""
+    from aiotlink._converter import decode_execution
+
+    polls: dict[str, int] = {}
+
+    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        polls[execution_id] = polls.get(execution_id, 0) + 1
+        status = "COMPLETED" if polls[execution_id] == 4 else "RUNNING"
+        return decode_execution(execution_body(id=execution_id, status=status)), None
+
+    poller = Poller(fetch, max_in_flight=10)
+    slow = poller.subscribe("slow", PollSchedule(30.0))
+    await next_change(slow)  # its next poll is 24 to 30 s away
+    quick = poller.subscribe("quick", PollSchedule(0.01, 0.01))
+    started = asyncio.get_running_loop().time()
+    while not (await next_change(quick)).is_terminal:
+        pass
+    assert asyncio.get_running_loop().time() - started < 5
+    assert polls == {"slow": 1, "quick": 4}
+    poller.unsubscribe(quick)
+    poller.unsubscribe(slow)
+    assert poller.active_polls == 0
+
+
+async def test_polls_of_departed_waiters_are_compacted() -> None:
+    """Scheduled polls of executions nobody waits on any more do not pile up."""
+    from aiotlink._converter import decode_execution
+
+    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+        return decode_execution(execution_body(id=execution_id, status="RUNNING")), None
+
+    poller = Poller(fetch, max_in_flight=10)
+    for number in range(200):
+        subscription = poller.subscribe(f"id-{number}", PollSchedule(60.0))
+        await next_change(subscription)  # answered: its next poll is scheduled
+        poller.unsubscribe(subscription)
+    staying = poller.subscribe("staying", PollSchedule(60.0))
+    await next_change(staying)
+    assert len(poller._due_polls) <= 2 * poller.active_polls + 64 + 1
+    poller.unsubscribe(staying)
+
+
+async def test_the_timeline_fires_what_is_due_once_in_order() -> None:
+    """Items come in time order, once each; one added while firing comes too, in its turn."""
+    from aiotlink._polling import _Timeline
+
+    class Item:
+        def __init__(self, name: str, when: float) -> None:
+            self.name, self.when = name, when
+
+        def __lt__(self, other: Item) -> bool:
+            return self.when < other.when
+
+    fired: list[str] = []
+    loop = asyncio.get_running_loop()
+    all_fired = loop.create_future()
+
+    def fire(item: Item) -> None:
+        fired.append(item.name)
+        if item.name == "first":  # adds one already due and one for later
+            timeline.add(Item("added due", loop.time()))
+            timeline.add(Item("added later", loop.time() + 0.02))
+        if item.name == "added later":
+            all_fired.set_result(None)
+
+    timeline: _Timeline[Item] = _Timeline(
+        fire, is_live=lambda item: True, live_count=lambda: 4, context=contextvars.Context()
+    )
+    now = loop.time()
+    timeline.add(Item("second", now + 0.02))
+    timeline.add(Item("first", now + 0.01))
+    await asyncio.wait_for(all_fired, timeout=5)
+    assert fired == ["first", "added due", "second", "added later"]
+    assert len(timeline) == 0
+    assert timeline._timer is None  # nothing left: no timer either
+
+
+async def test_the_timeline_fires_an_item_when_its_timer_runs_a_little_early() -> None:
+    """asyncio runs timers up to its clock's resolution early: the item is due then."""
+    from aiotlink._polling import _Timeline
+
+    class Item:
+        when = asyncio.get_running_loop().time() + 10
+
+        def __lt__(self, other: Item) -> bool:
+            return self.when < other.when
+
+    fired: list[Item] = []
+    timeline: _Timeline[Item] = _Timeline(
+        fired.append, is_live=lambda item: True, live_count=lambda: 1, context=contextvars.Context()
+    )
+    item = Item()
+    timeline.add(item)
+    assert timeline._timer is not None
+    timeline._timer.cancel()  # this test runs the timer's callback itself:
+    timeline._due(item.when)  # as the loop would, a hair before the clock reads `when`
+    assert fired == [item]
+    assert len(timeline) == 0
+
+
+async def test_the_timeline_goes_on_after_an_item_fails_to_fire() -> None:
+    """One failing item does not stop the timer for the items after it."""
+    from aiotlink._polling import _Timeline
+
+    class Item:
+        def __init__(self, name: str, when: float) -> None:
+            self.name, self.when = name, when
+
+        def __lt__(self, other: Item) -> bool:
+            return self.when < other.when
+
+    loop = asyncio.get_running_loop()
+    later_fired = loop.create_future()
+
+    def fire(item: Item) -> None:
+        if item.name == "broken":
+            raise RuntimeError("boom")
+        later_fired.set_result(item.name)
+
+    timeline: _Timeline[Item] = _Timeline(
+        fire, is_live=lambda item: True, live_count=lambda: 2, context=contextvars.Context()
+    )
+    timeline.add(Item("broken", loop.time()))
+    timeline.add(Item("later", loop.time() + 0.02))
+    assert timeline._timer is not None
+    timeline._timer.cancel()  # this test runs the timer's callback itself
+    with pytest.raises(RuntimeError, match="boom"):
+        timeline._due(loop.time())
+    assert await asyncio.wait_for(later_fired, timeout=5) == "later"
 
 
 async def test_deadline_entries_of_departed_waiters_are_compacted() -> None:
