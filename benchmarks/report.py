@@ -23,7 +23,7 @@ from typing import Any
 HERE = Path(__file__).parent
 FULL = {
     "calls": ["--calls", "5000", "--httpx-calls", "600", "--rounds", "3"],
-    "decode": ["--count", "20000", "--rounds", "5"],
+    "decode": ["--count", "5000", "--rounds", "20"],
     "waiters": ["--waiters", "10000"],
     "download": ["--mib", "1024", "--rounds", "6"],
 }
