@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import resource
 import signal
 import statistics
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -47,6 +49,20 @@ async def fake_server_process(*options: str) -> AsyncIterator[FakeProcess]:
     finally:
         process.send_signal(signal.SIGINT)
         await asyncio.wait_for(process.wait(), timeout=30)
+
+
+def run_script(command: list[str], *, timeout: float) -> dict[str, Any]:
+    """Run a benchmark script in a fresh interpreter; the JSON report it prints.
+
+    Its warnings and errors go to our stderr as they come.
+    """
+    finished = subprocess.run(
+        command, stdout=subprocess.PIPE, text=True, check=False, timeout=timeout
+    )
+    if finished.returncode != 0:
+        raise SystemExit(f"{' '.join(command[1:])} failed (its errors are above)")
+    report: dict[str, Any] = json.loads(finished.stdout)
+    return report
 
 
 def rss_bytes() -> int:

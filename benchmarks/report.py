@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import run_script
 
 HERE = Path(__file__).parent
 FULL = {
@@ -41,16 +41,7 @@ def run_benchmark(name: str, arguments: list[str]) -> dict[str, Any]:
     """Run ``benchmarks/<name>.py`` in its own process; its JSON report."""
     print(f"running {name} {' '.join(arguments)}", flush=True)
     started = time.monotonic()
-    finished = subprocess.run(
-        [sys.executable, str(HERE / f"{name}.py"), *arguments],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
-    if finished.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{finished.stderr}")
-    report: dict[str, Any] = json.loads(finished.stdout)
+    report = run_script([sys.executable, str(HERE / f"{name}.py"), *arguments], timeout=1800)
     report["seconds"] = round(time.monotonic() - started)
     return report
 

@@ -24,13 +24,12 @@ import gc
 import json
 import random
 import resource
-import subprocess
 import sys
 import time
 from typing import Any
 
 import aiohttp
-from _common import TICK, TOKEN, fake_server_process, rounded, spread
+from _common import TICK, TOKEN, fake_server_process, rounded, run_script, spread
 
 from aiotlink import TransactionLinkClient, WorkflowStatus
 from aiotlink._polling import DEFAULT_POLL_FACTOR, JITTER, PollSchedule
@@ -277,17 +276,7 @@ def summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def run_side_in_process(side: str, arguments: list[str]) -> dict[str, Any]:
     """This script again, for one side: a fresh interpreter and heap per side."""
-    finished = subprocess.run(
-        [sys.executable, __file__, "--side", side, *arguments],
-        stdout=subprocess.PIPE,  # its report; its warnings and errors go to ours
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    if finished.returncode != 0:
-        raise SystemExit(f"the {side} side failed (its errors are above)")
-    report: dict[str, Any] = json.loads(finished.stdout)
-    return report
+    return run_script([sys.executable, __file__, "--side", side, *arguments], timeout=600)
 
 
 def main() -> None:

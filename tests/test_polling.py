@@ -57,6 +57,12 @@ def client_tasks() -> list[asyncio.Task[Any]]:
     ]
 
 
+async def never_answers(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+    """A fetch whose request never ends (until cancelled)."""
+    await asyncio.get_running_loop().create_future()
+    raise AssertionError("unreachable")
+
+
 async def settle() -> None:
     """Let cancelled tasks and closed generators finish their last step."""
     for _ in range(5):
@@ -601,13 +607,8 @@ def test_closing_the_loop_with_polls_pending_starts_nothing_new(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A loop closed while polls are in flight and queued ends them without errors."""
-
-    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
-        await asyncio.get_running_loop().create_future()
-        raise AssertionError("unreachable")
-
     loop = asyncio.new_event_loop()
-    poller = Poller(never, max_in_flight=1)
+    poller = Poller(never_answers, max_in_flight=1)
 
     async def subscribe_two(poller: Poller) -> None:
         poller.subscribe("in-flight", PollSchedule())
@@ -645,11 +646,7 @@ async def test_deadlines_fire_in_order_and_skip_waiters_that_left() -> None:
     """One timer serves every deadline: earliest first, re-armed, skipping those gone."""
     from aiotlink._polling import DeadlinePassed
 
-    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
-        await asyncio.get_running_loop().create_future()
-        raise AssertionError("unreachable")
-
-    poller = Poller(never, max_in_flight=10)
+    poller = Poller(never_answers, max_in_flight=10)
     now = asyncio.get_running_loop().time()
     late = poller.subscribe("late", PollSchedule(), deadline=now + 0.10)
     early = poller.subscribe("early", PollSchedule(), deadline=now + 0.05)  # re-arms the timer
@@ -667,11 +664,7 @@ async def test_deadlines_fire_earliest_first() -> None:
     """The earlier deadline fires while the later waiter is still waiting."""
     from aiotlink._polling import DeadlinePassed
 
-    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
-        await asyncio.get_running_loop().create_future()
-        raise AssertionError("unreachable")
-
-    poller = Poller(never, max_in_flight=10)
+    poller = Poller(never_answers, max_in_flight=10)
     now = asyncio.get_running_loop().time()
     late = poller.subscribe("late", PollSchedule(), deadline=now + 0.2)
     early = poller.subscribe("early", PollSchedule(), deadline=now + 0.02)
@@ -728,16 +721,19 @@ async def test_polls_of_departed_waiters_are_compacted() -> None:
     poller.unsubscribe(staying)
 
 
+class Item:
+    """Something to put in a timeline: a name, and when it is due."""
+
+    def __init__(self, name: str, when: float) -> None:
+        self.name, self.when = name, when
+
+    def __lt__(self, other: Item) -> bool:
+        return self.when < other.when
+
+
 async def test_the_timeline_fires_what_is_due_once_in_order() -> None:
     """Items come in time order, once each; one added while firing comes too, in its turn."""
     from aiotlink._polling import _Timeline
-
-    class Item:
-        def __init__(self, name: str, when: float) -> None:
-            self.name, self.when = name, when
-
-        def __lt__(self, other: Item) -> bool:
-            return self.when < other.when
 
     fired: list[str] = []
     loop = asyncio.get_running_loop()
@@ -767,17 +763,11 @@ async def test_the_timeline_fires_an_item_when_its_timer_runs_a_little_early() -
     """asyncio runs timers up to its clock's resolution early: the item is due then."""
     from aiotlink._polling import _Timeline
 
-    class Item:
-        when = asyncio.get_running_loop().time() + 10
-
-        def __lt__(self, other: Item) -> bool:
-            return self.when < other.when
-
     fired: list[Item] = []
     timeline: _Timeline[Item] = _Timeline(
         fired.append, is_live=lambda item: True, live_count=lambda: 1, context=contextvars.Context()
     )
-    item = Item()
+    item = Item("in ten seconds", asyncio.get_running_loop().time() + 10)
     timeline.add(item)
     assert timeline._timer is not None
     timeline._timer.cancel()  # this test runs the timer's callback itself:
@@ -789,13 +779,6 @@ async def test_the_timeline_fires_an_item_when_its_timer_runs_a_little_early() -
 async def test_the_timeline_goes_on_after_an_item_fails_to_fire() -> None:
     """One failing item does not stop the timer for the items after it."""
     from aiotlink._polling import _Timeline
-
-    class Item:
-        def __init__(self, name: str, when: float) -> None:
-            self.name, self.when = name, when
-
-        def __lt__(self, other: Item) -> bool:
-            return self.when < other.when
 
     loop = asyncio.get_running_loop()
     later_fired = loop.create_future()
@@ -819,12 +802,7 @@ async def test_the_timeline_goes_on_after_an_item_fails_to_fire() -> None:
 
 async def test_deadline_entries_of_departed_waiters_are_compacted() -> None:
     """Deadlines of waiters who left do not pile up for as long as their timeout."""
-
-    async def never(execution_id: str) -> tuple[WorkflowExecution, float | None]:
-        await asyncio.get_running_loop().create_future()
-        raise AssertionError("unreachable")
-
-    poller = Poller(never, max_in_flight=10)
+    poller = Poller(never_answers, max_in_flight=10)
     deadline = asyncio.get_running_loop().time() + 3600
     for number in range(200):
         poller.unsubscribe(poller.subscribe(f"id-{number}", PollSchedule(), deadline=deadline))
