@@ -54,5 +54,5 @@ def bench_smoke(session: nox.Session) -> None:
     """Run every benchmark with tiny counts, so that none can rot (RESULTS.md untouched)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/report.py", "--smoke")
-    for path, count in (("decode", "100"), ("calls", "200"), ("waiters", "50")):
+    for path, count in (("decode", "100"), ("calls", "200"), ("waiters", "50"), ("download", "4")):
         session.run("python", "benchmarks/profile.py", path, "--count", count, silent=True)

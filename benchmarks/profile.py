@@ -9,20 +9,26 @@ by their own time (aiohttp's and asyncio's next to ours):
 - ``calls``: ``client.workflows.find()`` at 64 in flight against the call benchmark's
   server (in its own process, as in ``calls.py``);
 - ``waiters``: the first step of 10,000 ``wait_for_completion`` calls started together
-  (their polls never answer), the burst that sets the waiting benchmark's first lag.
+  (their polls never answer), the burst that sets the waiting benchmark's first lag;
+- ``download``: ``download_result`` of a redirected result (``--count`` MiB, 256 by
+  default) from the fake server in its own process, as in ``download.py``.
 
     python benchmarks/profile.py decode
     python benchmarks/profile.py calls --count 20000
     python benchmarks/profile.py waiters
+    python benchmarks/profile.py download
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
+from _common import TOKEN, fake_server_process
 from calls import EXECUTION_ID, measure, pin, start_server
 from decode import BODY, RAW
 from pyinstrument import Profiler
@@ -92,19 +98,41 @@ async def profile_waiters(count: int) -> None:
     report(profiler, flat=True)
 
 
+async def profile_download(size_mib: int) -> None:
+    options = ["--large-result-mib", str(size_mib), "--step-seconds", "0"]
+    async with (
+        fake_server_process(*options, "--redirect-threshold", "1000") as fake,
+        TransactionLinkClient(TOKEN, base_url=fake.url) as client,
+    ):
+        execution = await client.workflows.initialise(fake.definitions["large-report"])
+        await client.workflows.wait_for_completion(execution.id, poll_interval=0.01)
+        with tempfile.TemporaryDirectory(prefix="aiotlink-profile-") as folder:
+            profiler = Profiler(interval=INTERVAL, async_mode="disabled")
+            with profiler:
+                await client.workflows.download_result(execution.id, Path(folder) / "r.json")
+    report(profiler, flat=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", choices=["decode", "calls", "waiters"])
-    parser.add_argument("--count", type=int, help="decodes, calls or waiters")
+    parser.add_argument("path", choices=["decode", "calls", "waiters", "download"])
+    parser.add_argument("--count", type=int, help="decodes, calls, waiters or MiB")
     args = parser.parse_args()
-    defaults: dict[str, Any] = {"decode": 100_000, "calls": 20_000, "waiters": 10_000}
+    defaults: dict[str, Any] = {
+        "decode": 100_000,
+        "calls": 20_000,
+        "waiters": 10_000,
+        "download": 256,
+    }
     count = args.count or defaults[args.path]
     if args.path == "decode":
         profile_decode(count)
     elif args.path == "calls":
         asyncio.run(profile_calls(count))
-    else:
+    elif args.path == "waiters":
         asyncio.run(profile_waiters(count))
+    else:
+        asyncio.run(profile_download(count))
 
 
 if __name__ == "__main__":
