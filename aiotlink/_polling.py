@@ -5,7 +5,7 @@ execution id has one :class:`_SharedPoll`, started from one timeline of due poll
 rather than by a sleeping task per waiter, and every waiter is a small
 :class:`Subscription` woken by a future. At 10,000 waiters this keeps the number of
 long-lived, GC-tracked objects (and so the pauses of CPython's cyclic collector) low;
-see design/PERFORMANCE.md.
+see the team's design notes, design/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ class _Timeline(Generic[_TimedT]):
 
     A timer handle per item would be three more long-lived objects (handle, arguments,
     bound method) for each of thousands of waiters or polls, made anew at every poll,
-    for CPython's cyclic collector to walk; see design/PERFORMANCE.md. An item that is
-    no longer wanted (``is_live`` says so) stays until it comes up and is skipped, or
+    for CPython's cyclic collector to walk (the team's design/PERFORMANCE.md). An item
+    that is no longer wanted (``is_live`` says so) stays until it comes up and is skipped, or
     until the heap outgrows twice the owner's count of live items (``live_count()``).
     """
 

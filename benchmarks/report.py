@@ -83,6 +83,7 @@ def calls_section(report: dict[str, Any]) -> list[str]:
         "",
         f"{report['calls']} calls per side and level ({report['httpx_calls']} for httpx), "
         f"{report['rounds']} rounds, round-robin; server in its own process on its own core.",
+        "The targets apply at 64 in flight.",
         "",
         "| in flight | side | calls/s | client CPU µs/call |",
         "|---:|---|---:|---:|",
@@ -156,9 +157,9 @@ def waiters_section(report: dict[str, Any]) -> list[str]:
         "",
         f"{report['rounds']} round{'s' if report['rounds'] != 1 else ''}, each side in a fresh"
         " process, each round starting with",
-        "another side. The baseline is design/PERFORMANCE.md's starting point: raw aiohttp, a",
-        "task per execution that GETs, decodes and sleeps on the same schedule, on one session",
-        "with the same connection limit.",
+        "another side. The baseline is where the team's design/PERFORMANCE.md started: raw",
+        "aiohttp, a task per execution that GETs, decodes and sleeps on the same schedule, on",
+        "one session with the same connection limit.",
         "",
         "| measure | aiotlink | raw aiohttp | aiotlink / aiohttp |",
         "|---|---:|---:|---:|",
@@ -177,7 +178,7 @@ def download_section(report: dict[str, Any]) -> list[str]:
     lines = [
         f"## A {report['size_mib']} MiB redirected result to disk",
         "",
-        f"{report['rounds']} rounds, each starting with another side.",
+        f"{report['rounds']} rounds, each starting with the next side in turn.",
         "",
         "| side | MB/s |",
         "|---|---:|",
@@ -221,13 +222,20 @@ def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
          waiters["targets"]["polls_within_schedule"]),
         ("download >= 0.9 x raw aiohttp", download["ratio_to_aiohttp"]["median"],
          download["targets"]["ratio_at_least_0.9"]),
-        ("download peak RSS growth < 32 MiB",
+        ("download peak RSS growth < 32 MiB (max)",
          download["aiotlink_peak_rss_growth_mib"]["max"],
          download["targets"]["rss_growth_under_32_mib"]),
-        ("download worst loop lag < 50 ms", download["aiotlink_worst_loop_lag_ms"]["max"],
+        ("download worst loop lag < 50 ms (max)", download["aiotlink_worst_loop_lag_ms"]["max"],
          download["targets"]["loop_lag_under_50_ms"]),
     ]  # fmt: skip
-    lines = ["## Targets", "", "| target | measured | |", "|---|---:|---|"]
+    lines = [
+        "## Targets",
+        "",
+        "Measured: the median over the rounds, or the worst round where marked (max).",
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+    ]
     lines += [f"| {name} | {value:.3g} | {verdict(met)} |" for name, value, met in rows]
     return [*lines, ""]
 
@@ -239,6 +247,8 @@ def write(reports: dict[str, dict[str, Any]], target: Path, smoke: bool) -> None
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M %Z')}. Every ratio "
         "compares sides measured in the same run; medians with (min to max) over the rounds.",
+        "Each ratio is the median of the per-round ratios, so it need not equal the ratio of",
+        "the medians shown.",
         "Rerun with `nox -s bench`; the scripts are in this folder, one per measure.",
         "",
         *machine(),

@@ -4,7 +4,8 @@ The fake runs in its own process (``python -m aiotlink.testing``) so that its wo
 not count against the client. Reports: whether every wait returned COMPLETED, peak RSS,
 connections opened, polls per execution against what the poll schedule allows, the
 event loop's worst lag (a 10 ms ticker's largest delay), and CPython's full garbage
-collections during the wait (the cause of the longest stalls; see design/PERFORMANCE.md).
+collections during the wait (the cause of the longest stalls; see the team's
+design/PERFORMANCE.md).
 
 The baseline, measured in the same run, is what design/PERFORMANCE.md started from: raw
 aiohttp, one task per execution that GETs it, decodes the JSON and sleeps on the same
