@@ -111,8 +111,9 @@ class _Timeline(Generic[_TimedT]):
     A timer handle per item would be three more long-lived objects (handle, arguments,
     bound method) for each of thousands of waiters or polls, made anew at every poll,
     for CPython's cyclic collector to walk (the team's design/PERFORMANCE.md). An item
-    that is no longer wanted (``is_live`` says so) stays until it comes up and is skipped, or
-    until the heap outgrows twice the owner's count of live items (``live_count()``).
+    that is no longer wanted (``is_live`` says so) stays until it comes up and is
+    skipped, or until the heap outgrows twice the owner's count of live items
+    (``live_count()``).
     """
 
     def __init__(
