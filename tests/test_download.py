@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,36 @@ from .servers import ScriptedServer, reply
 BIG = GeneratedResult(3_000_000, seed=7)
 THRESHOLD = 100_000  # results above this come as a $redirect from the fake
 RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
+
+
+@pytest.fixture(autouse=True)
+def small_direct_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct-write buffers of 64 KiB, so that test results fill and hand over many."""
+    monkeypatch.setattr("aiotlink._download.DIRECT_BUFFER_BYTES", 64 * 1024)
+
+
+def refuse_direct_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every file refuse O_DIRECT as tmpfs does (EINVAL), for page-cache writes."""
+    real_fcntl = fcntl.fcntl
+
+    def refusing(descriptor: int, command: int, argument: int = 0) -> Any:
+        if command == fcntl.F_SETFL and argument & os.O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_fcntl(descriptor, command, argument)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing)
+
+
+@pytest.fixture(params=["direct", "page cache"])
+def disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Either way of writing: straight to the device, or through the page cache."""
+    if request.param == "page cache":
+        refuse_direct_io(monkeypatch)
+    return str(request.param)
+
+
+def is_direct(descriptor: int) -> bool:
+    return bool(fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_DIRECT)
 
 
 @pytest.fixture
@@ -72,7 +104,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 async def test_inline_result_written_byte_exact(
-    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path, disk: str
 ) -> None:
     """A small result is written as the API sent it: the raw JSON bytes."""
     execution_id = await completed(fake, client, {"decision": "APPROVED", "score": 0.97})
@@ -84,7 +116,7 @@ async def test_inline_result_written_byte_exact(
 
 
 async def test_redirected_result_written_byte_exact(
-    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path, disk: str
 ) -> None:
     """A large result comes from storage through the $redirect, byte for byte."""
     execution_id = await completed(fake, client, BIG)
@@ -112,7 +144,7 @@ async def test_storage_gets_no_credential_and_no_default_header(
 
 
 async def test_dropped_connection_resumes_with_range_and_if_range(
-    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path, disk: str
 ) -> None:
     """A body cut mid-way resumes from the bytes on disk, with Range and If-Range."""
     execution_id = await completed(fake, client, BIG)
@@ -129,7 +161,7 @@ async def test_dropped_connection_resumes_with_range_and_if_range(
 
 
 async def test_storage_that_ignores_range_restarts_cleanly(
-    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path, disk: str
 ) -> None:
     """If storage answers a Range request with the whole object (200), it starts over."""
     payload = b'{"data": "' + b"x" * 500_000 + b'"}'
@@ -153,7 +185,7 @@ async def test_storage_that_ignores_range_restarts_cleanly(
 
 
 async def test_a_range_from_elsewhere_is_not_trusted(
-    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path, disk: str
 ) -> None:
     """A 206 that starts at another byte than asked is thrown away; the file restarts."""
     payload = b'["' + b"y" * 300_000 + b'"]'
@@ -183,7 +215,7 @@ async def test_a_range_from_elsewhere_is_not_trusted(
 
 
 async def test_a_dropped_inline_answer_starts_over(
-    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path, disk: str
 ) -> None:
     """An inline answer cut mid-way is fetched again from the start (the API has no Range)."""
     result = {"items": ["z" * 1000] * 50}
@@ -340,17 +372,39 @@ class _FullDisk:
         return getattr(self._real, name)
 
 
+def fill_disk_after(room: int, disk: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make writes of the temporary file fail with ENOSPC once ``room`` bytes are written."""
+    if disk == "page cache":
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(
+            "aiotlink._download.os.fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k), room)
+        )
+        return
+    real_pwrite = os.pwrite
+    left = [room]
+
+    def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        if len(data) > left[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        left[0] -= len(data)
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
+
+
+# Direct writes hand over 64 KiB buffers (see small_direct_buffers): the first room
+# fails in the middle of the stream, the second only at the last, partial buffer.
+@pytest.mark.parametrize("room", [500_000, BIG.size // 65_536 * 65_536])
 async def test_disk_full_gives_a_clear_error_and_no_partial_file(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    disk: str,
+    room: int,
 ) -> None:
     """Running out of disk raises DownloadError naming the path; nothing is left behind."""
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(
-        "aiotlink._download.os.fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k), 500_000)
-    )
+    fill_disk_after(room, disk, monkeypatch)
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     target.write_bytes(b"keep me")
@@ -362,8 +416,169 @@ async def test_disk_full_gives_a_clear_error_and_no_partial_file(
     assert leftovers(tmp_path) == []
 
 
+# --- how bytes reach the disk -------------------------------------------------
+
+
+def record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, int]]:
+    """Each positioned write of the download: its thread, whether direct, its length."""
+    writes: list[tuple[str, bool, int]] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        writes.append((threading.current_thread().name, is_direct(descriptor), len(data)))
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
+    return writes
+
+
+async def test_large_results_bypass_the_page_cache_from_a_worker_thread(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the filesystem allows, writes are direct, aligned and off the event loop."""
+    writes = record_writes(monkeypatch)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()  # the last block's padding is cut off again
+    assert target.stat().st_size == BIG.size
+    assert len(writes) == -(-BIG.size // 65_536)
+    assert all(direct and length % 4096 == 0 for _, direct, length in writes)
+    assert all(thread.startswith("aiotlink-disk") for thread, _, _ in writes[:-1])
+
+
+async def test_a_result_of_whole_buffers_needs_no_padding(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A result that fills its last buffer exactly is written as is, with no tail write."""
+    writes = record_writes(monkeypatch)
+    result = GeneratedResult(3 * 65_536, seed=3)
+    execution_id = await completed(fake, client, result)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == result.sha256()
+    assert [length for _, _, length in writes] == [65_536] * 3
+
+
+async def test_without_o_direct_writes_go_through_the_page_cache(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the OS has no O_DIRECT (macOS), the result is written through the cache."""
+    monkeypatch.delattr(os, "O_DIRECT")
+    writes = record_writes(monkeypatch)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()
+    assert writes == []  # no positioned writes: the page-cache writer's file object
+
+
+async def test_a_filesystem_refusing_direct_writes_gets_them_through_the_cache(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A filesystem that takes O_DIRECT but fails the writes (EINVAL) still gets the result."""
+    caplog.set_level(logging.INFO, logger="aiotlink")
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        if is_direct(descriptor):
+            refused.append(offset)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()
+    assert refused == [0]  # once: the file then stays out of direct I/O
+    assert "refused direct writes" in caplog.text
+
+
+async def test_a_write_refused_even_through_the_cache_fails_cleanly(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EINVAL with or without direct I/O raises DownloadError; nothing is left behind."""
+
+    def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    with pytest.raises(DownloadError, match="Invalid argument"):
+        await client.workflows.download_result(execution_id, target)
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+async def test_cancelling_with_a_write_in_flight_closes_the_file_after_it(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled mid-write, the temporary file goes at once; its descriptor after the write.
+
+    Closed while a worker thread still writes to it, its number could be reused by
+    another file, which would then get the bytes.
+    """
+    real_pwrite = os.pwrite
+    writing, release = threading.Event(), threading.Event()
+    descriptors: list[int] = []
+
+    def stuck_pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        descriptors.append(descriptor)
+        writing.set()
+        release.wait(10)
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr("aiotlink._download.os.pwrite", stuck_pwrite)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    task = asyncio.create_task(client.workflows.download_result(execution_id, target))
+    assert await asyncio.to_thread(writing.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers(tmp_path) == []
+    descriptor = descriptors[0]
+    assert ".part" in open_file(descriptor)  # still open, its name deleted
+    release.set()
+    for _ in range(200):
+        if ".part" not in open_file(descriptor):
+            break
+        await asyncio.sleep(0.01)
+    assert ".part" not in open_file(descriptor)
+
+
+def open_file(descriptor: int) -> str:
+    """The name of the file open as ``descriptor`` in this process, or "" if none is."""
+    try:
+        return os.readlink(f"/proc/self/fd/{descriptor}")
+    except FileNotFoundError:
+        return ""
+
+
 async def test_cancelling_a_download_leaves_nothing_behind(
-    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path
+    fake: FakeTransactionLink, client: TransactionLinkClient, tmp_path: Path, disk: str
 ) -> None:
     """Cancelling mid-download removes the temporary file and re-raises."""
     execution_id = await completed(fake, client, BIG)
@@ -652,15 +867,36 @@ async def test_fsync_failure_leaves_the_destination_as_it_was(
     assert leftovers(tmp_path) == []
 
 
+async def test_a_failed_rename_leaves_the_destination_as_it_was(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    disk: str,
+) -> None:
+    """If the rename fails after the file is closed, DownloadError; the old file stays."""
+
+    def failing_replace(source: Any, destination: Any) -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    target.write_bytes(b"old")
+    monkeypatch.setattr("aiotlink._download.os.replace", failing_replace)
+    with pytest.raises(DownloadError, match=r"could not finish writing.*Permission denied"):
+        await client.workflows.download_result(execution_id, target)
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+
+
 async def test_slow_disk_writes_move_to_a_thread(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Once a write is slow, the later writes leave the event loop for a worker thread."""
-    import threading
-
+    """Through the page cache, once a write is slow, the later ones leave the event loop."""
+    refuse_direct_io(monkeypatch)
     monkeypatch.setattr("aiotlink._download.SLOW_WRITE_SECONDS", 0.0)
     writer_threads: set[str] = set()
     real_fdopen = os.fdopen
