@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -51,14 +51,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aiotlink")
 
 READ_BUFFER_BYTES = 1024 * 1024  # large socket reads: page faults, not HTTP, set the pace
-# Direct writes go through this many buffers of this size per download; smaller ones
-# were measured slower.
+# Direct writes go through this many buffers of this size (a multiple of
+# DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 DIRECT_BUFFERS = 3
 DIRECT_BUFFER_BYTES = 4 * 1024 * 1024
 # O_DIRECT wants buffers, offsets and lengths aligned to the device's logical block size:
 # 4096 is a multiple of every common one.
 DIRECT_ALIGNMENT = 4096
-SLOW_WRITE_SECONDS = 0.005  # a write slower than this moves the later ones to a thread
+# Through the page cache, a write slower than this moves the later ones off the loop.
+SLOW_WRITE_SECONDS = 0.005
 PROGRESS_INTERVAL = 0.1  # seconds between two on_progress calls, at the most
 # A redirect answer is a few hundred bytes; anything longer is the result itself.
 REDIRECT_PROBE_BYTES = 64 * 1024
@@ -125,6 +126,11 @@ class _TempFile:
     Its bytes go straight to the device where the filesystem allows it
     (:class:`_DirectWriter`), and through the page cache where not
     (:class:`_PageCacheWriter`). Either way they are synced once, before the rename.
+
+    Whatever touches the file off the event loop runs on one thread of the file's own,
+    in order, and closing the file queues behind it: a task cancelled while that
+    thread works must not close the descriptor under it, or a file opened meanwhile
+    could get its number, and the bytes or the truncation meant for this one.
     """
 
     def __init__(self, destination: Path) -> None:
@@ -133,11 +139,18 @@ class _TempFile:
         # Not mkstemp: its 0600 would survive the rename. Mode 0666 less the umask is
         # what a file created by any other program gets.
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        self._writer: _DirectWriter | _PageCacheWriter = (
-            _DirectWriter(descriptor)
-            if _bypass_page_cache(descriptor)
-            else _PageCacheWriter(descriptor)
-        )
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, "aiotlink-disk")
+        try:
+            with self._disk_errors("could not write"):  # no memory for the buffers, say
+                self._writer: _DirectWriter | _PageCacheWriter = (
+                    _DirectWriter(descriptor, self._disk)
+                    if _bypass_page_cache(descriptor)
+                    else _PageCacheWriter(descriptor, self._disk)
+                )
+        except BaseException:
+            os.close(descriptor)
+            self.path.unlink()
+            raise
         self.size = 0
 
     async def write(self, chunk: bytes) -> None:
@@ -148,14 +161,18 @@ class _TempFile:
     async def restart(self) -> None:
         with self._disk_errors("could not write"):
             await self._writer.settle()
-            await asyncio.to_thread(self._writer.truncate)
+            await self._on_disk_thread(self._writer.truncate)
         self.size = 0
 
     async def commit(self) -> None:
         """Write what is left, fsync, then rename over the destination and fsync the folder."""
         with self._disk_errors("could not finish writing"):
             await self._writer.settle()
-            await asyncio.to_thread(self._commit)
+            await self._on_disk_thread(self._commit)
+        self._disk.shutdown(wait=False)  # its thread ends once idle
+
+    async def _on_disk_thread(self, work: Callable[[], None]) -> None:
+        await asyncio.wrap_future(self._disk.submit(work))
 
     def _commit(self) -> None:
         self._writer.finish()
@@ -169,10 +186,18 @@ class _TempFile:
             os.close(folder)
 
     def discard(self) -> None:
-        """Close and remove the temporary file (no await: cancellation calls it)."""
-        self._writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        """Remove the temporary file now, and close it after the disk thread's work.
+
+        No await: cancellation calls it. A commit still running on the disk thread then
+        either renames the whole file into place first, or finds it gone.
+        """
+        try:
+            self._writer.drop_queued()
+            self._disk.submit(self._writer.close)
+            self._disk.shutdown(wait=False)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     @contextlib.contextmanager
     def _disk_errors(self, doing: str) -> Iterator[None]:
@@ -185,7 +210,10 @@ class _TempFile:
 
 
 def _bypass_page_cache(descriptor: int) -> bool:
-    """Switch ``descriptor`` to direct I/O (``O_DIRECT``) where the OS and filesystem allow."""
+    """Switch ``descriptor`` to direct I/O (``O_DIRECT``) if the OS and filesystem allow.
+
+    Returns whether it did.
+    """
     if not hasattr(os, "O_DIRECT"):
         return False  # macOS and Windows have no O_DIRECT
     import fcntl  # here: Windows has no fcntl either
@@ -193,7 +221,7 @@ def _bypass_page_cache(descriptor: int) -> bool:
     try:
         flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
         fcntl.fcntl(descriptor, fcntl.F_SETFL, flags | os.O_DIRECT)
-    except OSError:  # EINVAL: tmpfs, for one, has no direct I/O
+    except OSError:  # EINVAL from a filesystem without direct I/O
         return False
     return True
 
@@ -209,15 +237,18 @@ def _stop_bypassing_page_cache(descriptor: int) -> bool:
     return True
 
 
+# What a filesystem that takes O_DIRECT but not the writes raises for them.
+_DIRECT_WRITE_REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (in a worker thread)."""
+    """Write all of ``data`` at ``offset`` (on the disk thread)."""
     while data:
         try:
             written = os.pwrite(descriptor, data, offset)
         except OSError as error:
-            # Some filesystems take O_DIRECT when it is set and refuse the writes: go on
-            # through the page cache rather than fail the download.
-            if error.errno == errno.EINVAL and _stop_bypassing_page_cache(descriptor):
+            # Go on through the page cache rather than fail the download.
+            if error.errno in _DIRECT_WRITE_REFUSED and _stop_bypassing_page_cache(descriptor):
                 logger.info("the filesystem refused direct writes; writing through the cache")
                 continue
             raise
@@ -226,30 +257,29 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
 
 
 class _DirectWriter:
-    """Writes that bypass the page cache, from a worker thread, while the loop fills on.
+    """Writes that bypass the page cache, from the disk thread, while the loop fills on.
 
     Copying a large result into the page cache took most of the event loop's time, and
     the fsync before the rename then wrote it all out at once. Here the loop only copies
     each chunk into one of a few page-aligned buffers (``O_DIRECT`` wants aligned
-    buffers, offsets and lengths). A full buffer goes to the device from a worker thread
+    buffers, offsets and lengths). A full buffer goes to the device from the disk thread
     while the loop fills the next, so the fsync finds little left to do. The loop waits
-    only when every buffer is still queued for the disk. See the notes on the download
-    benchmark in benchmarks/NOTES.md.
+    only when every buffer is still queued for the disk. The measurements are in
+    benchmarks/NOTES.md, under the download.
     """
 
-    def __init__(self, descriptor: int) -> None:
+    def __init__(self, descriptor: int, disk: concurrent.futures.Executor) -> None:
         self.descriptor = descriptor
+        self._disk = disk
         # Anonymous maps are page-aligned; their pages are touched only as they fill.
         self._buffers = [
-            memoryview(mmap.mmap(-1, DIRECT_BUFFER_BYTES)) for _ in range(DIRECT_BUFFERS)
+            memoryview(mmap.mmap(-1, DIRECT_BUFFER_BYTES, flags=mmap.MAP_PRIVATE))
+            for _ in range(DIRECT_BUFFERS)
         ]
         self._current = 0
         self._filled = 0  # bytes in the current buffer
-        self._written = 0  # bytes handed to the device: a whole number of buffers
-        # A thread of its own writes the full buffers in order, so that closing the file
-        # can queue behind them.
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, "aiotlink-disk")
-        self._in_flight: deque[concurrent.futures.Future[None]] = deque()
+        self._written = 0  # bytes handed to the disk thread: the current buffer's offset
+        self._queued: deque[concurrent.futures.Future[None]] = deque()
         self._closed = False
 
     async def write(self, chunk: bytes) -> None:
@@ -264,24 +294,28 @@ class _DirectWriter:
                 await self._hand_over(buffer)
 
     async def _hand_over(self, buffer: memoryview) -> None:
-        write = self._thread.submit(_write_all, self.descriptor, buffer, self._written)
-        self._in_flight.append(write)
+        self._queued.append(self._disk.submit(_write_all, self.descriptor, buffer, self._written))
         self._written += len(buffer)
         self._filled = 0
         self._current = (self._current + 1) % len(self._buffers)
-        if len(self._in_flight) == len(self._buffers):
+        if len(self._queued) == len(self._buffers):
             await self._land_oldest()  # it holds the buffer to fill next
 
     async def _land_oldest(self) -> None:
-        # Removed only once done: cancelled meanwhile, close() must still wait for it.
-        await asyncio.wrap_future(self._in_flight[0])
-        self._in_flight.popleft()
+        await asyncio.wrap_future(self._queued[0])
+        self._queued.popleft()
 
     async def settle(self) -> None:
-        """Wait for the writes in flight; raises the first one's error."""
-        while self._in_flight:
+        """Wait for the queued writes; raises the first one's error."""
+        while self._queued:
             await self._land_oldest()
 
+    def drop_queued(self) -> None:
+        """Cancel the writes that have not started: the file is being discarded."""
+        for pending in self._queued:
+            pending.cancel()
+
+    # The rest runs on the disk thread, after every write handed over.
     def truncate(self) -> None:
         os.ftruncate(self.descriptor, 0)
         self._written = self._filled = 0
@@ -297,17 +331,10 @@ class _DirectWriter:
         os.ftruncate(self.descriptor, size)
 
     def close(self) -> None:
-        """Close the file once no write is in flight: its number could be reused before."""
-        if self._closed:
-            return  # a failure after the commit closed it discards it again
-        self._closed = True
-        if self._in_flight:
-            for write in self._in_flight:
-                write.cancel()  # unless it has started
-            self._thread.submit(os.close, self.descriptor)  # after the one running now
-        else:
+        if not self._closed:  # a failed rename closes it twice: after the commit, on discard
+            self._closed = True
             os.close(self.descriptor)
-        self._thread.shutdown(wait=False)
+            self._buffers = []  # unmapped now, even if a traceback keeps this writer
 
 
 class _PageCacheWriter:
@@ -315,24 +342,28 @@ class _PageCacheWriter:
 
     Writes of a chunk to the page cache take well under a millisecond, so they run on
     the event loop (a worker thread per chunk halves the throughput); once a write turns
-    out slow (a congested or network disk), later ones move to a thread.
+    out slow (a congested or network disk), later ones move to the disk thread.
     """
 
-    def __init__(self, descriptor: int) -> None:
+    def __init__(self, descriptor: int, disk: concurrent.futures.Executor) -> None:
         self.descriptor = descriptor
+        self._disk = disk
         self._file: IO[bytes] = os.fdopen(descriptor, "wb")
-        self._write_in_thread = False
+        self._write_on_disk_thread = False
 
     async def write(self, chunk: bytes) -> None:
-        if self._write_in_thread:
-            await asyncio.to_thread(self._file.write, chunk)
+        if self._write_on_disk_thread:
+            await asyncio.wrap_future(self._disk.submit(self._file.write, chunk))
         else:
             started = time.perf_counter()
             self._file.write(chunk)
-            self._write_in_thread = time.perf_counter() - started > SLOW_WRITE_SECONDS
+            self._write_on_disk_thread = time.perf_counter() - started > SLOW_WRITE_SECONDS
 
     async def settle(self) -> None:
-        """Nothing is in flight between two writes."""
+        """Nothing is queued between two writes."""
+
+    def drop_queued(self) -> None:
+        """Nothing is queued between two writes."""
 
     def truncate(self) -> None:
         self._file.seek(0)
@@ -474,9 +505,9 @@ class Downloader:
                         return target
                     await temp.write(first)
                     await self._progress.report(temp.size, total)
-                # Chunks as they arrive: joining them into larger ones would copy every
-                # byte once more on the event loop.
-                async for chunk in response.content.iter_any():
+                # Chunks one by one as they arrived: joining them into larger ones (as
+                # iter_chunked and iter_any do) copies every byte once more on the loop.
+                async for chunk, _ in response.content.iter_chunks():
                     await temp.write(chunk)
                     await self._progress.report(temp.size, total)
                 if total is not None and temp.size != total:

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def small_direct_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def refuse_direct_io(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every file refuse O_DIRECT as tmpfs does (EINVAL), for page-cache writes."""
+    """Make every file refuse O_DIRECT (EINVAL), as filesystems without direct I/O do."""
     real_fcntl = fcntl.fcntl
 
     def refusing(descriptor: int, command: int, argument: int = 0) -> Any:
@@ -58,10 +58,18 @@ def refuse_direct_io(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(params=["direct", "page cache"])
-def disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """Either way of writing: straight to the device, or through the page cache."""
     if request.param == "page cache":
         refuse_direct_io(monkeypatch)
+    else:
+        probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
+        try:
+            flags = fcntl.fcntl(probe, fcntl.F_GETFL)
+            fcntl.fcntl(probe, fcntl.F_SETFL, flags | os.O_DIRECT)
+        finally:
+            os.close(probe)
+            os.unlink(tmp_path / "probe")
     return str(request.param)
 
 
@@ -414,6 +422,7 @@ async def test_disk_full_gives_a_clear_error_and_no_partial_file(
     assert str(target) in str(caught.value)
     assert target.read_bytes() == b"keep me"
     assert leftovers(tmp_path) == []
+    await eventually(lambda: not disk_threads())
 
 
 # --- how bytes reach the disk -------------------------------------------------
@@ -447,7 +456,8 @@ async def test_large_results_bypass_the_page_cache_from_a_worker_thread(
     assert target.stat().st_size == BIG.size
     assert len(writes) == -(-BIG.size // 65_536)
     assert all(direct and length % 4096 == 0 for _, direct, length in writes)
-    assert all(thread.startswith("aiotlink-disk") for thread, _, _ in writes[:-1])
+    assert all(thread.startswith("aiotlink-disk") for thread, _, _ in writes)
+    await eventually(lambda: not disk_threads())  # the thread ends with the download
 
 
 async def test_a_result_of_whole_buffers_needs_no_padding(
@@ -482,22 +492,35 @@ async def test_without_o_direct_writes_go_through_the_page_cache(
     assert writes == []  # no positioned writes: the page-cache writer's file object
 
 
+# BIG ends in a partial buffer at this offset: 45 whole buffers of 64 KiB come first.
+TAIL_OFFSET = BIG.size // 65_536 * 65_536
+
+
+@pytest.mark.parametrize(
+    ("refused_from", "error"),
+    [(0, errno.EINVAL), (TAIL_OFFSET, errno.EINVAL), (0, errno.EOPNOTSUPP)],
+)
 async def test_a_filesystem_refusing_direct_writes_gets_them_through_the_cache(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    refused_from: int,
+    error: int,
 ) -> None:
-    """A filesystem that takes O_DIRECT but fails the writes (EINVAL) still gets the result."""
+    """A filesystem that takes O_DIRECT but fails the writes still gets the result.
+
+    From the first write, or only from the last, padded one.
+    """
     caplog.set_level(logging.INFO, logger="aiotlink")
     real_pwrite = os.pwrite
     refused: list[int] = []
 
     def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
-        if is_direct(descriptor):
+        if is_direct(descriptor) and offset >= refused_from:
             refused.append(offset)
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            raise OSError(error, os.strerror(error))
         return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
@@ -505,8 +528,31 @@ async def test_a_filesystem_refusing_direct_writes_gets_them_through_the_cache(
     target = tmp_path / "r.json"
     await client.workflows.download_result(execution_id, target)
     assert sha256(target) == BIG.sha256()
-    assert refused == [0]  # once: the file then stays out of direct I/O
+    assert refused == [refused_from]  # once: the file then stays out of direct I/O
     assert "refused direct writes" in caplog.text
+
+
+async def test_no_memory_for_the_buffers_leaves_nothing_behind(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the write buffers cannot be mapped, DownloadError; no file, no open descriptor."""
+
+    def no_memory(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    target.write_bytes(b"old")
+    descriptors_before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr("aiotlink._download.mmap.mmap", no_memory)
+    with pytest.raises(DownloadError, match="Cannot allocate memory"):
+        await client.workflows.download_result(execution_id, target)
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+    assert len(os.listdir("/proc/self/fd")) == descriptors_before
 
 
 async def test_a_write_refused_even_through_the_cache_fails_cleanly(
@@ -529,44 +575,88 @@ async def test_a_write_refused_even_through_the_cache_fails_cleanly(
     assert leftovers(tmp_path) == []
 
 
-async def test_cancelling_with_a_write_in_flight_closes_the_file_after_it(
+def block_disk_work(
+    moment: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event, list[int]]:
+    """Hold the disk thread at ``moment``: (started, release, the descriptors it held)."""
+    started, release = threading.Event(), threading.Event()
+    descriptors: list[int] = []
+    real_pwrite, real_ftruncate = os.pwrite, os.ftruncate
+
+    def hold(descriptor: int) -> None:
+        descriptors.append(descriptor)
+        started.set()
+        release.wait(10)
+
+    def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        full_buffer = len(data) == 65_536
+        if (moment == "a write") == full_buffer and moment != "a restart":
+            hold(descriptor)
+        return real_pwrite(descriptor, data, offset)
+
+    def ftruncate(descriptor: int, length: int) -> None:
+        if moment == "a restart" and length == 0:
+            hold(descriptor)
+        real_ftruncate(descriptor, length)
+
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
+    monkeypatch.setattr("aiotlink._download.os.ftruncate", ftruncate)
+    return started, release, descriptors
+
+
+@pytest.mark.parametrize("moment", ["a write", "the commit", "a restart"])
+async def test_cancelling_while_the_disk_thread_works_closes_the_file_after_it(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    moment: str,
 ) -> None:
-    """Cancelled mid-write, the temporary file goes at once; its descriptor after the write.
+    """Cancelled while the disk thread works, the file goes at once, its descriptor after.
 
-    Closed while a worker thread still writes to it, its number could be reused by
-    another file, which would then get the bytes.
+    Closed under the thread, its number could go to a file opened meanwhile, which
+    would then get the bytes or the truncation.
     """
-    real_pwrite = os.pwrite
-    writing, release = threading.Event(), threading.Event()
-    descriptors: list[int] = []
-
-    def stuck_pwrite(descriptor: int, data: memoryview, offset: int) -> int:
-        descriptors.append(descriptor)
-        writing.set()
-        release.wait(10)
-        return real_pwrite(descriptor, data, offset)
-
-    monkeypatch.setattr("aiotlink._download.os.pwrite", stuck_pwrite)
-    execution_id = await completed(fake, client, BIG)
+    started, release, descriptors = block_disk_work(moment, monkeypatch)
+    if moment == "a restart":  # a dropped inline answer starts the file over
+        execution_id = await completed(fake, client, {"items": ["z" * 1000] * 50})
+        fake.drop_next("result", after_bytes=10_000)
+    else:
+        execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     task = asyncio.create_task(client.workflows.download_result(execution_id, target))
-    assert await asyncio.to_thread(writing.wait, 10)
+    assert await asyncio.to_thread(started.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert leftovers(tmp_path) == []
-    descriptor = descriptors[0]
-    assert ".part" in open_file(descriptor)  # still open, its name deleted
-    release.set()
+    (descriptor,) = descriptors
+    assert ".part" in open_file(descriptor)  # still open, its name already gone
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    victim_descriptor = os.open(victim, os.O_WRONLY)
+    try:
+        release.set()
+        await eventually(lambda: ".part" not in open_file(descriptor))
+        await eventually(lambda: not disk_threads())
+    finally:
+        os.close(victim_descriptor)
+    assert victim.read_bytes() == b"precious"
+    assert not target.exists()
+
+
+def disk_threads() -> list[str]:
+    """The download's disk threads still alive."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("aiotlink-disk")]
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait up to two seconds for ``condition`` to hold, then assert it."""
     for _ in range(200):
-        if ".part" not in open_file(descriptor):
-            break
+        if condition():
+            return
         await asyncio.sleep(0.01)
-    assert ".part" not in open_file(descriptor)
+    assert condition()
 
 
 def open_file(descriptor: int) -> str:
