@@ -441,39 +441,29 @@ def record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, int]
     return writes
 
 
+# BIG ends in a partial buffer, padded to 4096 bytes on disk and cut back; the other
+# fills its last buffer exactly.
+@pytest.mark.parametrize("result", [BIG, GeneratedResult(3 * 65_536, seed=3)])
 async def test_large_results_bypass_the_page_cache_from_a_worker_thread(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    result: GeneratedResult,
 ) -> None:
     """Where the filesystem allows, writes are direct, aligned and off the event loop."""
     writes = record_writes(monkeypatch)
-    execution_id = await completed(fake, client, BIG)
-    target = tmp_path / "r.json"
-    await client.workflows.download_result(execution_id, target)
-    assert sha256(target) == BIG.sha256()  # the last block's padding is cut off again
-    assert target.stat().st_size == BIG.size
-    assert len(writes) == -(-BIG.size // 65_536)
-    assert all(direct and length % 4096 == 0 for _, direct, length in writes)
-    assert all(thread.startswith("aiotlink-disk") for thread, _, _ in writes)
-    await eventually(lambda: not disk_threads())  # the thread ends with the download
-
-
-async def test_a_result_of_whole_buffers_needs_no_padding(
-    fake: FakeTransactionLink,
-    client: TransactionLinkClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A result that fills its last buffer exactly is written as is, with no tail write."""
-    writes = record_writes(monkeypatch)
-    result = GeneratedResult(3 * 65_536, seed=3)
     execution_id = await completed(fake, client, result)
     target = tmp_path / "r.json"
     await client.workflows.download_result(execution_id, target)
     assert sha256(target) == result.sha256()
-    assert [length for _, _, length in writes] == [65_536] * 3
+    assert target.stat().st_size == result.size
+    whole_buffers, tail = divmod(result.size, 65_536)
+    padded_tail = [-(-tail // 4096) * 4096] if tail else []
+    assert [length for _, _, length in writes] == [65_536] * whole_buffers + padded_tail
+    assert all(direct for _, direct, _ in writes)
+    assert all(thread.startswith("aiotlink-disk") for thread, _, _ in writes)
+    await eventually(lambda: not disk_threads())  # the thread ends with the download
 
 
 async def test_without_o_direct_writes_go_through_the_page_cache(
@@ -936,45 +926,31 @@ async def test_a_short_body_that_is_not_json_is_written_as_sent(
     assert target.read_bytes() == b"plain text, not JSON"
 
 
-async def test_fsync_failure_leaves_the_destination_as_it_was(
-    fake: FakeTransactionLink,
-    client: TransactionLinkClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """If the data cannot be flushed to disk, DownloadError; the old file stays; no temp."""
-
-    def failing_fsync(descriptor: int) -> None:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    execution_id = await completed(fake, client, {"small": True})
-    target = tmp_path / "r.json"
-    target.write_bytes(b"old")
-    monkeypatch.setattr("aiotlink._download.os.fsync", failing_fsync)
-    with pytest.raises(DownloadError, match="could not finish writing"):
-        await client.workflows.download_result(execution_id, target)
-    assert target.read_bytes() == b"old"
-    assert leftovers(tmp_path) == []
-
-
-async def test_a_failed_rename_leaves_the_destination_as_it_was(
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [("fsync", errno.EIO), ("replace", errno.EACCES)],  # the rename: after the close
+)
+async def test_a_failure_while_finishing_leaves_the_destination_as_it_was(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     disk: str,
+    step: str,
+    error: int,
 ) -> None:
-    """If the rename fails after the file is closed, DownloadError; the old file stays."""
+    """If the fsync or the rename fails, DownloadError; the old file stays; no temp."""
 
-    def failing_replace(source: Any, destination: Any) -> None:
-        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+    def failing(*args: Any) -> None:
+        raise OSError(error, os.strerror(error))
 
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     target.write_bytes(b"old")
-    monkeypatch.setattr("aiotlink._download.os.replace", failing_replace)
-    with pytest.raises(DownloadError, match=r"could not finish writing.*Permission denied"):
+    monkeypatch.setattr(f"aiotlink._download.os.{step}", failing)
+    with pytest.raises(DownloadError, match="could not finish writing") as caught:
         await client.workflows.download_result(execution_id, target)
+    assert os.strerror(error) in str(caught.value)
     assert target.read_bytes() == b"old"
     assert leftovers(tmp_path) == []
 
