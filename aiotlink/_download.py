@@ -21,11 +21,12 @@ import os
 import random
 import re
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import aiohttp
 import attrs
@@ -120,6 +121,56 @@ def content_range_start(header: str | None) -> tuple[int | None, int | None]:
     return int(match[1]), None if match[3] == "*" else int(match[3])
 
 
+class _DiskThread:
+    """One thread for a file's work off the event loop, in order; then one last action.
+
+    :meth:`stop` runs the last action (closing the file) at once if no work is running,
+    or right after the work that is; queued work is dropped. It never depends on the
+    thread still being there: at interpreter or event-loop shutdown the garbage
+    collector may end the thread before it discards the download.
+    """
+
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "aiotlink-disk")
+        self._lock = threading.Lock()
+        self._running = self._stopped = False
+        self._last: Callable[[], None] | None = None
+
+    def submit(self, work: Callable[..., object], *args: Any) -> concurrent.futures.Future[None]:
+        return self._executor.submit(self._run, work, *args)
+
+    def _run(self, work: Callable[..., object], *args: Any) -> None:
+        with self._lock:
+            if self._stopped:
+                return  # taken off the queue just as it was stopped
+            self._running = True
+        try:
+            work(*args)
+        finally:
+            with self._lock:
+                self._running = False
+                last, self._last = self._last, None
+                self._stopped = self._stopped or last is not None
+            if last is not None:
+                last()
+
+    def stop(self, last: Callable[[], None]) -> None:
+        """Drop the queued work; run ``last`` now, or once the running work is done."""
+        with self._lock:
+            run_now = not self._running
+            if run_now:
+                self._stopped = True
+            else:
+                self._last = last
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if run_now:
+            last()
+
+    def shutdown(self) -> None:
+        """Let the thread end once its work is done."""
+        self._executor.shutdown(wait=False)
+
+
 class _TempFile:
     """The temporary file beside the destination, renamed over it once whole.
 
@@ -139,7 +190,7 @@ class _TempFile:
         # Not mkstemp: its 0600 would survive the rename. Mode 0666 less the umask is
         # what a file created by any other program gets.
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        self._disk = concurrent.futures.ThreadPoolExecutor(1, "aiotlink-disk")
+        self._disk = _DiskThread()
         try:
             with self._disk_errors("could not write"):  # no memory for the buffers, say
                 self._writer: _DirectWriter | _PageCacheWriter = (
@@ -169,7 +220,7 @@ class _TempFile:
         with self._disk_errors("could not finish writing"):
             await self._writer.settle()
             await self._on_disk_thread(self._commit)
-        self._disk.shutdown(wait=False)  # its thread ends once idle
+        self._disk.shutdown()
 
     async def _on_disk_thread(self, work: Callable[[], None]) -> None:
         await asyncio.wrap_future(self._disk.submit(work))
@@ -179,22 +230,25 @@ class _TempFile:
         os.fsync(self._writer.descriptor)
         self._writer.close()
         os.replace(self.path, self.destination)
-        folder = os.open(self.destination.parent, os.O_RDONLY)
+        # The whole file is in place now: a crash could still lose the rename, but no
+        # error may say that the destination kept what it had.
         try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+            folder = os.open(self.destination.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as error:
+            logger.warning("could not sync the folder of %s: %s", self.destination, error)
 
     def discard(self) -> None:
-        """Remove the temporary file now, and close it after the disk thread's work.
+        """Remove the temporary file now, and close it once no disk work is running.
 
         No await: cancellation calls it. A commit still running on the disk thread then
         either renames the whole file into place first, or finds it gone.
         """
         try:
-            self._writer.drop_queued()
-            self._disk.submit(self._writer.close)
-            self._disk.shutdown(wait=False)
+            self._disk.stop(self._writer.close)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -268,7 +322,7 @@ class _DirectWriter:
     benchmarks/NOTES.md, under the download.
     """
 
-    def __init__(self, descriptor: int, disk: concurrent.futures.Executor) -> None:
+    def __init__(self, descriptor: int, disk: _DiskThread) -> None:
         self.descriptor = descriptor
         self._disk = disk
         # Anonymous maps are page-aligned; their pages are touched only as they fill.
@@ -310,11 +364,6 @@ class _DirectWriter:
         while self._queued:
             await self._land_oldest()
 
-    def drop_queued(self) -> None:
-        """Cancel the writes that have not started: the file is being discarded."""
-        for pending in self._queued:
-            pending.cancel()
-
     # The rest runs on the disk thread, after every write handed over.
     def truncate(self) -> None:
         os.ftruncate(self.descriptor, 0)
@@ -345,7 +394,7 @@ class _PageCacheWriter:
     out slow (a congested or network disk), later ones move to the disk thread.
     """
 
-    def __init__(self, descriptor: int, disk: concurrent.futures.Executor) -> None:
+    def __init__(self, descriptor: int, disk: _DiskThread) -> None:
         self.descriptor = descriptor
         self._disk = disk
         self._file: IO[bytes] = os.fdopen(descriptor, "wb")
@@ -360,9 +409,6 @@ class _PageCacheWriter:
             self._write_on_disk_thread = time.perf_counter() - started > SLOW_WRITE_SECONDS
 
     async def settle(self) -> None:
-        """Nothing is queued between two writes."""
-
-    def drop_queued(self) -> None:
         """Nothing is queued between two writes."""
 
     def truncate(self) -> None:

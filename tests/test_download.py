@@ -8,7 +8,9 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from aiotlink import (
     ServerError,
     TransactionLinkClient,
 )
-from aiotlink._download import content_range_start
+from aiotlink._download import _DiskThread, content_range_start
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
 from .conftest import EXECUTION_ID, TOKEN
@@ -545,42 +547,77 @@ async def test_no_memory_for_the_buffers_leaves_nothing_behind(
     assert len(os.listdir("/proc/self/fd")) == descriptors_before
 
 
-async def test_a_write_refused_even_through_the_cache_fails_cleanly(
+@pytest.mark.parametrize(
+    ("failing_offset", "error"),
+    [(None, errno.EINVAL), (TAIL_OFFSET - 65_536, errno.EIO)],
+    ids=["every write, even through the cache", "one of the last buffers"],
+)
+async def test_a_failed_write_fails_the_download_cleanly(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    failing_offset: int | None,
+    error: int,
 ) -> None:
-    """EINVAL with or without direct I/O raises DownloadError; nothing is left behind."""
+    """A failed write raises DownloadError, even of a buffer still queued at the end.
+
+    Refused with EINVAL with and without direct I/O, or failing once, where the file
+    would otherwise be renamed into place with a hole in it. Nothing is left behind.
+    """
+    real_pwrite = os.pwrite
 
     def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if failing_offset is None or offset == failing_offset:
+            raise OSError(error, os.strerror(error))
+        return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
-    with pytest.raises(DownloadError, match="Invalid argument"):
+    with pytest.raises(DownloadError, match=os.strerror(error)):
         await client.workflows.download_result(execution_id, target)
     assert not target.exists()
     assert leftovers(tmp_path) == []
 
 
+class _HeldFile:
+    """A file object whose first write off the event loop waits in ``hold``."""
+
+    def __init__(self, real: Any, hold: Callable[[int], None]) -> None:
+        self._real = real
+        self._hold: Callable[[int], None] | None = hold
+
+    def write(self, data: bytes) -> int:
+        if self._hold is not None and threading.current_thread() is not threading.main_thread():
+            hold, self._hold = self._hold, None
+            hold(self._real.fileno())
+        return int(self._real.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 def block_disk_work(
     moment: str, monkeypatch: pytest.MonkeyPatch
-) -> tuple[threading.Event, threading.Event, list[int]]:
-    """Hold the disk thread at ``moment``: (started, release, the descriptors it held)."""
+) -> tuple[threading.Event, threading.Event, list[tuple[int, str]]]:
+    """Hold the disk thread at ``moment``: (started, release, the descriptor and thread).
+
+    The moments: a direct write of a whole buffer, the commit's write of the last one,
+    the truncation that restarts a file, and a slow write through the page cache.
+    """
     started, release = threading.Event(), threading.Event()
-    descriptors: list[int] = []
-    real_pwrite, real_ftruncate = os.pwrite, os.ftruncate
+    held: list[tuple[int, str]] = []
+    real_pwrite, real_ftruncate, real_fdopen = os.pwrite, os.ftruncate, os.fdopen
 
     def hold(descriptor: int) -> None:
-        descriptors.append(descriptor)
+        held.append((descriptor, threading.current_thread().name))
         started.set()
         release.wait(10)
 
     def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
-        full_buffer = len(data) == 65_536
-        if (moment == "a write") == full_buffer and moment != "a restart":
+        whole_buffer = len(data) == 65_536
+        if (moment, whole_buffer) in {("a write", True), ("the commit", False)}:
             hold(descriptor)
         return real_pwrite(descriptor, data, offset)
 
@@ -591,10 +628,16 @@ def block_disk_work(
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
     monkeypatch.setattr("aiotlink._download.os.ftruncate", ftruncate)
-    return started, release, descriptors
+    if moment == "a page-cache write":
+        refuse_direct_io(monkeypatch)
+        monkeypatch.setattr("aiotlink._download.SLOW_WRITE_SECONDS", 0.0)
+        monkeypatch.setattr(
+            "aiotlink._download.os.fdopen", lambda *a, **k: _HeldFile(real_fdopen(*a, **k), hold)
+        )
+    return started, release, held
 
 
-@pytest.mark.parametrize("moment", ["a write", "the commit", "a restart"])
+@pytest.mark.parametrize("moment", ["a write", "the commit", "a restart", "a page-cache write"])
 async def test_cancelling_while_the_disk_thread_works_closes_the_file_after_it(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
@@ -607,7 +650,7 @@ async def test_cancelling_while_the_disk_thread_works_closes_the_file_after_it(
     Closed under the thread, its number could go to a file opened meanwhile, which
     would then get the bytes or the truncation.
     """
-    started, release, descriptors = block_disk_work(moment, monkeypatch)
+    started, release, held = block_disk_work(moment, monkeypatch)
     if moment == "a restart":  # a dropped inline answer starts the file over
         execution_id = await completed(fake, client, {"items": ["z" * 1000] * 50})
         fake.drop_next("result", after_bytes=10_000)
@@ -620,7 +663,8 @@ async def test_cancelling_while_the_disk_thread_works_closes_the_file_after_it(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert leftovers(tmp_path) == []
-    (descriptor,) = descriptors
+    ((descriptor, thread),) = held
+    assert thread.startswith("aiotlink-disk")  # the work was off the event loop
     assert ".part" in open_file(descriptor)  # still open, its name already gone
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
@@ -633,6 +677,57 @@ async def test_cancelling_while_the_disk_thread_works_closes_the_file_after_it(
         os.close(victim_descriptor)
     assert victim.read_bytes() == b"precious"
     assert not target.exists()
+
+
+def test_the_disk_thread_runs_work_in_order_and_then_the_last_action() -> None:
+    """Work runs in order on one thread; stopped while idle, the last action runs at once."""
+    disk = _DiskThread()
+    done: list[tuple[int, str]] = []
+    for number in range(3):
+        disk.submit(lambda n: done.append((n, threading.current_thread().name)), number).result()
+    disk.stop(lambda: done.append((-1, threading.current_thread().name)))
+    assert [number for number, _ in done] == [0, 1, 2, -1]
+    assert len({thread for _, thread in done[:3]}) == 1
+    assert done[0][1].startswith("aiotlink-disk")
+    assert done[-1][1] == threading.current_thread().name
+
+
+def test_stopping_the_disk_thread_mid_work_drops_the_queue_and_runs_last_after() -> None:
+    """Stopped while work runs, queued work never runs and the last action follows the work."""
+    disk = _DiskThread()
+    running, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow() -> None:
+        running.set()
+        release.wait(10)
+        order.append("running work")
+
+    first = disk.submit(slow)
+    queued = disk.submit(lambda: order.append("queued work"))
+    assert running.wait(10)
+    disk.stop(lambda: order.append("last"))
+    assert order == []  # not before the running work is done
+    release.set()
+    first.result(10)
+    for _ in range(200):
+        if "last" in order:
+            break
+        time.sleep(0.01)
+    assert order == ["running work", "last"]
+    assert queued.cancelled()
+    disk._run(lambda: order.append("late"))  # taken off the queue just as it stopped
+    assert order == ["running work", "last"]
+
+
+def test_the_last_action_runs_even_if_the_thread_has_ended() -> None:
+    """At interpreter or loop shutdown the thread may be gone: the file is closed anyway."""
+    disk = _DiskThread()
+    disk.submit(lambda: None).result()
+    disk._executor.shutdown(wait=True)  # what the garbage collector may do first
+    closed: list[bool] = []
+    disk.stop(lambda: closed.append(True))
+    assert closed == [True]
 
 
 def disk_threads() -> list[str]:
@@ -939,7 +1034,16 @@ async def test_a_failure_while_finishing_leaves_the_destination_as_it_was(
     step: str,
     error: int,
 ) -> None:
-    """If the fsync or the rename fails, DownloadError; the old file stays; no temp."""
+    """If the fsync or the rename fails, DownloadError; the old file stays; no temp.
+
+    The file is closed once: closing its number twice could close another file's.
+    """
+    closed: list[int] = []
+    real_close = os.close
+
+    def close(descriptor: int) -> None:
+        closed.append(descriptor)
+        real_close(descriptor)
 
     def failing(*args: Any) -> None:
         raise OSError(error, os.strerror(error))
@@ -947,12 +1051,65 @@ async def test_a_failure_while_finishing_leaves_the_destination_as_it_was(
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     target.write_bytes(b"old")
+    monkeypatch.setattr("aiotlink._download.os.close", close)
     monkeypatch.setattr(f"aiotlink._download.os.{step}", failing)
     with pytest.raises(DownloadError, match="could not finish writing") as caught:
         await client.workflows.download_result(execution_id, target)
     assert os.strerror(error) in str(caught.value)
     assert target.read_bytes() == b"old"
     assert leftovers(tmp_path) == []
+    await eventually(lambda: not disk_threads())
+    assert len(closed) == len(set(closed))
+
+
+def record_folder_syncs(monkeypatch: pytest.MonkeyPatch, error: int | None = None) -> list[str]:
+    """The folders fsynced (failing with ``error`` if given); files sync as usual."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            synced.append(open_file(descriptor))
+            if error is not None:
+                raise OSError(error, os.strerror(error))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr("aiotlink._download.os.fsync", fsync)
+    return synced
+
+
+async def test_the_rename_is_made_durable_by_syncing_the_folder(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the rename, the folder is fsynced, so that a crash cannot undo it."""
+    synced = record_folder_syncs(monkeypatch)
+    execution_id = await completed(fake, client, BIG)
+    await client.workflows.download_result(execution_id, tmp_path / "r.json")
+    assert synced == [str(tmp_path)]
+
+
+async def test_a_failed_folder_sync_after_the_rename_only_warns(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the whole file is in place, a failed folder fsync is a warning, not an error.
+
+    An error would tell the caller that the destination kept what it had.
+    """
+    record_folder_syncs(monkeypatch, errno.EIO)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    target.write_bytes(b"old")
+    downloaded = await client.workflows.download_result(execution_id, target)
+    assert downloaded.size == BIG.size
+    assert sha256(target) == BIG.sha256()
+    assert "could not sync the folder" in caplog.text
 
 
 async def test_slow_disk_writes_move_to_a_thread(
