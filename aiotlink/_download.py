@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aiotlink")
 
 READ_BUFFER_BYTES = 1024 * 1024  # large socket reads: page faults, not HTTP, set the pace
-# Direct writes go through this many buffers of this size (a multiple of
+# Direct writes go through up to this many buffers of this size (a multiple of
 # DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 DIRECT_BUFFERS = 3
 DIRECT_BUFFER_BYTES = 4 * 1024 * 1024
@@ -325,11 +325,8 @@ class _DirectWriter:
     def __init__(self, descriptor: int, disk: _DiskThread) -> None:
         self.descriptor = descriptor
         self._disk = disk
-        # Anonymous maps are page-aligned; their pages are touched only as they fill.
-        self._buffers = [
-            memoryview(mmap.mmap(-1, DIRECT_BUFFER_BYTES, flags=mmap.MAP_PRIVATE))
-            for _ in range(DIRECT_BUFFERS)
-        ]
+        # Mapped as the result grows: a small one needs one buffer, not all of them.
+        self._buffers: list[memoryview] = []
         self._current = 0
         self._filled = 0  # bytes in the current buffer
         self._written = 0  # bytes handed to the disk thread: the current buffer's offset
@@ -339,6 +336,10 @@ class _DirectWriter:
     async def write(self, chunk: bytes) -> None:
         data = memoryview(chunk)
         while data:
+            if self._current == len(self._buffers):
+                # Anonymous maps are page-aligned; their pages are touched as they fill.
+                mapped = mmap.mmap(-1, DIRECT_BUFFER_BYTES, flags=mmap.MAP_PRIVATE)
+                self._buffers.append(memoryview(mapped))
             buffer = self._buffers[self._current]
             taken = min(len(data), len(buffer) - self._filled)
             buffer[self._filled : self._filled + taken] = data[:taken]
@@ -351,8 +352,8 @@ class _DirectWriter:
         self._queued.append(self._disk.submit(_write_all, self.descriptor, buffer, self._written))
         self._written += len(buffer)
         self._filled = 0
-        self._current = (self._current + 1) % len(self._buffers)
-        if len(self._queued) == len(self._buffers):
+        self._current = (self._current + 1) % DIRECT_BUFFERS
+        if len(self._queued) == DIRECT_BUFFERS:
             await self._land_oldest()  # it holds the buffer to fill next
 
     async def _land_oldest(self) -> None:
