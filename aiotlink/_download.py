@@ -179,9 +179,9 @@ class _TempFile:
     (:class:`_PageCacheWriter`). Either way they are synced once, before the rename.
 
     Whatever touches the file off the event loop runs on one thread of the file's own,
-    in order, and closing the file queues behind it: a task cancelled while that
-    thread works must not close the descriptor under it, or a file opened meanwhile
-    could get its number, and the bytes or the truncation meant for this one.
+    in order, and the file is closed only once none of that work runs: a task cancelled
+    while the thread works must not close the descriptor under it, or a file opened
+    meanwhile could get its number, and the bytes or the truncation meant for this one.
     """
 
     def __init__(self, destination: Path) -> None:
@@ -192,7 +192,7 @@ class _TempFile:
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._disk = _DiskThread()
         try:
-            with self._disk_errors("could not write"):  # no memory for the buffers, say
+            with self._disk_errors("could not write"):  # no memory, say
                 self._writer: _DirectWriter | _PageCacheWriter = (
                     _DirectWriter(descriptor, self._disk)
                     if _bypass_page_cache(descriptor)
