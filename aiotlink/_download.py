@@ -139,6 +139,10 @@ class _DiskThread:
     def submit(self, work: Callable[..., object], *args: Any) -> concurrent.futures.Future[None]:
         return self._executor.submit(self._run, work, *args)
 
+    async def run(self, work: Callable[..., object], *args: Any) -> None:
+        """Run ``work`` on the thread, after the work queued before it, and wait for it."""
+        await asyncio.wrap_future(self.submit(work, *args))
+
     def _run(self, work: Callable[..., object], *args: Any) -> None:
         with self._lock:
             if self._stopped:
@@ -212,18 +216,15 @@ class _TempFile:
     async def restart(self) -> None:
         with self._disk_errors("could not write"):
             await self._writer.settle()
-            await self._on_disk_thread(self._writer.truncate)
+            await self._disk.run(self._writer.truncate)
         self.size = 0
 
     async def commit(self) -> None:
         """Write what is left, fsync, then rename over the destination and fsync the folder."""
         with self._disk_errors("could not finish writing"):
             await self._writer.settle()
-            await self._on_disk_thread(self._commit)
+            await self._disk.run(self._commit)
         self._disk.shutdown()
-
-    async def _on_disk_thread(self, work: Callable[[], None]) -> None:
-        await asyncio.wrap_future(self._disk.submit(work))
 
     def _commit(self) -> None:
         self._writer.finish()
@@ -403,7 +404,7 @@ class _PageCacheWriter:
 
     async def write(self, chunk: bytes) -> None:
         if self._write_on_disk_thread:
-            await asyncio.wrap_future(self._disk.submit(self._file.write, chunk))
+            await self._disk.run(self._file.write, chunk)
         else:
             started = time.perf_counter()
             self._file.write(chunk)
