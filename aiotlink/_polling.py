@@ -18,14 +18,16 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import attrs
 
 from ._arguments import check_seconds
+from ._converter import decode_execution
 from ._errors import APIError, RateLimitError
-from ._models import WorkflowExecution
+from ._models import WorkflowExecution, WorkflowStatus
 from ._retry import retry_reason
+from ._transport import parse_json
 
 logger = logging.getLogger("aiotlink")
 
@@ -33,7 +35,19 @@ logger = logging.getLogger("aiotlink")
 # together drift apart instead of polling in bursts.
 JITTER = 0.2
 
-Fetch = Callable[[str], Awaitable[tuple[WorkflowExecution, float | None]]]
+
+class Lookup(NamedTuple):
+    """One answer of a poll: the execution, the body it was decoded from, its Retry-After.
+
+    ``retry_after`` is in seconds, or ``None``.
+    """
+
+    execution: WorkflowExecution
+    body: bytes
+    retry_after: float | None
+
+
+Fetch = Callable[[str], Awaitable[Lookup]]
 
 
 DEFAULT_POLL_INTERVAL = 1.0  # seconds
@@ -180,10 +194,29 @@ class Subscription:
     change pending at most, so a queue for more is made only when needed.
     """
 
-    __slots__ = ("_error", "_more", "_next", "_poll", "_waiter", "active", "deadline", "schedule")
+    __slots__ = (
+        "_error",
+        "_more",
+        "_next",
+        "_poll",
+        "_waiter",
+        "active",
+        "deadline",
+        "every_change",
+        "schedule",
+    )
 
-    def __init__(self, poll: _SharedPoll, schedule: PollSchedule, deadline: float | None) -> None:
+    def __init__(
+        self,
+        poll: _SharedPoll,
+        schedule: PollSchedule,
+        deadline: float | None,
+        *,
+        every_change: bool = True,
+    ) -> None:
         self._poll = poll
+        # False: only a terminal change is kept and wakes the waiter.
+        self.every_change = every_change
         self.active = True
         self.schedule = schedule
         # Loop time after which the waiter stops waiting; infinity for none.
@@ -206,6 +239,8 @@ class Subscription:
             self._waiter.set_result(None)
 
     def push(self, execution: WorkflowExecution) -> None:
+        if not (self.every_change or execution.is_terminal):
+            return
         if self._next is None:
             self._next = execution
         else:
@@ -233,6 +268,14 @@ class Subscription:
             raise self._error.with_traceback(None)
         return None
 
+    def last_seen(self) -> WorkflowExecution | None:
+        """The execution as of the last change its poll loop saw (``None`` before any).
+
+        Asked once :meth:`take` has returned every change it was given, this is the
+        last one the waiter took (or, without ``every_change``, was spared).
+        """
+        return self._poll.last_seen()
+
     def changed(self) -> asyncio.Future[None]:
         """A future done when there is something new to :meth:`take`."""
         self._waiter = asyncio.get_running_loop().create_future()
@@ -240,14 +283,32 @@ class Subscription:
 
 
 class _SharedPoll:
-    """The poll loop of one execution id, shared by every waiter on it."""
+    """The poll loop of one execution id, shared by every waiter on it.
 
-    __slots__ = ("due", "execution_id", "interval", "last", "stopped", "subscribers", "task")
+    It keeps the last change it saw as the answer's bytes, decoded again only when
+    needed (a waiter joining late, a deadline): a decoded execution is some twenty
+    objects for CPython's full collections to walk, for each of thousands of
+    executions, at every collection (benchmarks/NOTES.md, "10,000 waiters").
+    """
+
+    __slots__ = (
+        "_subscribers",
+        "due",
+        "execution_id",
+        "interval",
+        "last_body",
+        "last_status",
+        "stopped",
+        "task",
+    )
 
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
-        self.subscribers: list[Subscription] = []
-        self.last: WorkflowExecution | None = None
+        # Mostly one waiter, kept as it is: a list would be one more object per
+        # execution for the full collections to walk.
+        self._subscribers: Subscription | list[Subscription] | None = None
+        self.last_status: WorkflowStatus | None = None
+        self.last_body: bytes | None = None
         self.interval = 0.0
         # Loop time of the next poll. Set only while the poll is out of the poller's
         # timeline (in flight or new): a heap item's key must not change under it.
@@ -263,12 +324,44 @@ class _SharedPoll:
         # Ordered by the time of the next poll, for the poller's timeline of polls.
         return self.due < other.due
 
+    def subscribers(self) -> list[Subscription]:
+        """The waiters on this id."""
+        subscribers = self._subscribers
+        if subscribers is None:
+            return []
+        return subscribers if isinstance(subscribers, list) else [subscribers]
+
+    def add(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers
+        if subscribers is None:
+            self._subscribers = subscription
+        elif isinstance(subscribers, list):
+            subscribers.append(subscription)
+        else:
+            self._subscribers = [subscribers, subscription]
+
+    def remove(self, subscription: Subscription) -> bool:
+        """Take a waiter off; whether any are left."""
+        subscribers = self._subscribers
+        if isinstance(subscribers, list):
+            subscribers.remove(subscription)
+            return bool(subscribers)
+        self._subscribers = None
+        return False
+
+    def last_seen(self) -> WorkflowExecution | None:
+        """The execution as of the last change seen, or ``None`` before the first answer."""
+        if self.last_body is None:
+            return None
+        # Decoded once already when it came, so it decodes again.
+        return decode_execution(parse_json(self.last_body))
+
 
 class Poller:
     """Polls executions for their waiters, at most ``max_in_flight`` requests at once.
 
-    ``fetch(execution_id)`` returns the execution and the answer's ``Retry-After`` (in
-    seconds, or ``None``). Transient failures (after the session layer's own retries)
+    ``fetch(execution_id)`` returns a :class:`Lookup`: the execution, the answer's body
+    and its ``Retry-After``. Transient failures (after the session layer's own retries)
     skip a poll and back off; any other error ends the wait of every waiter on that id.
     """
 
@@ -303,23 +396,30 @@ class Poller:
         return len(self._polls)
 
     def subscribe(
-        self, execution_id: str, schedule: PollSchedule, *, deadline: float | None = None
+        self,
+        execution_id: str,
+        schedule: PollSchedule,
+        *,
+        deadline: float | None = None,
+        every_change: bool = True,
     ) -> Subscription:
         """Follow ``execution_id``: its first status comes at once (or with the next poll).
 
         ``deadline`` is a time of the event loop's clock after which the subscription
-        raises :class:`DeadlinePassed` instead of waiting on.
+        raises :class:`DeadlinePassed` instead of waiting on. Without ``every_change``
+        only the terminal execution is given.
         """
         poll = self._polls.get(execution_id)
         if poll is None:
             poll = self._polls[execution_id] = _SharedPoll(execution_id)
             poll.interval = schedule.poll_interval
             self._start(poll)
-        subscription = Subscription(poll, schedule, deadline)
-        poll.subscribers.append(subscription)
+        subscription = Subscription(poll, schedule, deadline, every_change=every_change)
+        poll.add(subscription)
         self._waiting += 1
-        if poll.last is not None:
-            subscription.push(poll.last)
+        last = poll.last_seen()
+        if last is not None:
+            subscription.push(last)
         if deadline is not None:
             self._deadlines.add(subscription)
         return subscription
@@ -331,8 +431,7 @@ class Poller:
         subscription.active = False
         self._waiting -= 1
         poll = subscription._poll
-        poll.subscribers.remove(subscription)
-        if not poll.subscribers and not poll.stopped:
+        if not poll.remove(subscription) and not poll.stopped:
             self._stop(poll)
 
     @staticmethod
@@ -372,7 +471,7 @@ class Poller:
 
     async def _poll_once(self, poll: _SharedPoll) -> None:
         try:
-            execution, retry_after = await self._fetch(poll.execution_id)
+            lookup = await self._fetch(poll.execution_id)
         except GeneratorExit:
             raise  # the event loop is closing with this poll pending: start nothing new
         except Exception as error:
@@ -383,7 +482,7 @@ class Poller:
             self._release(poll)
             raise
         self._release(poll)
-        self._seen(poll, execution, retry_after)
+        self._seen(poll, lookup)
 
     def _release(self, poll: _SharedPoll) -> None:
         """Give the finished request's place to the next poll that is due."""
@@ -396,23 +495,22 @@ class Poller:
     def _failed(self, poll: _SharedPoll, error: Exception) -> None:
         if not _is_transient(error):
             self._stop(poll)
-            for subscription in poll.subscribers:
+            for subscription in poll.subscribers():
                 subscription.fail(error)
             return
         # The session layer has already retried this poll: skip it and keep waiting.
         logger.warning("polling execution %s failed, will poll again: %s", poll.execution_id, error)
-        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers])
+        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers()])
         poll.interval = schedule.next_interval(poll.interval)
         self._schedule(poll, error.retry_after if isinstance(error, APIError) else None)
 
-    def _seen(
-        self, poll: _SharedPoll, execution: WorkflowExecution, retry_after: float | None
-    ) -> None:
-        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers])
-        if poll.last is None or execution.status != poll.last.status:
-            poll.last = execution
+    def _seen(self, poll: _SharedPoll, lookup: Lookup) -> None:
+        execution = lookup.execution
+        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers()])
+        if execution.status != poll.last_status:
+            poll.last_status, poll.last_body = execution.status, lookup.body
             poll.interval = schedule.poll_interval
-            for subscription in poll.subscribers:
+            for subscription in poll.subscribers():
                 subscription.push(execution)
         else:
             poll.interval = schedule.next_interval(poll.interval)
@@ -421,7 +519,7 @@ class Poller:
             poll.stopped = True
             del self._polls[poll.execution_id]
             return
-        self._schedule(poll, retry_after)
+        self._schedule(poll, lookup.retry_after)
 
 
 def _is_transient(error: Exception) -> bool:

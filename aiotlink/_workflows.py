@@ -46,6 +46,7 @@ from ._polling import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_SCHEDULE,
     DeadlinePassed,
+    Lookup,
     Poller,
     PollSchedule,
 )
@@ -129,16 +130,16 @@ class Workflows:
         Raises:
             ValueError: a malformed id. NotFoundError: no such execution.
         """
-        execution, _ = await self._find(check_execution_id(execution_id))
-        return execution
+        lookup = await self._find(check_execution_id(execution_id))
+        return lookup.execution
 
-    async def _find(self, execution_id: str) -> tuple[WorkflowExecution, float | None]:
-        """The execution, and the answer's ``Retry-After`` in seconds (the poller's pace)."""
+    async def _find(self, execution_id: str) -> Lookup:
+        """The execution, the answer's body, and its ``Retry-After`` (the poller's pace)."""
         path = f"/workflows/{execution_id}"
         response = await self._client._request("GET", path)
         header = response.headers.get("Retry-After")
         retry_after = None if header is None else parse_retry_after(header, now=datetime.now(UTC))
-        return self._execution(response, "GET", path), retry_after
+        return Lookup(self._execution(response, "GET", path), response.body, retry_after)
 
     @functools.cached_property
     def _poller(self) -> Poller:
@@ -176,7 +177,7 @@ class Workflows:
         check_callable("on_progress", on_progress)
         return await Downloader(self._client, path_in_api, destination, on_progress).run()
 
-    async def watch(
+    def watch(
         self,
         execution_id: str | UUID,
         *,
@@ -199,26 +200,59 @@ class Workflows:
             last execution seen). AuthenticationError, PermissionDeniedError,
             NotFoundError: at once, ending the watch.
         """
+        return self._follow(
+            execution_id,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            timeout=timeout,
+            poll_factor=poll_factor,
+            every_change=True,
+        )
+
+    async def _follow(
+        self,
+        execution_id: str | UUID,
+        *,
+        poll_interval: float,
+        max_poll_interval: float,
+        timeout: float | None,
+        poll_factor: float,
+        every_change: bool,
+    ) -> AsyncGenerator[WorkflowExecution, None]:
+        """The polling loop behind :meth:`watch`; without ``every_change``, only the end.
+
+        ``wait_for_completion`` without ``on_status`` has no use for the changes before
+        the terminal one. Its waiter then sleeps on one future from start to end,
+        instead of waking at each change to make a new future and generator step:
+        objects made anew while thousands of polls run lie scattered in memory, and
+        CPython's full collections take about twice as long to walk them
+        (benchmarks/NOTES.md, "10,000 waiters").
+        """
         execution_id = check_execution_id(execution_id)
         schedule = poll_schedule(poll_interval, max_poll_interval, poll_factor)
         timeout = check_seconds("timeout", timeout, allow_none=True)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         poller = self._poller
-        subscription = poller.subscribe(execution_id, schedule, deadline=deadline)
-        last: WorkflowExecution | None = None
+        subscription = poller.subscribe(
+            execution_id, schedule, deadline=deadline, every_change=every_change
+        )
+        # Only the next change is held here, never across the wait for another: at
+        # 10,000 waiters, decoded executions kept alive are what CPython's full
+        # collections walk the longest (benchmarks/NOTES.md, "10,000 waiters").
+        ended = False
         try:
-            while last is None or not last.is_terminal:
+            while not ended:
                 try:
                     change = subscription.take()
                 except DeadlinePassed:
                     assert timeout is not None
-                    raise WaitTimeoutError(last, timeout) from None
+                    raise WaitTimeoutError(subscription.last_seen(), timeout) from None
                 if change is None:
                     await subscription.changed()
                     continue
-                last = change
-                yield last
+                ended = change.is_terminal
+                yield change
         finally:
             poller.unsubscribe(subscription)
 
@@ -254,16 +288,21 @@ class Workflows:
         check_callable("on_status", on_status)
         last: WorkflowExecution | None = None
         try:
-            watching = self.watch(
+            watching = self._follow(
                 execution_id,
                 poll_interval=poll_interval,
                 max_poll_interval=max_poll_interval,
                 timeout=timeout,
                 poll_factor=poll_factor,
+                every_change=on_status is not None,
             )
             try:
-                async for last in watching:
-                    await notify(on_status, last)
+                async for change in watching:
+                    await notify(on_status, change)
+                    if change.is_terminal:
+                        last = change
+                    # Not held while waiting for the next change, as in watch.
+                    del change
             finally:
                 # Closed here, not by the garbage collector, so that leaving early (a
                 # failing on_status, a cancellation) stops the polling at once.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +22,8 @@ from aiotlink import (
     WorkflowFailedError,
     WorkflowStatus,
 )
-from aiotlink._polling import Poller, PollSchedule, Subscription, poll_delay
+from aiotlink._converter import decode_execution
+from aiotlink._polling import Lookup, Poller, PollSchedule, Subscription, poll_delay
 from aiotlink.testing import FakeTransactionLink
 
 from .conftest import EXECUTION_ID, execution_body
@@ -57,7 +60,13 @@ def client_tasks() -> list[asyncio.Task[Any]]:
     ]
 
 
-async def never_answers(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+def lookup(**changes: Any) -> Lookup:
+    """A poll's answer: the execution body with ``changes``, decoded, and no Retry-After."""
+    body = json.dumps(execution_body(**changes)).encode()
+    return Lookup(decode_execution(json.loads(body)), body, None)
+
+
+async def never_answers(execution_id: str) -> Lookup:
     """A fetch whose request never ends (until cancelled)."""
     await asyncio.get_running_loop().create_future()
     raise AssertionError("unreachable")
@@ -160,7 +169,7 @@ async def test_watch_timeout_raises_with_the_last_execution(
     first = await anext(watching)  # AWAITING: the fake's first find moves one status on
     with pytest.raises(WaitTimeoutError) as caught:
         await anext(watching)
-    assert caught.value.execution is first
+    assert caught.value.execution == first  # the same answer, decoded again
     assert first.status is WorkflowStatus.AWAITING
 
 
@@ -334,7 +343,7 @@ async def test_other_timeout_errors_pass_through_unchanged(
 ) -> None:
     """A TimeoutError from polling that is not the wait's deadline is raised as it is."""
 
-    async def timing_out(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+    async def timing_out(execution_id: str) -> Lookup:
         raise TimeoutError("from somewhere else")
 
     monkeypatch.setattr(client.workflows, "_find", timing_out)
@@ -469,13 +478,69 @@ async def test_late_waiter_gets_the_latest_status_at_once(
     assert [e.status async for e in first] == [WorkflowStatus.COMPLETED]
 
 
+async def test_waiters_hold_no_decoded_execution_between_changes(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """While waits wait, no decoded execution stays alive: the poll keeps the answer's bytes.
+
+    At 10,000 waiters, decoded executions kept alive were a fifth of what every full
+    collection of CPython's garbage collector walked (benchmarks/NOTES.md).
+    """
+    definition = fake_transactionlink.add_definition(
+        statuses=["RUNNING", "COMPLETED"], step_seconds=0.6
+    )
+    ids = [(await client.workflows.initialise(definition)).id for _ in range(10)]
+    seen: list[str] = []
+
+    def on_status(execution: WorkflowExecution) -> None:
+        seen.append(execution.status.value)
+
+    waits = [client.workflows.wait_for_completion(i, **FAST) for i in ids[:5]]
+    waits += [client.workflows.wait_for_completion(i, on_status=on_status, **FAST) for i in ids[5:]]
+    waiting = asyncio.gather(*waits)
+    await wait_until(lambda: len(seen) == 5)  # every wait has seen its first status
+    await asyncio.sleep(0.1)  # a few unchanged polls on each
+    gc.collect()
+    alive = sum(isinstance(o, WorkflowExecution) for o in gc.get_objects())
+    finished = await waiting
+    assert alive == 0
+    assert {e.status for e in finished} == {WorkflowStatus.COMPLETED}
+
+
+async def test_a_wait_without_on_status_sleeps_from_start_to_end(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without on_status a wait is woken once, by the end, however many changes come first."""
+    wake_ups = 0
+    changed = Subscription.changed
+
+    def counted(subscription: Subscription) -> asyncio.Future[None]:
+        nonlocal wake_ups
+        wake_ups += 1
+        return changed(subscription)
+
+    monkeypatch.setattr(Subscription, "changed", counted)
+    execution_id = await start(fake_transactionlink, client, statuses=WALK)
+    assert (await client.workflows.wait_for_completion(execution_id, **FAST)).is_terminal
+    assert wake_ups == 1
+    statuses: list[str] = []
+    execution_id = await start(fake_transactionlink, client, statuses=WALK)
+    await client.workflows.wait_for_completion(
+        execution_id, on_status=lambda e: statuses.append(e.status.value), **FAST
+    )
+    assert len(statuses) == len(WALK) - 1  # the first status seen is WALK[1]
+    assert wake_ups == 1 + len(statuses)
+
+
 async def test_requests_in_flight_are_bounded() -> None:
     """The poller never has more requests in flight than its limit, however many waiters."""
     in_flight = 0
     peak = 0
     polls: dict[str, int] = {}
 
-    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+    async def fetch(execution_id: str) -> Lookup:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
@@ -483,9 +548,7 @@ async def test_requests_in_flight_are_bounded() -> None:
         in_flight -= 1
         polls[execution_id] = polls.get(execution_id, 0) + 1
         status = "COMPLETED" if polls[execution_id] == 3 else "RUNNING"
-        from aiotlink._converter import decode_execution
-
-        return decode_execution(execution_body(id=execution_id, status=status)), None
+        return lookup(id=execution_id, status=status)
 
     poller = Poller(fetch, max_in_flight=5)
     schedule = PollSchedule(0.001, 0.002)
@@ -512,12 +575,10 @@ async def test_a_waiter_leaving_while_queued_frees_its_place() -> None:
     release = asyncio.Event()
     fetched: list[str] = []
 
-    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+    async def fetch(execution_id: str) -> Lookup:
         fetched.append(execution_id)
         await release.wait()
-        from aiotlink._converter import decode_execution
-
-        return decode_execution(execution_body(id=execution_id, status="COMPLETED")), None
+        return lookup(id=execution_id, status="COMPLETED")
 
     poller = Poller(fetch, max_in_flight=1)
     first = poller.subscribe("first", PollSchedule())
@@ -534,7 +595,7 @@ async def test_a_waiter_leaving_while_queued_frees_its_place() -> None:
 async def test_a_bug_in_fetch_ends_the_wait_instead_of_hanging() -> None:
     """An unexpected exception while polling reaches every waiter; nobody hangs."""
 
-    async def broken(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+    async def broken(execution_id: str) -> Lookup:
         raise KeyError(execution_id)
 
     poller = Poller(broken, max_in_flight=2)
@@ -627,7 +688,6 @@ def test_closing_the_loop_with_polls_pending_starts_nothing_new(
 
 async def test_changes_queue_up_in_order_for_a_slow_waiter() -> None:
     """Changes pushed faster than a waiter takes them are all kept, in order."""
-    from aiotlink._converter import decode_execution
     from aiotlink._polling import _SharedPoll
 
     subscription = Subscription(_SharedPoll("x"), PollSchedule(), None)
@@ -640,6 +700,23 @@ async def test_changes_queue_up_in_order_for_a_slow_waiter() -> None:
         "COMPLETED",
         None,
     ]
+
+
+async def test_a_subscription_to_the_end_keeps_and_wakes_only_for_the_end() -> None:
+    """Without every_change, changes before the terminal one are dropped and wake nobody."""
+    from aiotlink._polling import _SharedPoll
+
+    subscription = Subscription(_SharedPoll("x"), PollSchedule(), None, every_change=False)
+    woken = subscription.changed()
+    for status in ("RUNNING", "AWAITING"):
+        subscription.push(decode_execution(execution_body(status=status)))
+    assert not woken.done()
+    assert subscription.take() is None
+    subscription.push(decode_execution(execution_body(status="COMPLETED")))
+    assert woken.done()
+    end = subscription.take()
+    assert end is not None
+    assert end.status is WorkflowStatus.COMPLETED
 
 
 async def test_deadlines_fire_in_order_and_skip_waiters_that_left() -> None:
@@ -658,6 +735,32 @@ async def test_deadlines_fire_in_order_and_skip_waiters_that_left() -> None:
         poller.unsubscribe(subscription)
     assert gone.take() is None  # left before its deadline: never told
     assert poller.active_polls == 0
+
+
+async def test_a_change_after_the_deadline_fired_is_the_last_one_seen() -> None:
+    """A change that lands after the deadline fired is taken first and is the last seen."""
+    from aiotlink._polling import DeadlinePassed
+
+    answer = asyncio.Event()
+
+    async def fetch(execution_id: str) -> Lookup:
+        await answer.wait()
+        return lookup(id=execution_id, status="RUNNING")
+
+    poller = Poller(fetch, max_in_flight=1)
+    now = asyncio.get_running_loop().time()
+    subscription = poller.subscribe("x", PollSchedule(), deadline=now + 0.01)
+    await asyncio.sleep(0.03)  # the deadline has fired; the first answer is still out
+    assert subscription.last_seen() is None
+    answer.set()
+    await settle()  # the answer lands: one change pushed after the deadline's signal
+    assert (await next_change(subscription)).status is WorkflowStatus.RUNNING
+    with pytest.raises(DeadlinePassed):
+        await next_change(subscription)
+    last = subscription.last_seen()
+    assert last is not None
+    assert (last.id, last.status) == ("x", WorkflowStatus.RUNNING)
+    poller.unsubscribe(subscription)
 
 
 async def test_deadlines_fire_earliest_first() -> None:
@@ -680,14 +783,12 @@ async def test_deadlines_fire_earliest_first() -> None:
 
 async def test_a_poll_due_sooner_is_not_held_up_by_a_later_one() -> None:
     """Polls on different schedules each come when due: one timer, re-armed for the sooner."""
-    from aiotlink._converter import decode_execution
-
     polls: dict[str, int] = {}
 
-    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+    async def fetch(execution_id: str) -> Lookup:
         polls[execution_id] = polls.get(execution_id, 0) + 1
         status = "COMPLETED" if polls[execution_id] == 4 else "RUNNING"
-        return decode_execution(execution_body(id=execution_id, status=status)), None
+        return lookup(id=execution_id, status=status)
 
     poller = Poller(fetch, max_in_flight=10)
     slow = poller.subscribe("slow", PollSchedule(30.0))
@@ -705,10 +806,9 @@ async def test_a_poll_due_sooner_is_not_held_up_by_a_later_one() -> None:
 
 async def test_polls_of_departed_waiters_are_compacted() -> None:
     """Scheduled polls of executions nobody waits on any more do not pile up."""
-    from aiotlink._converter import decode_execution
 
-    async def fetch(execution_id: str) -> tuple[WorkflowExecution, float | None]:
-        return decode_execution(execution_body(id=execution_id, status="RUNNING")), None
+    async def fetch(execution_id: str) -> Lookup:
+        return lookup(id=execution_id, status="RUNNING")
 
     poller = Poller(fetch, max_in_flight=10)
     for number in range(200):
@@ -965,14 +1065,12 @@ async def test_polls_do_not_see_a_waiters_context_variables(
     """A shared poll runs in its own empty context: no waiter's context leaks into it."""
     import contextvars
 
-    from aiotlink._converter import decode_execution
-
     request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
     seen: list[str] = []
 
-    async def find(execution_id: str) -> tuple[WorkflowExecution, float | None]:
+    async def find(execution_id: str) -> Lookup:
         seen.append(request_id.get())
-        return decode_execution(execution_body(id=execution_id, status="COMPLETED")), None
+        return lookup(id=execution_id, status="COMPLETED")
 
     monkeypatch.setattr(client.workflows, "_find", find)
     request_id.set("waiter-a")
