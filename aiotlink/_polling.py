@@ -46,6 +46,14 @@ class Lookup(NamedTuple):
     body: bytes
     retry_after: float | None
 
+    def __repr__(self) -> str:
+        # The body holds the execution's token: only its length goes into a repr (and so
+        # into tracebacks that show locals).
+        return (
+            f"Lookup(execution={self.execution!r}, body={len(self.body)} bytes, "
+            f"retry_after={self.retry_after!r})"
+        )
+
 
 Fetch = Callable[[str], Awaitable[Lookup]]
 
@@ -272,7 +280,7 @@ class Subscription:
         """The execution as of the last change its poll loop saw (``None`` before any).
 
         Asked once :meth:`take` has returned every change it was given, this is the
-        last one the waiter took (or, without ``every_change``, was spared).
+        last one the waiter took (or, without ``every_change``, skipped).
         """
         return self._poll.last_seen()
 
@@ -305,7 +313,7 @@ class _SharedPoll:
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         # Mostly one waiter, kept as it is: a list would be one more object per
-        # execution for the full collections to walk.
+        # execution for the full collections to walk. Once a list, always a list.
         self._subscribers: Subscription | list[Subscription] | None = None
         self.last_status: WorkflowStatus | None = None
         self.last_body: bytes | None = None
@@ -346,6 +354,7 @@ class _SharedPoll:
         if isinstance(subscribers, list):
             subscribers.remove(subscription)
             return bool(subscribers)
+        assert subscribers is subscription
         self._subscribers = None
         return False
 
@@ -353,7 +362,7 @@ class _SharedPoll:
         """The execution as of the last change seen, or ``None`` before the first answer."""
         if self.last_body is None:
             return None
-        # Decoded once already when it came, so it decodes again.
+        # It decoded without error when it came, so decoding it again cannot fail.
         return decode_execution(parse_json(self.last_body))
 
 
@@ -417,7 +426,9 @@ class Poller:
         subscription = Subscription(poll, schedule, deadline, every_change=every_change)
         poll.add(subscription)
         self._waiting += 1
-        last = poll.last_seen()
+        # Without every_change, the last change (never terminal: that ends the poll)
+        # would only be dropped.
+        last = poll.last_seen() if every_change else None
         if last is not None:
             subscription.push(last)
         if deadline is not None:

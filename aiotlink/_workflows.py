@@ -194,6 +194,7 @@ class Workflows:
         back to ``poll_interval`` when it changes; a ``Retry-After`` on an answer is
         honoured. Transient failures are retried and skipped; waiters on the same id
         share one poll loop. ``timeout`` is one deadline, in seconds, for the whole watch.
+        Returns an async generator; its arguments are checked when it first runs.
 
         Raises:
             ValueError: a malformed argument. WaitTimeoutError: past ``timeout`` (with the

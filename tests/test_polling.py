@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from aiotlink import (
 )
 from aiotlink._converter import decode_execution
 from aiotlink._polling import Lookup, Poller, PollSchedule, Subscription, poll_delay
-from aiotlink.testing import FakeTransactionLink
+from aiotlink.testing import FakeTransactionLink, ManualClock
 
 from .conftest import EXECUTION_ID, execution_body
 from .servers import ScriptedServer, reply
@@ -364,6 +365,10 @@ async def test_bad_arguments_raise_before_any_request(
     ]:
         with pytest.raises(ValueError, match=named):
             await call
+    watching = client.workflows.watch("a/b")  # an async generator: checked when it runs
+    assert inspect.isasyncgen(watching)
+    with pytest.raises(ValueError, match="execution_id"):
+        await anext(watching)
     assert fake_transactionlink.requests == []
 
 
@@ -478,31 +483,35 @@ async def test_late_waiter_gets_the_latest_status_at_once(
     assert [e.status async for e in first] == [WorkflowStatus.COMPLETED]
 
 
-async def test_waiters_hold_no_decoded_execution_between_changes(
-    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
-) -> None:
+async def test_waiters_hold_no_decoded_execution_between_changes() -> None:
     """While waits wait, no decoded execution stays alive: the poll keeps the answer's bytes.
 
     At 10,000 waiters, decoded executions kept alive were a fifth of what every full
     collection of CPython's garbage collector walked (benchmarks/NOTES.md).
     """
-    definition = fake_transactionlink.add_definition(
-        statuses=["RUNNING", "COMPLETED"], step_seconds=0.6
-    )
-    ids = [(await client.workflows.initialise(definition)).id for _ in range(10)]
+    clock = ManualClock()
     seen: list[str] = []
 
     def on_status(execution: WorkflowExecution) -> None:
         seen.append(execution.status.value)
 
-    waits = [client.workflows.wait_for_completion(i, **FAST) for i in ids[:5]]
-    waits += [client.workflows.wait_for_completion(i, on_status=on_status, **FAST) for i in ids[5:]]
-    waiting = asyncio.gather(*waits)
-    await wait_until(lambda: len(seen) == 5)  # every wait has seen its first status
-    await asyncio.sleep(0.1)  # a few unchanged polls on each
-    gc.collect()
-    alive = sum(isinstance(o, WorkflowExecution) for o in gc.get_objects())
-    finished = await waiting
+    async with FakeTransactionLink(clock=clock) as fake:
+        client = TransactionLinkClient(fake.token, base_url=fake.url)
+        async with client:
+            definition = fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=1)
+            ids = [(await client.workflows.initialise(definition)).id for _ in range(10)]
+            waits = [client.workflows.wait_for_completion(i, **FAST) for i in ids[:5]]
+            waits += [
+                client.workflows.wait_for_completion(i, on_status=on_status, **FAST)
+                for i in ids[5:]
+            ]
+            waiting = asyncio.gather(*waits)
+            await wait_until(lambda: len(seen) == 5)  # each has seen its first status
+            await asyncio.sleep(0.1)  # a few unchanged polls on each: the clock stands still
+            gc.collect()
+            alive = sum(isinstance(o, WorkflowExecution) for o in gc.get_objects())
+            clock.advance(10)
+            finished = await waiting
     assert alive == 0
     assert {e.status for e in finished} == {WorkflowStatus.COMPLETED}
 
@@ -532,6 +541,116 @@ async def test_a_wait_without_on_status_sleeps_from_start_to_end(
     )
     assert len(statuses) == len(WALK) - 1  # the first status seen is WALK[1]
     assert wake_ups == 1 + len(statuses)
+
+
+@pytest.mark.parametrize("with_on_status", [False, True])
+async def test_a_timeout_after_several_changes_carries_the_latest(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    with_on_status: bool,
+) -> None:
+    """WaitTimeoutError carries the latest status seen, whether or not the wait took each."""
+    walk = ["RUNNING", "AWAITING", "PAUSED"]
+    execution_id = await start(fake_transactionlink, client, statuses=walk)
+    seen: list[str] = []
+    on_status = (lambda e: seen.append(e.status.value)) if with_on_status else None
+    with pytest.raises(WaitTimeoutError) as caught:
+        await client.workflows.wait_for_completion(
+            execution_id, timeout=0.3, on_status=on_status, **FAST
+        )
+    assert caught.value.execution is not None
+    assert caught.value.execution.status is WorkflowStatus.PAUSED
+    assert seen == (walk[1:] if with_on_status else [])
+
+
+async def test_a_late_watcher_after_several_changes_starts_from_the_latest(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """A watcher joining after two changes gets the second at once, not the first."""
+    walk = ["RUNNING", "AWAITING", "PAUSED", "PAUSED", "PAUSED", "COMPLETED"]
+    execution_id = await start(fake_transactionlink, client, statuses=walk)
+    first = client.workflows.watch(execution_id, poll_interval=0.05, max_poll_interval=0.05)
+    assert (await anext(first)).status is WorkflowStatus.AWAITING
+    assert (await anext(first)).status is WorkflowStatus.PAUSED
+    second = client.workflows.watch(execution_id, poll_interval=0.05, max_poll_interval=0.05)
+    assert (await anext(second)).status is WorkflowStatus.PAUSED
+    assert [e.status async for e in second] == [WorkflowStatus.COMPLETED]
+    assert [e.status async for e in first] == [WorkflowStatus.COMPLETED]
+
+
+async def test_mixed_waiters_on_one_id_each_get_what_they_asked_for(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """A plain wait, a wait with on_status and a late watch share one poll, each served."""
+    walk = ["RUNNING", "AWAITING", "PAUSED", "PAUSED", "PAUSED", "COMPLETED"]
+    execution_id = await start(fake_transactionlink, client, statuses=walk)
+    schedule = {"poll_interval": 0.05, "max_poll_interval": 0.05}
+    seen: list[str] = []
+    plain = asyncio.create_task(client.workflows.wait_for_completion(execution_id, **schedule))
+    await asyncio.sleep(0)  # the plain wait starts the poll loop
+    reported = asyncio.create_task(
+        client.workflows.wait_for_completion(
+            execution_id, on_status=lambda e: seen.append(e.status.value), **schedule
+        )
+    )
+    await wait_until(lambda: "PAUSED" in seen)
+    late = client.workflows.watch(execution_id, **schedule)
+    assert (await anext(late)).status is WorkflowStatus.PAUSED
+    assert [e.status async for e in late] == [WorkflowStatus.COMPLETED]
+    assert (await plain).status is (await reported).status is WorkflowStatus.COMPLETED
+    assert seen == ["AWAITING", "PAUSED", "COMPLETED"]
+    assert len(fake_transactionlink.requests_for("find")) == len(walk) - 1
+
+
+async def test_the_last_of_several_waiters_to_leave_stops_the_poll(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Two waits on one id, both cancelled: no poll, task or request is left behind."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING"] * 3)
+    waits = [
+        asyncio.create_task(client.workflows.wait_for_completion(execution_id, **FAST))
+        for _ in range(2)
+    ]
+    await wait_until(lambda: len(fake_transactionlink.requests_for("find")) >= 2)
+    for wait in waits:
+        wait.cancel()
+    for wait in waits:
+        with pytest.raises(asyncio.CancelledError):
+            await wait
+    await settle()
+    assert client.workflows._poller.active_polls == 0
+    assert client_tasks() == []
+    finds = len(fake_transactionlink.requests_for("find"))
+    await asyncio.sleep(0.1)
+    assert len(fake_transactionlink.requests_for("find")) == finds
+
+
+async def test_shared_waiters_poll_on_the_most_eager_schedule() -> None:
+    """A slow waiter and a fast one on one id: polls come as often as the fast one asks."""
+    async with FakeTransactionLink(clock=ManualClock()) as fake:
+        client = TransactionLinkClient(fake.token, base_url=fake.url)
+        async with client:
+            definition = fake.add_definition(statuses=["RUNNING"], step_seconds=1)
+            execution_id = (await client.workflows.initialise(definition)).id
+            slow = asyncio.create_task(
+                client.workflows.wait_for_completion(execution_id, poll_interval=60)
+            )
+            await asyncio.sleep(0)
+            with pytest.raises(WaitTimeoutError):
+                await client.workflows.wait_for_completion(execution_id, timeout=0.3, **FAST)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert len(fake.requests_for("find")) >= 5
+
+
+def test_a_lookups_repr_keeps_the_token_out() -> None:
+    """The answer's bytes hold the execution's token: a Lookup's repr shows their length."""
+    secret = "tot_secret_token_that_must_not_leak"
+    answer = lookup(token=secret)
+    assert secret in answer.body.decode()
+    assert secret not in repr(answer)
+    assert f"{len(answer.body)} bytes" in repr(answer)
 
 
 async def test_requests_in_flight_are_bounded() -> None:
