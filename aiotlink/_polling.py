@@ -294,9 +294,10 @@ class _SharedPoll:
     """The poll loop of one execution id, shared by every waiter on it.
 
     It keeps the last change it saw as the answer's bytes, decoded again only when
-    needed (a waiter joining late, a deadline): a decoded execution is some twenty
-    objects for CPython's full collections to walk, for each of thousands of
-    executions, at every collection (benchmarks/NOTES.md, "10,000 waiters").
+    needed (a waiter joining late, a deadline): a decoded execution is two objects,
+    pointing to some fifteen more, for CPython's full collections to visit, for each
+    of thousands of executions, at every collection (benchmarks/NOTES.md, "10,000
+    waiters").
     """
 
     __slots__ = (
