@@ -5,7 +5,8 @@ execution id has one :class:`_SharedPoll`, started from one timeline of due poll
 rather than by a sleeping task per waiter, and every waiter is a small
 :class:`Subscription` woken by a future. At 10,000 waiters this keeps the number of
 long-lived, GC-tracked objects (and so the pauses of CPython's cyclic collector) low;
-see the team's design notes, design/PERFORMANCE.md.
+see the team's design notes, design/PERFORMANCE.md. Waits started together come in
+by turns, a batch per event-loop iteration (:meth:`Poller.admission`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import attrs
 
 from ._arguments import check_seconds
 from ._converter import decode_execution
-from ._errors import APIError, RateLimitError
+from ._errors import APIError, RateLimitError, WaitTimeoutError
 from ._models import WorkflowExecution, WorkflowStatus
 from ._retry import retry_reason
 from ._transport import parse_json
@@ -34,6 +35,10 @@ logger = logging.getLogger("aiotlink")
 # Each gap is shortened by up to this fraction at random, so that waiters started
 # together drift apart instead of polling in bursts.
 JITTER = 0.2
+# Waits started in one loop iteration are let in at most this many per later iteration
+# (a few milliseconds of work), so that starting 10,000 at once never stalls the event
+# loop for long; see Poller.admission.
+ADMITTED_PER_ITERATION = 1000
 
 
 class Lookup(NamedTuple):
@@ -212,13 +217,15 @@ class Subscription:
         "deadline",
         "every_change",
         "schedule",
+        "timeout",
     )
 
     def __init__(
         self,
         poll: _SharedPoll,
         schedule: PollSchedule,
-        deadline: float | None,
+        deadline: float | None = None,
+        timeout: float | None = None,
         *,
         every_change: bool = True,
     ) -> None:
@@ -227,8 +234,10 @@ class Subscription:
         self.every_change = every_change
         self.active = True
         self.schedule = schedule
-        # Loop time after which the waiter stops waiting; infinity for none.
+        # Loop time after which the waiter stops waiting; infinity for none. The
+        # timeout in seconds it came from is for the error's message.
         self.deadline = math.inf if deadline is None else deadline
+        self.timeout = timeout
         self._next: WorkflowExecution | None = None
         self._more: deque[WorkflowExecution] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -264,13 +273,18 @@ class Subscription:
     def take(self) -> WorkflowExecution | None:
         """The next status change seen, or ``None`` when there is none yet.
 
-        Raises the poll loop's error (or :class:`DeadlinePassed`) once the changes that
-        came before it are consumed.
+        Raises the poll loop's error, or :class:`WaitTimeoutError` past the deadline,
+        once the changes that came before it are consumed.
         """
         change = self._next
         if change is not None:
             self._next = self._more.popleft() if self._more else None
             return change
+        if isinstance(self._error, DeadlinePassed):
+            # Made now, not when the deadline fired: a change that landed since then
+            # is the last one seen.
+            assert self.timeout is not None  # only a waiter with a timeout has a deadline
+            raise WaitTimeoutError(self.last_seen(), self.timeout)
         if self._error is not None:
             # Several waiters may raise the one error: start its traceback afresh.
             raise self._error.with_traceback(None)
@@ -382,6 +396,10 @@ class Poller:
         self._polls: dict[str, _SharedPoll] = {}
         self._ready: deque[_SharedPoll] = deque()
         self._waiting = 0
+        # The turns of waits not yet let in, and the first lookups held back meanwhile
+        # (Poller.admission).
+        self._queued: deque[asyncio.Future[None]] = deque()
+        self._held: deque[_SharedPoll] = deque()
         # Timers run in an empty context of the poller's own, and each poll task in an
         # empty one of its own: a shared poll serves many waiters, so none of their
         # context variables may leak into it.
@@ -400,6 +418,47 @@ class Poller:
             context=self._context,
         )
 
+    def admission(self) -> asyncio.Future[None]:
+        """A future done when a new wait may subscribe: its turn among waits started together.
+
+        Waits are let in, in order, at most ADMITTED_PER_ITERATION per loop iteration.
+        ``asyncio.gather`` over 10,000 waits runs all of their first steps in one loop
+        iteration, and the full collection that their objects set off inside it, with
+        nothing else served meanwhile: the longest stall of that benchmark
+        (benchmarks/NOTES.md, "10,000 waiters, fifth look"). A turn costs one future
+        and a loop iteration or two. While turns are queued, new polls' first lookups
+        are held back (see :meth:`subscribe`); the polls already running go on.
+        """
+        loop = asyncio.get_running_loop()
+        if self._queued and self._queued[0].get_loop() is not loop:
+            # Left by an event loop that stopped before their turn came: that loop's
+            # _admit will never run, and this one's must.
+            self._queued.clear()
+            self._release_held()
+        turn = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._admit, context=self._context)
+        self._queued.append(turn)
+        return turn
+
+    def _admit(self) -> None:
+        """Grant the next batch of turns; once none is left, start the held lookups."""
+        queued, granted = self._queued, 0
+        while queued and granted < ADMITTED_PER_ITERATION:
+            turn = queued.popleft()
+            if not turn.done():  # else cancelled while queued: no place taken
+                turn.set_result(None)
+                granted += 1
+        if queued:
+            asyncio.get_running_loop().call_soon(self._admit, context=self._context)
+        else:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        self._ready.extend(self._held)
+        self._held.clear()
+        self._start_ready()
+
     @property
     def active_polls(self) -> int:
         """How many executions are being polled now."""
@@ -410,21 +469,37 @@ class Poller:
         execution_id: str,
         schedule: PollSchedule,
         *,
-        deadline: float | None = None,
+        timeout: float | None = None,
+        since: float | None = None,
         every_change: bool = True,
     ) -> Subscription:
         """Follow ``execution_id``: its first status comes at once (or with the next poll).
 
-        ``deadline`` is a time of the event loop's clock after which the subscription
-        raises :class:`DeadlinePassed` instead of waiting on. Without ``every_change``
+        Past ``timeout`` seconds from ``since`` (a time of the event loop's clock; now by
+        default), the subscription raises :class:`WaitTimeoutError` instead of waiting
+        on; at once, with no lookup, if that is already past. Without ``every_change``
         only the terminal execution is given.
         """
         poll = self._polls.get(execution_id)
+        deadline = None
+        if timeout is not None:
+            now = asyncio.get_running_loop().time()
+            deadline = (now if since is None else since) + timeout
+            if deadline <= now:  # the wait's turn took all of its time
+                raise WaitTimeoutError(None if poll is None else poll.last_seen(), timeout)
         if poll is None:
             poll = self._polls[execution_id] = _SharedPoll(execution_id)
             poll.interval = schedule.poll_interval
-            self._start(poll)
-        subscription = Subscription(poll, schedule, deadline, every_change=every_change)
+            if self._queued:
+                # More waits are queued to come in: held until all are in, so that no
+                # answer of theirs lands between them and their objects lie side by
+                # side in memory. CPython's full collections walk those about twice as
+                # fast as objects scattered among answers (benchmarks/NOTES.md, "10,000
+                # waiters, fourth look").
+                self._held.append(poll)
+            else:
+                self._start(poll)
+        subscription = Subscription(poll, schedule, deadline, timeout, every_change=every_change)
         poll.add(subscription)
         self._waiting += 1
         # Without every_change, the last change (never terminal: that ends the poll)

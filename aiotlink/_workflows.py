@@ -45,10 +45,10 @@ from ._polling import (
     DEFAULT_POLL_FACTOR,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_SCHEDULE,
-    DeadlinePassed,
     Lookup,
     Poller,
     PollSchedule,
+    Subscription,
 )
 from ._redaction import mask_url
 from ._results import redirect_target
@@ -188,13 +188,15 @@ class Workflows:
     ) -> AsyncGenerator[WorkflowExecution, None]:
         """Follow an execution: yield it once per status change, ending after a terminal one.
 
-        The first lookup is immediate and its execution is always yielded. Later polls
-        come ``poll_interval`` seconds apart, growing by ``poll_factor`` (less up to 20%
-        jitter) to at most ``max_poll_interval`` while the status stays the same, and
-        back to ``poll_interval`` when it changes; a ``Retry-After`` on an answer is
-        honoured. Transient failures are retried and skipped; waiters on the same id
-        share one poll loop. ``timeout`` is one deadline, in seconds, for the whole watch.
-        Returns an async generator; its arguments are checked when it first runs.
+        The first lookup comes at once, after the wait's turn among waits started in the
+        same loop iteration (1,000 are let in per iteration), and its execution is always
+        yielded. Later polls come ``poll_interval`` seconds apart, growing by
+        ``poll_factor`` (less up to 20% jitter) to at most ``max_poll_interval`` while
+        the status stays the same, and back to ``poll_interval`` when it changes; a
+        ``Retry-After`` on an answer is honoured. Transient failures are retried and
+        skipped; waiters on the same id share one poll loop. ``timeout`` is one
+        deadline, in seconds, for the whole watch. Returns an async generator; its
+        arguments are checked when it first runs.
 
         Raises:
             ValueError: a malformed argument. WaitTimeoutError: past ``timeout`` (with the
@@ -207,7 +209,29 @@ class Workflows:
             max_poll_interval=max_poll_interval,
             timeout=timeout,
             poll_factor=poll_factor,
-            every_change=True,
+        )
+
+    async def _subscribe(
+        self,
+        execution_id: str | UUID,
+        *,
+        poll_interval: float,
+        max_poll_interval: float,
+        timeout: float | None,
+        poll_factor: float,
+        every_change: bool,
+    ) -> Subscription:
+        """Check a wait's arguments, wait for its turn, and follow the execution.
+
+        The turn (:meth:`Poller.admission`) counts against ``timeout``.
+        """
+        execution_id = check_execution_id(execution_id)
+        schedule = poll_schedule(poll_interval, max_poll_interval, poll_factor)
+        timeout = check_seconds("timeout", timeout, allow_none=True)
+        started = asyncio.get_running_loop().time()
+        await self._poller.admission()
+        return self._poller.subscribe(
+            execution_id, schedule, timeout=timeout, since=started, every_change=every_change
         )
 
     async def _follow(
@@ -218,25 +242,15 @@ class Workflows:
         max_poll_interval: float,
         timeout: float | None,
         poll_factor: float,
-        every_change: bool,
     ) -> AsyncGenerator[WorkflowExecution, None]:
-        """The polling loop behind :meth:`watch`; without ``every_change``, only the end.
-
-        ``wait_for_completion`` without ``on_status`` has no use for the changes before
-        the terminal one. Its waiter then sleeps on one future from start to end,
-        instead of waking at each change to make a new future and generator step:
-        objects made anew while thousands of polls run lie scattered in memory, and
-        CPython's full collections take about twice as long to walk them
-        (benchmarks/NOTES.md, "10,000 waiters").
-        """
-        execution_id = check_execution_id(execution_id)
-        schedule = poll_schedule(poll_interval, max_poll_interval, poll_factor)
-        timeout = check_seconds("timeout", timeout, allow_none=True)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        poller = self._poller
-        subscription = poller.subscribe(
-            execution_id, schedule, deadline=deadline, every_change=every_change
+        """The generator :meth:`watch` returns: one execution per change, up to the end."""
+        subscription = await self._subscribe(
+            execution_id,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            timeout=timeout,
+            poll_factor=poll_factor,
+            every_change=True,
         )
         # Only the next change is held here, never across the wait for another: at
         # 10,000 waiters, decoded executions kept alive are what CPython's full
@@ -244,18 +258,14 @@ class Workflows:
         ended = False
         try:
             while not ended:
-                try:
-                    change = subscription.take()
-                except DeadlinePassed:
-                    assert timeout is not None
-                    raise WaitTimeoutError(subscription.last_seen(), timeout) from None
+                change = subscription.take()
                 if change is None:
                     await subscription.changed()
                     continue
                 ended = change.is_terminal
                 yield change
         finally:
-            poller.unsubscribe(subscription)
+            self._poller.unsubscribe(subscription)
 
     async def wait_for_completion(
         self,
@@ -287,27 +297,38 @@ class Workflows:
             ValueError, APIError: as :meth:`watch`.
         """
         check_callable("on_status", on_status)
-        last: WorkflowExecution | None = None
         try:
-            watching = self._follow(
-                execution_id,
-                poll_interval=poll_interval,
-                max_poll_interval=max_poll_interval,
-                timeout=timeout,
-                poll_factor=poll_factor,
-                every_change=on_status is not None,
-            )
-            try:
-                async for change in watching:
-                    await notify(on_status, change)
-                    if change.is_terminal:
-                        last = change
-                    # Not held while waiting for the next change, as in watch.
-                    del change
-            finally:
-                # Closed here, not by the garbage collector, so that leaving early (a
-                # failing on_status, a cancellation) stops the polling at once.
-                await watching.aclose()
+            if on_status is not None:
+                last = await self._notify_until_end(
+                    self.watch(
+                        execution_id,
+                        poll_interval=poll_interval,
+                        max_poll_interval=max_poll_interval,
+                        timeout=timeout,
+                        poll_factor=poll_factor,
+                    ),
+                    on_status,
+                )
+            else:
+                # Only the end is wanted: the subscription watch would iterate, told to
+                # drop the changes before the end, and one future slept on from start to
+                # end. No generator, and nothing made anew at each change: every object
+                # a wait keeps costs CPython's full collections, the event loop's longest
+                # stalls at 10,000 waits (benchmarks/NOTES.md, "10,000 waiters").
+                subscription = await self._subscribe(
+                    execution_id,
+                    poll_interval=poll_interval,
+                    max_poll_interval=max_poll_interval,
+                    timeout=timeout,
+                    poll_factor=poll_factor,
+                    every_change=False,
+                )
+                try:
+                    while (end := subscription.take()) is None:
+                        await subscription.changed()
+                    last = end
+                finally:
+                    self._poller.unsubscribe(subscription)
         except WaitTimeoutError:
             if cancel_on_timeout:
                 await self._cancel_remote(execution_id)
@@ -316,9 +337,28 @@ class Workflows:
             if cancel_remote_on_cancel:
                 await asyncio.shield(self._cancel_remote(execution_id))
             raise
-        assert last is not None  # watch yields at least once or raises
         if last.status is not WorkflowStatus.COMPLETED and raise_on_failure:
             raise WorkflowFailedError(last)
+        return last
+
+    @staticmethod
+    async def _notify_until_end(
+        watching: AsyncGenerator[WorkflowExecution, None], on_status: OnStatus
+    ) -> WorkflowExecution:
+        """Call ``on_status`` with each execution ``watching`` yields; the last, terminal one."""
+        last: WorkflowExecution | None = None
+        try:
+            async for change in watching:
+                await notify(on_status, change)
+                if change.is_terminal:
+                    last = change
+                # Not held while waiting for the next change, as in watch.
+                del change
+        finally:
+            # Closed here, not by the garbage collector, so that leaving early (a
+            # failing on_status, a cancellation) stops the polling at once.
+            await watching.aclose()
+        assert last is not None  # watch yields at least once or raises
         return last
 
     async def _cancel_remote(self, execution_id: str | UUID) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import gc
 import inspect
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -24,7 +25,14 @@ from aiotlink import (
     WorkflowStatus,
 )
 from aiotlink._converter import decode_execution
-from aiotlink._polling import Lookup, Poller, PollSchedule, Subscription, poll_delay
+from aiotlink._polling import (
+    ADMITTED_PER_ITERATION,
+    Lookup,
+    Poller,
+    PollSchedule,
+    Subscription,
+    poll_delay,
+)
 from aiotlink.testing import FakeTransactionLink, ManualClock
 
 from .conftest import EXECUTION_ID, execution_body
@@ -369,6 +377,17 @@ async def test_bad_arguments_raise_before_any_request(
     assert inspect.isasyncgen(watching)
     with pytest.raises(ValueError, match="execution_id"):
         await anext(watching)
+    # Checked before the wait takes its turn: even cancelled while it would be queued,
+    # a bad wait asked to cancel the remote execution raises and sends nothing.
+    bad = asyncio.create_task(
+        client.workflows.wait_for_completion(
+            EXECUTION_ID, poll_interval=-1, cancel_remote_on_cancel=True
+        )
+    )
+    await asyncio.sleep(0)
+    bad.cancel()
+    with pytest.raises(ValueError, match="poll_interval"):
+        await bad
     assert fake_transactionlink.requests == []
 
 
@@ -728,6 +747,183 @@ async def test_a_bug_in_fetch_ends_the_wait_instead_of_hanging() -> None:
     assert poller.active_polls == 0
 
 
+async def test_waits_started_together_are_let_in_a_batch_per_loop_iteration() -> None:
+    """Turns are granted in order, at most ADMITTED_PER_ITERATION per loop iteration."""
+    poller = Poller(never_answers, max_in_flight=10)
+    count = 2 * ADMITTED_PER_ITERATION + 5
+    turns = [poller.admission() for _ in range(count)]
+    turns[1].cancel()  # a wait cancelled while queued is skipped, taking no place
+    granted = []
+    for _ in range(4):
+        await asyncio.sleep(0)  # one loop iteration
+        granted.append([n for n, turn in enumerate(turns) if turn.done() and not turn.cancelled()])
+    first, second, third, fourth = granted
+    assert first == [0, *range(2, ADMITTED_PER_ITERATION + 1)]  # in order
+    assert len(second) == 2 * ADMITTED_PER_ITERATION
+    assert len(third) == len(fourth) == count - 1
+
+
+async def test_first_lookups_wait_until_every_queued_wait_is_in() -> None:
+    """No poll starts while waits are queued: their objects are all made before any answer."""
+    admitted_at_first_fetch: list[int] = []
+    turns: list[asyncio.Future[None]] = []
+
+    async def fetch(execution_id: str) -> Lookup:
+        admitted_at_first_fetch.append(sum(turn.done() for turn in turns))
+        return lookup(id=execution_id, status="COMPLETED")
+
+    poller = Poller(fetch, max_in_flight=10)
+
+    async def wait(execution_id: str) -> WorkflowStatus:
+        turn = poller.admission()
+        turns.append(turn)
+        await turn
+        subscription = poller.subscribe(execution_id, PollSchedule(), every_change=False)
+        try:
+            return (await next_change(subscription)).status
+        finally:
+            poller.unsubscribe(subscription)
+
+    count = 3 * ADMITTED_PER_ITERATION
+    async with asyncio.timeout(10):  # a lookup held for good would hang the waits
+        statuses = await asyncio.gather(*(wait(f"id-{n}") for n in range(count)))
+    assert set(statuses) == {WorkflowStatus.COMPLETED}
+    assert admitted_at_first_fetch[0] == count
+    assert poller.active_polls == 0
+
+
+@pytest.mark.parametrize("on_status", [None, print], ids=["end-only", "each-change"])
+async def test_waits_come_in_by_turns(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    on_status: Callable[[WorkflowExecution], None] | None,
+) -> None:
+    """Waits started together subscribe at most ADMITTED_PER_ITERATION per loop iteration."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "COMPLETED"])
+    started = ADMITTED_PER_ITERATION + 1
+    waits = [
+        asyncio.create_task(
+            client.workflows.wait_for_completion(execution_id, on_status=on_status, **FAST)
+        )
+        for _ in range(started)
+    ]
+    poller = client.workflows._poller
+    subscribed = [0]
+    while subscribed[-1] < started and len(subscribed) < 20:
+        await asyncio.sleep(0)  # one loop iteration
+        subscribed.append(poller._waiting)
+    steps = [after - before for before, after in itertools.pairwise(subscribed)]
+    assert max(steps) <= ADMITTED_PER_ITERATION
+    assert subscribed[-1] == started
+    finished = await asyncio.gather(*waits)
+    assert {execution.status for execution in finished} == {WorkflowStatus.COMPLETED}
+
+
+async def test_a_turn_counts_against_the_timeout_and_a_late_one_sends_nothing(
+    fake_transactionlink: FakeTransactionLink,
+    client: TransactionLinkClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deadline runs from the call; a wait whose turn came after it never looks up."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "AWAITING"])
+    lookups: list[str] = []
+    find = client.workflows._find
+
+    async def recording_find(execution_id: str) -> Lookup:
+        lookups.append(execution_id)
+        return await find(execution_id)
+
+    monkeypatch.setattr(client.workflows, "_find", recording_find)
+    waiting = asyncio.create_task(client.workflows.wait_for_completion(execution_id, timeout=0.01))
+    # Runs right after the wait's first step, before its turn: the loop is held up past
+    # the wait's whole timeout.
+    asyncio.get_running_loop().call_soon(time.sleep, 0.05)
+    with pytest.raises(WaitTimeoutError) as raised:
+        await waiting
+    assert raised.value.execution is None
+    assert lookups == []
+    assert fake_transactionlink.requests_for("find") == []
+    assert client.workflows._poller.active_polls == 0
+
+
+async def test_held_first_lookups_wait_for_the_last_turn_while_other_polls_run() -> None:
+    """Polls already running go on during admission; new ones start only once all are in."""
+    queued_at_first_fetch: dict[str, int] = {}
+    running_polls_while_queued = 0
+    poller: Poller
+
+    async def fetch(execution_id: str) -> Lookup:
+        nonlocal running_polls_while_queued
+        queued_at_first_fetch.setdefault(execution_id, len(poller._queued))
+        if execution_id == "running":
+            running_polls_while_queued += bool(poller._queued)
+            await asyncio.sleep(0)  # its answers land while turns are still queued
+            return lookup(id=execution_id, status="RUNNING")
+        return lookup(id=execution_id, status="COMPLETED")
+
+    poller = Poller(fetch, max_in_flight=10)
+    running = poller.subscribe("running", PollSchedule(0.0001, 0.0001))
+    await next_change(running)
+
+    async def wait(execution_id: str) -> None:
+        await poller.admission()
+        subscription = poller.subscribe(execution_id, PollSchedule())
+        try:
+            await next_change(subscription)
+        finally:
+            poller.unsubscribe(subscription)
+
+    count = 5 * ADMITTED_PER_ITERATION
+    async with asyncio.timeout(10):  # a lookup held for good would hang here
+        await asyncio.gather(*(wait(f"id-{n}") for n in range(count)))
+    poller.unsubscribe(running)
+    assert running_polls_while_queued > 0
+    assert len(queued_at_first_fetch) == count + 1
+    assert {at for name, at in queued_at_first_fetch.items() if name != "running"} == {0}
+
+
+def test_turns_left_by_a_closed_loop_do_not_hold_up_the_next_loop() -> None:
+    """A loop closed with turns queued leaves them behind; the next loop's waits go on."""
+    poller = Poller(never_answers, max_in_flight=1)
+
+    async def queue_turns_and_leave() -> None:
+        # One batch is granted before the loop stops; the last turn is left queued.
+        for _ in range(ADMITTED_PER_ITERATION + 1):
+            poller.admission()
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(queue_turns_and_leave())
+    first.close()
+    assert len(poller._queued) == 1
+
+    async def take_a_turn() -> None:
+        await asyncio.wait_for(poller.admission(), timeout=1)
+
+    asyncio.run(take_a_turn())
+
+
+async def test_a_wait_cancelled_before_its_turn_leaves_nothing_behind(
+    fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Cancelled while queued behind other waits: CancelledError, no poll, others go on."""
+    execution_id = await start(fake_transactionlink, client, statuses=["RUNNING", "COMPLETED"])
+    queued = ADMITTED_PER_ITERATION + 1  # the last one waits at least one more iteration
+    waits = [
+        asyncio.create_task(client.workflows.wait_for_completion(execution_id, **FAST))
+        for _ in range(queued)
+    ]
+    await asyncio.sleep(0)  # every wait has taken its turn; the first batch is not in yet
+    waits[-1].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waits[-1]
+    async with asyncio.timeout(10):  # a turn left ungranted would hang the others
+        finished = await asyncio.gather(*waits[:-1])
+    assert {execution.status for execution in finished} == {WorkflowStatus.COMPLETED}
+    await settle()
+    assert client_tasks() == []
+    assert client.workflows._poller.active_polls == 0
+
+
 # --- run ------------------------------------------------------------------------
 
 
@@ -840,16 +1036,13 @@ async def test_a_subscription_to_the_end_keeps_and_wakes_only_for_the_end() -> N
 
 async def test_deadlines_fire_in_order_and_skip_waiters_that_left() -> None:
     """One timer serves every deadline: earliest first, re-armed, skipping those gone."""
-    from aiotlink._polling import DeadlinePassed
-
     poller = Poller(never_answers, max_in_flight=10)
-    now = asyncio.get_running_loop().time()
-    late = poller.subscribe("late", PollSchedule(), deadline=now + 0.10)
-    early = poller.subscribe("early", PollSchedule(), deadline=now + 0.05)  # re-arms the timer
-    gone = poller.subscribe("gone", PollSchedule(), deadline=now + 0.06)
+    late = poller.subscribe("late", PollSchedule(), timeout=0.10)
+    early = poller.subscribe("early", PollSchedule(), timeout=0.05)  # re-arms the timer
+    gone = poller.subscribe("gone", PollSchedule(), timeout=0.06)
     poller.unsubscribe(gone)
     for subscription in (early, late):
-        with pytest.raises(DeadlinePassed):
+        with pytest.raises(WaitTimeoutError):
             await next_change(subscription)
         poller.unsubscribe(subscription)
     assert gone.take() is None  # left before its deadline: never told
@@ -858,8 +1051,6 @@ async def test_deadlines_fire_in_order_and_skip_waiters_that_left() -> None:
 
 async def test_a_change_after_the_deadline_fired_is_the_last_one_seen() -> None:
     """A change that lands after the deadline fired is taken first and is the last seen."""
-    from aiotlink._polling import DeadlinePassed
-
     answer = asyncio.Event()
 
     async def fetch(execution_id: str) -> Lookup:
@@ -867,16 +1058,15 @@ async def test_a_change_after_the_deadline_fired_is_the_last_one_seen() -> None:
         return lookup(id=execution_id, status="RUNNING")
 
     poller = Poller(fetch, max_in_flight=1)
-    now = asyncio.get_running_loop().time()
-    subscription = poller.subscribe("x", PollSchedule(), deadline=now + 0.01)
+    subscription = poller.subscribe("x", PollSchedule(), timeout=0.01)
     await asyncio.sleep(0.03)  # the deadline has fired; the first answer is still out
     assert subscription.last_seen() is None
     answer.set()
     await settle()  # the answer lands: one change pushed after the deadline's signal
     assert (await next_change(subscription)).status is WorkflowStatus.RUNNING
-    with pytest.raises(DeadlinePassed):
+    with pytest.raises(WaitTimeoutError) as raised:
         await next_change(subscription)
-    last = subscription.last_seen()
+    last = raised.value.execution
     assert last is not None
     assert (last.id, last.status) == ("x", WorkflowStatus.RUNNING)
     poller.unsubscribe(subscription)
@@ -884,16 +1074,14 @@ async def test_a_change_after_the_deadline_fired_is_the_last_one_seen() -> None:
 
 async def test_deadlines_fire_earliest_first() -> None:
     """The earlier deadline fires while the later waiter is still waiting."""
-    from aiotlink._polling import DeadlinePassed
-
     poller = Poller(never_answers, max_in_flight=10)
     now = asyncio.get_running_loop().time()
-    late = poller.subscribe("late", PollSchedule(), deadline=now + 0.2)
-    early = poller.subscribe("early", PollSchedule(), deadline=now + 0.02)
-    with pytest.raises(DeadlinePassed):
+    late = poller.subscribe("late", PollSchedule(), timeout=0.2)
+    early = poller.subscribe("early", PollSchedule(), timeout=0.02)
+    with pytest.raises(WaitTimeoutError):
         await next_change(early)
     assert late.take() is None  # not yet
-    with pytest.raises(DeadlinePassed):
+    with pytest.raises(WaitTimeoutError):
         await next_change(late)
     assert asyncio.get_running_loop().time() >= now + 0.2
     for subscription in (early, late):
@@ -1022,10 +1210,9 @@ async def test_the_timeline_goes_on_after_an_item_fails_to_fire() -> None:
 async def test_deadline_entries_of_departed_waiters_are_compacted() -> None:
     """Deadlines of waiters who left do not pile up for as long as their timeout."""
     poller = Poller(never_answers, max_in_flight=10)
-    deadline = asyncio.get_running_loop().time() + 3600
     for number in range(200):
-        poller.unsubscribe(poller.subscribe(f"id-{number}", PollSchedule(), deadline=deadline))
-    staying = poller.subscribe("staying", PollSchedule(), deadline=deadline)
+        poller.unsubscribe(poller.subscribe(f"id-{number}", PollSchedule(), timeout=3600))
+    staying = poller.subscribe("staying", PollSchedule(), timeout=3600)
     assert len(poller._deadlines) <= 2 * 1 + 64 + 1
     poller.unsubscribe(staying)
     poller.unsubscribe(staying)  # leaving twice is harmless
