@@ -455,6 +455,7 @@ class Poller:
             self._release_held()
 
     def _release_held(self) -> None:
+        """Queue the held first lookups for a connection, and start what fits."""
         self._ready.extend(self._held)
         self._held.clear()
         self._start_ready()
