@@ -177,7 +177,7 @@ class Workflows:
         check_callable("on_progress", on_progress)
         return await Downloader(self._client, path_in_api, destination, on_progress).run()
 
-    def watch(
+    async def watch(
         self,
         execution_id: str | UUID,
         *,
@@ -203,13 +203,28 @@ class Workflows:
             last execution seen). AuthenticationError, PermissionDeniedError,
             NotFoundError: at once, ending the watch.
         """
-        return self._follow(
+        subscription = await self._subscribe(
             execution_id,
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
             timeout=timeout,
             poll_factor=poll_factor,
+            every_change=True,
         )
+        # Only the next change is held here, never across the wait for another: at
+        # 10,000 waiters, decoded executions kept alive are what CPython's full
+        # collections walk the longest (benchmarks/NOTES.md, "10,000 waiters").
+        ended = False
+        try:
+            while not ended:
+                change = subscription.take()
+                if change is None:
+                    await subscription.changed()
+                    continue
+                ended = change.is_terminal
+                yield change
+        finally:
+            self._poller.unsubscribe(subscription)
 
     async def _subscribe(
         self,
@@ -233,39 +248,6 @@ class Workflows:
         return self._poller.subscribe(
             execution_id, schedule, timeout=timeout, since=started, every_change=every_change
         )
-
-    async def _follow(
-        self,
-        execution_id: str | UUID,
-        *,
-        poll_interval: float,
-        max_poll_interval: float,
-        timeout: float | None,
-        poll_factor: float,
-    ) -> AsyncGenerator[WorkflowExecution, None]:
-        """The generator :meth:`watch` returns: one execution per change, up to the end."""
-        subscription = await self._subscribe(
-            execution_id,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            timeout=timeout,
-            poll_factor=poll_factor,
-            every_change=True,
-        )
-        # Only the next change is held here, never across the wait for another: at
-        # 10,000 waiters, decoded executions kept alive are what CPython's full
-        # collections walk the longest (benchmarks/NOTES.md, "10,000 waiters").
-        ended = False
-        try:
-            while not ended:
-                change = subscription.take()
-                if change is None:
-                    await subscription.changed()
-                    continue
-                ended = change.is_terminal
-                yield change
-        finally:
-            self._poller.unsubscribe(subscription)
 
     async def wait_for_completion(
         self,
