@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -19,20 +20,39 @@ MAX_EXPIRY = timedelta(days=30)
 _PATH_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` cut to a length fit for an error message, whatever ``value`` is."""
+    try:
+        text = repr(value)
+    except Exception:  # a 5,000-digit int, a repr that fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 def check_seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    """A positive number of seconds (or ``None`` where allowed), else ``ValueError``."""
+    """A finite, positive number of seconds (or ``None`` where allowed), else ``ValueError``.
+
+    Infinity is refused: asyncio and aiohttp turn it into an OverflowError at every
+    call; ``None`` is how "no limit" is said.
+    """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    seconds = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # An int beyond a float's range is no finite number of seconds either.
+        seconds = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+    if not (seconds > 0 and math.isfinite(seconds)):
         also = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a positive number of seconds{also}, got {value!r}")
-    return float(value)
+        raise ValueError(
+            f"{name} must be a finite, positive number of seconds{also}, got {shown(value)}"
+        )
+    return seconds
 
 
 def check_count(name: str, value: object, *, minimum: int) -> int:
     """A whole number at least ``minimum``, else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {shown(value)}")
     return value
 
 
@@ -45,7 +65,7 @@ def check_callable(name: str, value: object) -> None:
 def check_text(name: str, value: object) -> str:
     """``value`` as a non-empty string, else ``ValueError`` naming the argument."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{name} must be a non-empty string, got {shown(value)}")
     return value
 
 
@@ -55,7 +75,7 @@ def check_execution_id(value: object) -> str:
         return str(value)
     text = check_text("execution_id", value)
     if not _PATH_ID_PATTERN.fullmatch(text) or text in (".", ".."):
-        raise ValueError(f"execution_id has characters an id cannot have: {text!r}")
+        raise ValueError(f"execution_id has characters an id cannot have: {shown(text)}")
     return text
 
 
@@ -68,7 +88,7 @@ def check_uuid(name: str, value: object) -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    raise ValueError(f"{name} must be a UUID, got {value!r}")
+    raise ValueError(f"{name} must be a UUID, got {shown(value)}")
 
 
 def check_parameters(parameters: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -83,8 +103,12 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> Mapping[str, Any]:
     try:
         json.dumps(parameters, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"parameters must be JSON-serialisable: {exc}") from None
-    return parameters
+        problem = f"parameters must be JSON-serialisable: {exc}"
+    except RecursionError:
+        problem = "parameters nest too deep to send as JSON"
+    else:
+        return parameters
+    raise ValueError(problem)
 
 
 def check_expires_at(expires_at: datetime | timedelta | None, *, now: datetime) -> datetime | None:

@@ -1,7 +1,9 @@
 """The ``aiotlink`` command: ``aiotlink demo`` runs a complete, visible flow.
 
 Without ``TRANSACTIONLINK_TOKEN`` the demo starts the fake server in this process and
-runs against it; with the token and ``--definition`` it runs against the real API.
+runs against it; with the token and ``--definition`` it runs against the API at
+``--base-url``, else ``TRANSACTIONLINK_BASE_URL``, else the production API. Its first
+line names the base URL it uses.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from ._client import DEFAULT_BASE_URL, TOKEN_ENV_VAR, TransactionLinkClient
+from ._client import BASE_URL_ENV_VAR, DEFAULT_BASE_URL, TOKEN_ENV_VAR, TransactionLinkClient
 from ._errors import NotFoundError, TransactionLinkError
 from ._models import DownloadedResult, WorkflowExecution
 
@@ -136,7 +138,6 @@ async def _demo_on_fake(say: Say) -> None:
 
 
 async def _demo_on_api(args: argparse.Namespace, say: Say) -> None:
-    say(f"running against {args.base_url} with the token from {TOKEN_ENV_VAR}")
     plan = DemoPlan(
         definition=args.definition,
         large_result_definition=args.large_result_definition,
@@ -145,6 +146,7 @@ async def _demo_on_api(args: argparse.Namespace, say: Say) -> None:
         timeout=args.timeout,
     )
     async with TransactionLinkClient(base_url=args.base_url) as client:
+        say(f"running against {client.base_url} with the token from {TOKEN_ENV_VAR}")
         await run_demo(client, plan, say)
 
 
@@ -162,7 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--definition", help="workflow definition id to run (real API)")
     demo.add_argument("--large-result-definition", help="a definition whose result is large")
     demo.add_argument("--cancel-definition", help="a definition to start and cancel")
-    demo.add_argument("--base-url", default=DEFAULT_BASE_URL, help="API base URL")
+    demo.add_argument(
+        "--base-url",
+        help=f"API base URL (default: ${BASE_URL_ENV_VAR}, else {DEFAULT_BASE_URL})",
+    )
     demo.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
     return parser

@@ -21,14 +21,19 @@ import attrs
 from yarl import URL
 
 from ._arguments import check_count, check_seconds
+from ._errors import ClientClosedError, ResponseTooLargeError
 from ._polling import Fetch, Poller
-from ._redaction import mask_url
+from ._redaction import mask_url, url_secrets
 from ._retry import RetryPolicy, call_with_retries
-from ._transport import Response, api_url, authorization_value, send
+from ._transport import Request, Response, api_url, authorization_value, send
 from ._workflows import Workflows
 
 DEFAULT_BASE_URL = "https://api.transactionlink.io"
 TOKEN_ENV_VAR = "TRANSACTIONLINK_TOKEN"
+BASE_URL_ENV_VAR = "TRANSACTIONLINK_BASE_URL"
+# API answers are a few kilobytes; a bound this far above them stops a broken or hostile
+# server from filling memory, and results have their own (get_result's max_bytes).
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 2**20
 USER_AGENT = f"aiotlink/{version('aiotlink')}"
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 
@@ -84,6 +89,7 @@ class _Sessions:
         Views made with the same settings (``with_options(timeout=5)`` on every call)
         share a poller; at most ``connection_limit`` polls of each are in flight.
         """
+        self._check_open()
         if options not in self._pollers:
             self._pollers[options] = Poller(fetch, max_in_flight=self.connection_limit)
         return self._pollers[options]
@@ -98,7 +104,9 @@ class _Sessions:
 
     def _check_open(self) -> None:
         if self.closed:
-            raise RuntimeError("this TransactionLinkClient is closed; create a new one")
+            raise ClientClosedError(
+                "this TransactionLinkClient is closed; create a new one for more calls"
+            )
 
     def api(self) -> aiohttp.ClientSession:
         """The session for API calls, opened on first use."""
@@ -115,7 +123,10 @@ class _Sessions:
         return self._own_sessions[0] if self._own_sessions else self._open()
 
     async def close(self) -> None:
+        """Close our sessions, and end every wait at once with :class:`ClientClosedError`."""
         self.closed = True
+        for poller in self._pollers.values():
+            poller.close(ClientClosedError)
         sessions, self._own_sessions = self._own_sessions, []
         for session in sessions:
             await session.close()
@@ -129,8 +140,15 @@ class _Sessions:
             )
 
 
-def _check_base_url(base_url: str) -> str:
-    url = URL(base_url)
+def _check_base_url(base_url: str | None) -> str:
+    if base_url is None:
+        base_url = os.environ.get(BASE_URL_ENV_VAR) or DEFAULT_BASE_URL
+    if not isinstance(base_url, str):
+        raise TypeError(f"base_url must be a str, got {type(base_url).__name__}")
+    try:
+        url = URL(base_url)
+    except ValueError:
+        raise ValueError(f"base_url is not a valid URL: {base_url!r}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
     if url.query_string or url.fragment:
@@ -147,10 +165,29 @@ def _check_token(token: str | None) -> str:
             )
     if not isinstance(token, str) or not token.strip():
         raise ValueError("token must be a non-empty string")
-    if any(char in token for char in "\r\n\0") or token != token.strip():
-        # Not echoed: the text of a ValueError ends up in logs.
-        raise ValueError("token contains whitespace or control characters")
+    credential = token.removeprefix("Bearer ")
+    if not credential or not all("!" <= char <= "~" for char in credential):
+        # Not echoed: the text of a ValueError ends up in logs. Visible ASCII only: an
+        # HTTP header cannot carry anything else, and aiohttp would refuse it at every
+        # call instead of here.
+        raise ValueError(
+            "token must be visible ASCII characters only: it has whitespace, control or "
+            "non-ASCII characters"
+        )
     return token
+
+
+def _check_session(session: aiohttp.ClientSession | None) -> None:
+    if session is None:
+        return
+    if not isinstance(session, aiohttp.ClientSession):
+        raise TypeError(f"session must be an aiohttp.ClientSession, got {type(session).__name__}")
+    if session.auth is not None:
+        # aiohttp refuses a request that has both its auth= and an Authorization header.
+        raise ValueError(
+            "session has auth= set: the client sends its own Authorization header from "
+            "the token; pass a session without auth="
+        )
 
 
 def _check_options(timeout: float | None, max_retries: int) -> None:
@@ -163,8 +200,12 @@ def _check_default_headers(default_headers: Mapping[str, str] | None) -> dict[st
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise ValueError(f"default_headers must map str to str, got {name!r}")
-        if name.lower() == "authorization":
+        if name.strip().lower() == "authorization":
             raise ValueError("default_headers must not set Authorization: pass the token instead")
+        if not name or not all("!" <= char <= "~" and char != ":" for char in name):
+            raise ValueError(f"default_headers has a malformed header name: {name!r}")
+        if not all(" " <= char <= "~" or char == "\t" for char in value):
+            raise ValueError(f"default_headers[{name!r}] has control or non-ASCII characters")
     return headers
 
 
@@ -177,14 +218,19 @@ class TransactionLinkClient:
     on first use and closes it in :meth:`close`. ``timeout`` is seconds per HTTP attempt
     (``None``: no limit); ``max_retries`` counts retries after the first attempt, for
     transient failures only; ``retry_backoff=False`` retries without sleeping (tests).
+    ``base_url`` ``None`` reads ``TRANSACTIONLINK_BASE_URL``, else the production API.
     ``default_headers`` are added to every API call (e.g. an ``Accept`` that picks the
     API version), never to storage. ``connection_limit`` caps the connections of the
-    client's own session.
+    client's own session. ``max_response_bytes`` bounds every API answer read (results
+    have ``get_result``'s ``max_bytes``): past it a call raises
+    :class:`ResponseTooLargeError` having read no more.
 
-    One client is meant to be shared by all tasks of an event loop.
+    One client is meant to be shared by all tasks of an event loop. Closing it ends
+    every wait on it at once with :class:`ClientClosedError`.
 
     Raises:
-        ValueError: no token, or a malformed argument.
+        ValueError: no token, or a malformed argument (a ``session`` with ``auth=``).
+        TypeError: an argument of the wrong type.
     """
 
     workflows: Workflows
@@ -193,20 +239,25 @@ class TransactionLinkClient:
         self,
         token: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = 30.0,
         max_retries: int = 3,
         retry_backoff: bool = True,
         default_headers: Mapping[str, str] | None = None,
         connection_limit: int = 100,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         token = _check_token(token)
         _check_options(timeout, max_retries)
         check_count("connection_limit", connection_limit, minimum=1)
+        self.max_response_bytes = check_count("max_response_bytes", max_response_bytes, minimum=1)
+        _check_session(session)
         headers = _check_default_headers(default_headers)
         self.base_url = _check_base_url(base_url)
         self._token = token
+        # What error bodies are scrubbed of: a proxy may echo the Authorization header.
+        self._secrets = (token, token.removeprefix("Bearer "))
         self._get_headers = {
             **headers,
             "User-Agent": USER_AGENT,
@@ -282,52 +333,77 @@ class TransactionLinkClient:
         method: str,
         path: str,
         *,
+        route: str,
         body: Any = None,
         idempotent: bool = True,
         max_bytes: int | None = None,
+        too_large: type[ResponseTooLargeError] = ResponseTooLargeError,
     ) -> Response:
-        """One API call with auth and retries; ``path`` is already safe to put in a URL."""
+        """One API call with auth and retries; ``path`` is already safe to put in a URL.
+
+        ``route`` is the path's template, for logs. The answer is read up to
+        ``max_bytes`` (the client's ``max_response_bytes`` by default), past which
+        ``too_large`` is raised.
+        """
         session = self._sessions.api()
         url_text = self.base_url + path
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         options = self._options
-        return await call_with_retries(
-            send,
-            session,
+        request = Request(
             method,
             api_url(url_text),
             url_text,
-            self._get_headers if data is None else self._post_headers,
-            data,
+            route,
+            self._get_headers if body is None else self._post_headers,
+            None if body is None else _encode_body(body),
             options.client_timeout,
-            max_bytes,
-            self._token,
+            self.max_response_bytes if max_bytes is None else max_bytes,
+            too_large,
+            self._secrets,
             False,  # allow_redirects: credentials must not follow a redirect
+        )
+        return await call_with_retries(
+            send,
+            session,
+            request,
             policy=options.retry_policy,
             idempotent=idempotent,
-            method=method,
-            url=url_text,
+            description=f"{method} {url_text}",
         )
 
-    async def _fetch_storage(self, url_text: str, *, max_bytes: int | None) -> Response:
+    async def _fetch_storage(
+        self, url_text: str, *, max_bytes: int, too_large: type[ResponseTooLargeError]
+    ) -> Response:
         """GET a pre-signed storage URL exactly as given, with no credential of ours."""
         session = self._sessions.storage()
         display_url = mask_url(url_text)
         options = self._options
-        return await call_with_retries(
-            send,
-            session,
+        request = Request(
             "GET",
             URL(url_text, encoded=True),
             display_url,
+            "storage",
             None,  # no header of ours: storage gets no credential
             None,
             options.storage_timeout,
             max_bytes,
-            None,
+            too_large,
+            url_secrets(url_text),  # storage may echo its signature in an error
             True,  # allow_redirects: nothing secret is sent along
+        )
+        return await call_with_retries(
+            send,
+            session,
+            request,
             policy=options.retry_policy,
             idempotent=True,
-            method="GET",
-            url=display_url,
+            description=f"GET {display_url}",
         )
+
+
+def _encode_body(body: Any) -> bytes:
+    """The JSON of a request body (already checked by the endpoint)."""
+    try:
+        return json.dumps(body, separators=(",", ":")).encode()
+    except RecursionError:
+        problem = "the request body nests too deep to encode as JSON"
+    raise ValueError(problem)

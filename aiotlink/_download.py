@@ -41,10 +41,10 @@ from ._errors import (
     TransactionLinkError,
 )
 from ._models import DownloadedResult
-from ._redaction import mask_url
+from ._redaction import mask_url, scrub_text, url_secrets
 from ._results import redirect_target
 from ._retry import backoff_delay, retry_reason
-from ._transport import ERROR_BODY_LIMIT, connection_error, error_for_response, parse_json
+from ._transport import connection_error, error_of_answer, parse_json
 
 if TYPE_CHECKING:
     from ._client import TransactionLinkClient
@@ -86,11 +86,16 @@ class _Incomplete(Exception):
 
 @attrs.define
 class _Source:
-    """Where the bytes come from: the API itself (inline) or pre-signed storage."""
+    """Where the bytes come from: the API itself (inline) or pre-signed storage.
+
+    ``secrets`` are what an error body from there is scrubbed of: the token for the
+    API, the URL's signature for storage.
+    """
 
     url: str
-    headers: dict[str, str]
+    headers: dict[str, str] = attrs.field(repr=False)
     redirected: bool
+    secrets: tuple[str, ...] = attrs.field(repr=False)
 
 
 @attrs.define
@@ -445,15 +450,33 @@ class Downloader:
         temp = _TempFile(self._destination)
         try:
             # The API answers the result itself, or a $redirect to pre-signed storage.
-            api = _Source(self._api_url, self._client._api_headers(), redirected=False)
+            api = _Source(
+                self._api_url,
+                self._client._api_headers(),
+                redirected=False,
+                secrets=self._client._secrets,
+            )
+            logger.debug("downloading the result from %s", self._api_url)
             storage_url = await self._fetch(api, temp, probe_redirect=True)
             if storage_url is not None:
-                await self._fetch(_Source(storage_url, {}, redirected=True), temp)
+                storage = _Source(
+                    storage_url, {}, redirected=True, secrets=url_secrets(storage_url)
+                )
+                logger.debug("the result is in storage: downloading %s", mask_url(storage_url))
+                await self._fetch(storage, temp)
+            if temp.size == 0:
+                raise ResponseValidationError(
+                    "the result is empty: a result is a JSON document",
+                    method="GET",
+                    url=mask_url(storage_url) if storage_url is not None else self._api_url,
+                )
             await self._progress.report(temp.size, temp.size, final=True)
+            logger.debug("writing the last of %d bytes to disk", temp.size)
             await temp.commit()
         except BaseException:
             temp.discard()
             raise
+        logger.debug("the result is at %s (%d bytes)", self._destination, temp.size)
         return DownloadedResult(self._destination, temp.size, storage_url is not None)
 
     async def _fetch(
@@ -479,28 +502,34 @@ class Downloader:
                     refreshes,
                     MAX_URL_REFRESHES,
                 )
+                # Our own error (scrubbed) is the worst context a failed refresh gets.
                 source.url = await self._fresh_url()
+                source.secrets = url_secrets(source.url)
+                continue
             except (APIConnectionError, APIError, _Incomplete) as error:
                 attempts += 1
                 transient = isinstance(error, _Incomplete) or retry_reason(error, idempotent=True)
-                if not transient or attempts >= MAX_ATTEMPTS:
-                    raise _final(error, source) from None
-                delay = backoff_delay(attempts, random_fraction=random.random())
-                logger.info(
-                    "reading %s failed at byte %d (%s); resuming in %.2f s",
-                    mask_url(source.url),
-                    temp.size,
-                    error,
-                    delay,
-                )
-                if self._client._options.retry_policy.backoff:
-                    await asyncio.sleep(delay)
-                if not source.redirected:
-                    await temp.restart()  # the API promises no ranges: start over
+                failure = error
+            if not transient or attempts >= MAX_ATTEMPTS:
+                raise _final(failure, source)
+            delay = backoff_delay(attempts, random_fraction=random.random())
+            logger.warning(
+                "reading %s failed at byte %d (%s); resuming in %.2f s",
+                mask_url(source.url),
+                temp.size,
+                failure,
+                delay,
+            )
+            if self._client._options.retry_policy.backoff:
+                await asyncio.sleep(delay)
+            if not source.redirected:
+                await temp.restart()  # the API promises no ranges: start over
 
     async def _fresh_url(self) -> str:
         """Ask the API for the result again, for a new pre-signed URL."""
-        response = await self._client._request("GET", self._result_path)
+        response = await self._client._request(
+            "GET", self._result_path, route="/workflows/{id}/result"
+        )
         target = self._redirect_in(response.body)
         if target is None:
             raise ResponseValidationError(
@@ -511,14 +540,23 @@ class Downloader:
         return target
 
     def _redirect_in(self, body: bytes) -> str | None:
+        """The storage URL if ``body`` (a whole answer) is a ``$redirect``, else ``None``.
+
+        Raises:
+            ResponseValidationError: ``body`` is empty or not JSON (a result is JSON),
+            or a ``$redirect`` that is not to be followed.
+        """
+        problem = None
         try:
-            payload = parse_json(body)
-        except ValueError:
-            return None
-        try:
-            return redirect_target(payload, api_base_url=self._client.base_url)
-        except ValueError as exc:
-            raise ResponseValidationError(str(exc), method="GET", url=self._api_url) from None
+            return redirect_target(parse_json(body), api_base_url=self._client.base_url)
+        except ValueError as exc:  # raised below: no decoder's error as its context
+            problem = str(exc) if body.strip() else "the answer is empty"
+        raise ResponseValidationError(
+            "the result is not JSON",
+            problems=[scrub_text(problem, self._client._secrets)],
+            method="GET",
+            url=self._api_url,
+        )
 
     async def _read_once(
         self, source: _Source, temp: _TempFile, probe_redirect: bool
@@ -533,6 +571,7 @@ class Downloader:
         display_url = mask_url(source.url)
         sessions = self._client._sessions
         session = sessions.storage() if source.redirected else sessions.api()
+        failure: Exception
         try:
             async with session.get(
                 URL(source.url, encoded=True),
@@ -541,32 +580,62 @@ class Downloader:
                 allow_redirects=source.redirected,
                 read_bufsize=READ_BUFFER_BYTES,
             ) as response:
+                logger.debug("GET %s -> %d", display_url, response.status)
                 if response.status >= 300:
-                    body = await response.content.read(ERROR_BODY_LIMIT)
-                    raise error_for_response(
-                        response.status, response.headers, body, method="GET", url=display_url
+                    raise await error_of_answer(
+                        response, method="GET", display_url=display_url, secrets=source.secrets
                     )
-                total = await self._line_up(response, temp)
-                if probe_redirect:
-                    first = await _read_up_to(response, REDIRECT_PROBE_BYTES)
-                    if response.content.at_eof() and (target := self._redirect_in(first)):
-                        return target
-                    await temp.write(first)
-                    await self._progress.report(temp.size, total)
-                # Chunks one by one as they arrived: joining them into larger ones (as
-                # iter_chunked and iter_any do) copies every byte once more on the loop.
-                async for chunk, _ in response.content.iter_chunks():
-                    await temp.write(chunk)
-                    await self._progress.report(temp.size, total)
-                if total is not None and temp.size != total:
-                    raise _Incomplete(f"got {temp.size} of {total} bytes")
-                return None
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
-            raise connection_error(exc, "GET", display_url, request_sent=False) from None
+                return await self._stream(response, source, temp, probe_redirect)
         except aiohttp.ClientPayloadError:
-            raise _Incomplete(f"connection lost after byte {temp.size}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise connection_error(exc, "GET", display_url, request_sent=True) from None
+            failure = _Incomplete(f"connection lost after byte {temp.size}")
+        except aiohttp.ClientError as exc:
+            failure = connection_error(exc, "GET", display_url)
+        except TimeoutError as exc:
+            failure = connection_error(exc, "GET", display_url)
+        # Raised out here: raised in a handler, the aiohttp error (whose request
+        # information holds the headers) would ride along as __context__.
+        raise failure
+
+    async def _stream(
+        self,
+        response: aiohttp.ClientResponse,
+        source: _Source,
+        temp: _TempFile,
+        probe_redirect: bool,
+    ) -> str | None:
+        """Write the answer's body to ``temp``; the ``$redirect`` instead, if it is one."""
+        total = await self._line_up(response, temp)
+        content = response.content
+        if probe_redirect:
+            first = await _read_up_to(response, REDIRECT_PROBE_BYTES)
+            if content.at_eof():
+                target = self._redirect_in(first)
+                if target is not None:
+                    return target
+            elif not _starts_like_json(first):
+                self._redirect_in(first)  # raises: says what is wrong
+            await temp.write(first)
+            await self._progress.report(temp.size, total)
+        # Chunks one by one as they arrived: joining them into larger ones (as
+        # iter_chunked and iter_any do) copies every byte once more on the loop.
+        while True:
+            chunk, _ = await content.readchunk()
+            if not chunk:
+                # The end of the body, or of an HTTP chunk with more to come. Asked
+                # again at its end, aiohttp's shared empty body of a 204 says "end of
+                # an HTTP chunk" forever: only at_eof() tells the end.
+                if content.at_eof():
+                    break
+                continue
+            if temp.size == 0 and not _starts_like_json(chunk):
+                raise ResponseValidationError(
+                    "the result is not JSON", method="GET", url=mask_url(source.url)
+                )
+            await temp.write(chunk)
+            await self._progress.report(temp.size, total)
+        if total is not None and temp.size != total:
+            raise _Incomplete(f"got {temp.size} of {total} bytes")
+        return None
 
     async def _line_up(self, response: aiohttp.ClientResponse, temp: _TempFile) -> int | None:
         """Line the file up with the answer; return the result's total length, if known."""
@@ -586,6 +655,16 @@ class Downloader:
         if response.headers.get("Content-Encoding", "identity") != "identity":
             return None  # Content-Length counts encoded bytes; we write decoded ones
         return response.content_length
+
+
+# The first byte of a JSON text, after any whitespace (RFC 8259, section 2).
+_JSON_FIRST_BYTES = frozenset(b'{["-0123456789tfn')
+
+
+def _starts_like_json(data: bytes) -> bool:
+    """Whether ``data``, the start of a body, may begin a JSON text (an HTML page may not)."""
+    stripped = data.lstrip(b" \t\r\n")
+    return not stripped or stripped[0] in _JSON_FIRST_BYTES
 
 
 async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -13,11 +13,18 @@
     ├── APIConnectionError           no answer: connect failure, connection lost
     │   └── APITimeoutError          no answer in time; also a builtin TimeoutError
     ├── ResponseValidationError      a 2xx answer that does not fit the model
-    ├── ResultTooLargeError          a result over max_bytes: use download_result
+    ├── ResponseTooLargeError        an answer over max_response_bytes; nothing more read
+    │   └── ResultTooLargeError      a result over max_bytes: use download_result
+    ├── ClientClosedError            the client was closed (waits end with it at once)
     ├── WorkflowFailedError          (waiting) the execution ended other than COMPLETED
     └── WaitTimeoutError             (waiting) the deadline passed first
 
-Programming errors (a malformed argument) raise ``ValueError`` before any request.
+Programming errors (a malformed argument) raise ``ValueError`` (or ``TypeError``)
+naming the argument, before any request.
+
+No error carries a secret: the token and the signatures of pre-signed URLs are masked
+in texts, and no error of a library underneath (whose request information holds the
+headers) is chained as ``__cause__`` or ``__context__``.
 """
 
 from __future__ import annotations
@@ -184,19 +191,46 @@ class ResponseValidationError(TransactionLinkError):
         return text
 
 
-class ResultTooLargeError(TransactionLinkError):
-    """The result is larger than ``max_bytes``; stream it to disk with ``download_result``."""
+class ResponseTooLargeError(TransactionLinkError):
+    """An answer is longer than the client reads; no more of it was read.
+
+    ``max_bytes`` is the bound, ``size`` the announced length (``None`` when the body
+    simply went on past the bound), ``url`` the request's (signatures masked).
+    """
 
     def __init__(self, *, max_bytes: int, size: int | None, url: str) -> None:
         self.max_bytes = max_bytes
         self.size = size
         self.url = url
-        seen = f"is {size} bytes" if size is not None else "is larger"
-        super().__init__(
-            f"the result {seen}, over max_bytes={max_bytes} (from {url}); "
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        return (
+            f"the answer {self._seen()}, over max_response_bytes={self.max_bytes} (from "
+            f"{self.url}); not read further. Raise TransactionLinkClient(max_response_bytes=...) "
+            "if the API really sends answers this long"
+        )
+
+    def _seen(self) -> str:
+        return f"is {self.size} bytes" if self.size is not None else "is larger"
+
+
+class ResultTooLargeError(ResponseTooLargeError):
+    """The result is larger than ``max_bytes``; stream it to disk with ``download_result``."""
+
+    def _describe(self) -> str:
+        return (
+            f"the result {self._seen()}, over max_bytes={self.max_bytes} (from {self.url}); "
             "stream it to disk with client.workflows.download_result(execution_id, path) "
             "or raise max_bytes"
         )
+
+
+class ClientClosedError(TransactionLinkError):
+    """The client was closed: no call can start, and every wait on it has ended."""
+
+    def __init__(self, message: str = "the TransactionLinkClient was closed") -> None:
+        super().__init__(message)
 
 
 class WorkflowFailedError(TransactionLinkError):

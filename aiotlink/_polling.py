@@ -23,11 +23,11 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import attrs
 
-from ._arguments import check_seconds
+from ._arguments import check_seconds, shown
 from ._converter import decode_execution
-from ._errors import APIError, RateLimitError, WaitTimeoutError
+from ._errors import APIConnectionError, APIError, TransactionLinkError, WaitTimeoutError
 from ._models import WorkflowExecution, WorkflowStatus
-from ._retry import retry_reason
+from ._retry import MAX_RETRY_AFTER, RETRYABLE_STATUSES
 from ._transport import parse_json
 
 logger = logging.getLogger("aiotlink")
@@ -86,9 +86,14 @@ class PollSchedule:
         if self.max_poll_interval < self.poll_interval:
             object.__setattr__(self, "max_poll_interval", self.poll_interval)
         if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
-            raise ValueError(f"poll_factor must be a number, got {self.factor!r}")
-        if not self.factor >= 1:  # also refuses NaN
-            raise ValueError(f"poll_factor must be at least 1, got {self.factor!r}")
+            raise ValueError(f"poll_factor must be a number, got {shown(self.factor)}")
+        try:
+            factor = float(self.factor)
+        except OverflowError:  # an int beyond a float's range
+            factor = math.inf
+        if not 1 <= factor < math.inf:  # also refuses NaN
+            raise ValueError(f"poll_factor must be a finite number >= 1, got {shown(self.factor)}")
+        object.__setattr__(self, "factor", factor)
 
     def next_interval(self, interval: float) -> float:
         """The interval after an unchanged poll: grown by ``factor``, capped."""
@@ -107,9 +112,15 @@ class PollSchedule:
 
 
 def poll_delay(interval: float, *, retry_after: float | None, random_fraction: float) -> float:
-    """Seconds until the next poll: ``interval`` less jitter, but never before ``retry_after``."""
+    """Seconds until the next poll: ``interval`` less jitter, but never before ``retry_after``.
+
+    ``retry_after`` is honoured up to MAX_RETRY_AFTER (60 s): a server that asks for a
+    year still gets polled, and the wait's own timeout decides when to stop.
+    """
     delay = interval * (1 - JITTER * random_fraction)
-    return max(delay, retry_after) if retry_after is not None else delay
+    if retry_after is None:
+        return delay
+    return max(delay, min(retry_after, MAX_RETRY_AFTER))
 
 
 class DeadlinePassed(Exception):
@@ -172,6 +183,13 @@ class _Timeline(Generic[_TimedT]):
         heapq.heappush(self._heap, item)
         if self._heap[0] is item:
             self._arm()
+
+    def clear(self) -> None:
+        """Forget every item, and the timer."""
+        self._heap.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _arm(self) -> None:
         if self._timer is not None:
@@ -267,7 +285,8 @@ class Subscription:
         self._wake()
 
     def fail(self, error: BaseException) -> None:
-        self._error = error
+        if self._error is None:  # the first reason to stop is the one given
+            self._error = error
         self._wake()
 
     def take(self) -> WorkflowExecution | None:
@@ -404,6 +423,8 @@ class Poller:
         # empty one of its own: a shared poll serves many waiters, so none of their
         # context variables may leak into it.
         self._context = contextvars.Context()
+        # Set by close(): what a wait that comes later fails with.
+        self.closed: Callable[[], TransactionLinkError] | None = None
         # The next poll of every execution, and the deadline of every waiter that has one.
         self._due_polls = _Timeline(
             self._start,
@@ -460,6 +481,25 @@ class Poller:
         self._held.clear()
         self._start_ready()
 
+    def close(self, error: Callable[[], TransactionLinkError]) -> None:
+        """End every wait at once with ``error()`` (the client is closing), and every poll.
+
+        Waits still queued for their turn get the error too; nothing is polled again.
+        """
+        self.closed = error
+        for turn in self._queued:
+            if not turn.done():
+                turn.set_exception(error())
+        self._queued.clear()
+        self._held.clear()
+        self._ready.clear()
+        self._due_polls.clear()
+        self._deadlines.clear()
+        for poll in list(self._polls.values()):
+            self._stop(poll)
+            for subscription in poll.subscribers():
+                subscription.fail(error())
+
     @property
     def active_polls(self) -> int:
         """How many executions are being polled now."""
@@ -481,6 +521,8 @@ class Poller:
         on; at once, with no lookup, if that is already past. Without ``every_change``
         only the terminal execution is given.
         """
+        if self.closed is not None:
+            raise self.closed()
         poll = self._polls.get(execution_id)
         deadline = None
         if timeout is not None:
@@ -596,6 +638,7 @@ class Poller:
         execution = lookup.execution
         schedule = PollSchedule.merge([s.schedule for s in poll.subscribers()])
         if execution.status != poll.last_status:
+            logger.debug("execution %s is %s", poll.execution_id, execution.status.value)
             poll.last_status, poll.last_body = execution.status, lookup.body
             poll.interval = schedule.poll_interval
             for subscription in poll.subscribers():
@@ -611,8 +654,14 @@ class Poller:
 
 
 def _is_transient(error: Exception) -> bool:
-    """Whether a failed poll is worth another one later (429 always: we wait it out)."""
-    return isinstance(error, RateLimitError) or retry_reason(error, idempotent=True) is not None
+    """Whether a failed poll is worth another one later, whatever its ``Retry-After``.
+
+    A wait outlives any one answer: a 503 that asks for ten minutes ends the session
+    layer's retries of that poll, never the wait (README.md, "Waiting").
+    """
+    if isinstance(error, APIError):
+        return error.status in RETRYABLE_STATUSES
+    return isinstance(error, APIConnectionError)
 
 
 DEFAULT_SCHEDULE = PollSchedule()

@@ -26,9 +26,14 @@ T = TypeVar("T")
 logger = logging.getLogger("aiotlink")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# A Retry-After longer than this is not slept through: the caller gets RateLimitError
-# with the wait and decides (a worker may prefer to requeue rather than hold a slot).
+# The most a Retry-After is honoured for, anywhere: a call's retry longer than this is
+# not slept through (the caller gets the error, with the wait, and decides: a worker may
+# prefer to requeue rather than hold a slot), and a wait's next poll comes no later
+# than this after such a hint. README.md, "Retries".
 MAX_RETRY_AFTER = 60.0
+# A hint further out than this is read as this: an error's ``retry_after`` stays a
+# plain, printable number whatever the server sends (a date in the year 99999999999).
+RETRY_AFTER_CEILING = 86400.0
 BACKOFF_BASE = 0.5  # seconds: the ceiling of the first retry's wait, doubling after
 BACKOFF_CAP = 8.0  # seconds
 
@@ -44,7 +49,8 @@ class RetryPolicy:
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date).
 
-    ``None`` when the header is absent or unreadable; a date in the past gives 0.
+    ``None`` when the header is absent or unreadable; a date in the past gives 0; a
+    hint beyond RETRY_AFTER_CEILING (a day) gives that. Never raises.
     """
     if value is None:
         return None
@@ -53,14 +59,17 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
     except ValueError:
         pass
     else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        if not math.isfinite(seconds) or seconds < 0:
+            return None
+        return min(seconds, RETRY_AFTER_CEILING)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
+        # OverflowError: a year beyond what datetime holds (99999999999).
         return None
     if when.tzinfo is None:  # "-0000" in an HTTP date means UTC
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(max(0.0, (when - now).total_seconds()), RETRY_AFTER_CEILING)
 
 
 def backoff_delay(retry_number: int, *, random_fraction: float) -> float:
@@ -110,20 +119,21 @@ async def call_with_retries(
     *arguments: Any,
     policy: RetryPolicy,
     idempotent: bool,
-    method: str,
-    url: str,
+    description: str,
 ) -> T:
-    """Await ``attempt(*arguments)`` until it succeeds, fails for good, or retries run out.
+    """Await ``attempt(*arguments, attempt_number)`` until it succeeds or fails for good.
 
-    The last error is raised as it is. ``method`` and ``url`` (signatures masked) go
-    into the log line of each retry.
+    It fails for good on an error not worth retrying, or once retries run out.
+    ``attempt_number`` counts from 1. The last error is raised as it is.
+    ``description`` (method and URL, signatures masked) goes into the log line of
+    each retry.
     """
     # The first attempt runs bare, and nothing is built for a retry until one is
     # needed: most calls succeed, every microsecond here is the client's overhead per
     # call, and tenacity's state is a reference cycle per call that only the cyclic GC
     # frees, which at thousands of calls a second means long collector pauses.
     try:
-        return await attempt(*arguments)
+        return await attempt(*arguments, 1)
     except Exception as error:
         if policy.max_retries == 0 or retry_reason(error, idempotent=idempotent) is None:
             raise
@@ -133,12 +143,12 @@ async def call_with_retries(
         first_failure,
         policy=policy,
         idempotent=idempotent,
-        description=f"{method} {url}",
+        description=description,
     )
 
 
 async def _retry_after_failure(
-    attempt: Callable[[], Awaitable[T]],
+    attempt: Callable[[int], Awaitable[T]],
     first_failure: Exception,
     *,
     policy: RetryPolicy,
@@ -147,16 +157,17 @@ async def _retry_after_failure(
 ) -> T:
     """Hand a failed first attempt to tenacity, which waits and retries from there."""
     attempts = policy.max_retries + 1
-    replayed = False
+    attempt_number = 1
 
     async def attempt_again() -> T:
         # tenacity's first attempt reports the failure already seen, so that its wait
         # (Retry-After or backoff) and its log line decide what comes before retry 1.
-        nonlocal replayed
-        if not replayed:
-            replayed = True
+        nonlocal attempt_number
+        if attempt_number == 1:
+            attempt_number += 1
             raise first_failure
-        return await attempt()
+        attempt_number += 1
+        return await attempt(attempt_number - 1)
 
     def failure(retry_state: tenacity.RetryCallState) -> BaseException | None:
         outcome = retry_state.outcome
@@ -175,7 +186,7 @@ async def _retry_after_failure(
     def log_retry(retry_state: tenacity.RetryCallState) -> None:
         error = failure(retry_state)
         sleep = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        logger.info(
+        logger.warning(
             "retrying %s in %.2f s (attempt %d of %d failed: %s)",
             description,
             sleep,

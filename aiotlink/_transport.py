@@ -7,7 +7,9 @@ around them stays thin so that retries, results and polling can reuse one attemp
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -26,11 +28,14 @@ from ._errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
-    ResultTooLargeError,
+    ResponseTooLargeError,
     ServerError,
+    TransactionLinkError,
 )
-from ._redaction import MASK
+from ._redaction import scrub
 from ._retry import parse_retry_after
+
+logger = logging.getLogger("aiotlink")
 
 SNIPPET_CHARS = 200
 # An error body is read only this far: enough for any error document, and a proxy's
@@ -152,12 +157,27 @@ def parse_json(body: bytes) -> Any:
 
     msgspec parses about four times faster than the standard library and, unlike
     orjson, keeps integers beyond 64 bits exact. What it refuses goes to the standard
-    library, which either takes it (``NaN``) or says what is wrong.
+    library, which either takes it (``NaN``) or says what is wrong. Nesting too deep
+    for either (a 2 KB body of 1,000 brackets) is a ``ValueError`` too.
     """
     try:
         return _JSON_DECODER.decode(body)
     except msgspec.DecodeError:
-        return json.loads(body)
+        problem = None
+    except RecursionError:
+        problem = "the JSON nests too deep to decode"
+    if problem is None:
+        try:
+            return json.loads(body)
+        except RecursionError:
+            problem = "the JSON nests too deep to decode"
+        except UnicodeDecodeError as error:  # its .object holds the body
+            problem = f"the body is not UTF-8 ({error.reason})"
+        except json.JSONDecodeError as error:  # its .doc holds the body
+            problem = f"not JSON: {error.msg} at byte {error.pos}"
+    # Raised out here: raised in a handler, the decoder's error (and the body it
+    # holds, which may echo a secret) would ride along as __context__.
+    raise ValueError(problem)
 
 
 def decode_json(response: Response) -> Any:
@@ -165,80 +185,141 @@ def decode_json(response: Response) -> Any:
     return parse_json(response.body)
 
 
-async def _read_body(response: aiohttp.ClientResponse, max_bytes: int | None, url: str) -> bytes:
-    if max_bytes is None:
+class Request(NamedTuple):
+    """One request as every attempt at it sends it.
+
+    ``display_url`` is the URL as it may appear in errors and logs (signatures masked),
+    ``route`` its template for logs (``/workflows/{id}``). The body is read up to
+    ``max_bytes``; past that ``too_large`` is raised. ``secrets`` are scrubbed from
+    error bodies, in every spelling (_redaction.scrub).
+    """
+
+    method: str
+    url: URL
+    display_url: str
+    route: str
+    headers: Mapping[str, str] | None
+    data: bytes | None
+    timeout: aiohttp.ClientTimeout
+    max_bytes: int
+    too_large: type[ResponseTooLargeError]
+    secrets: tuple[str, ...]
+    allow_redirects: bool
+
+    def __repr__(self) -> str:
+        # The headers hold the token: never in a repr, or a traceback's locals.
+        return f"Request({self.method} {self.display_url})"
+
+
+async def _read_body(response: aiohttp.ClientResponse, request: Request) -> bytes:
+    """The body, read no further than ``request.max_bytes``.
+
+    With a ``Content-Length`` the parser itself stops there, so the whole read is
+    bounded by the check before it; without one (chunked, or until the connection
+    closes) the body is read piece by piece, and a body that goes on past the bound is
+    left unread.
+    """
+    max_bytes = request.max_bytes
+    length = response.content_length
+    if length is not None and response.headers.get("Content-Encoding", "identity") == "identity":
+        if length > max_bytes:
+            raise request.too_large(max_bytes=max_bytes, size=length, url=request.display_url)
         return await response.read()
-    if response.content_length is not None and response.content_length > max_bytes:
-        raise ResultTooLargeError(max_bytes=max_bytes, size=response.content_length, url=url)
     body = bytearray()
     async for chunk in response.content.iter_any():
         body += chunk
         if len(body) > max_bytes:
-            raise ResultTooLargeError(max_bytes=max_bytes, size=None, url=url)
+            raise request.too_large(max_bytes=max_bytes, size=None, url=request.display_url)
     return bytes(body)
 
 
-def _scrub(body: bytes, secret: str | None) -> bytes:
-    # A misbehaving proxy may echo request headers into its error page.
-    if secret and secret.encode() in body:
-        return body.replace(secret.encode(), MASK.encode())
-    return body
+async def error_of_answer(
+    response: aiohttp.ClientResponse, *, method: str, display_url: str, secrets: tuple[str, ...]
+) -> APIError:
+    """The error for an error answer: its body read up to ERROR_BODY_LIMIT, secrets scrubbed.
+
+    The one way every request path (calls, storage, downloads) reads an error answer.
+    """
+    body = scrub(await response.content.read(ERROR_BODY_LIMIT), secrets)
+    return error_for_response(
+        response.status, response.headers, body, method=method, url=display_url
+    )
 
 
-async def send(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: URL,
-    display_url: str,
-    headers: Mapping[str, str] | None,
-    data: bytes | None,
-    client_timeout: aiohttp.ClientTimeout,
-    max_bytes: int | None,
-    secret: str | None,
-    allow_redirects: bool,
-) -> Response:
+async def send(session: aiohttp.ClientSession, request: Request, attempt_number: int) -> Response:
     """Make one HTTP attempt and return the whole successful answer.
 
-    ``display_url`` is the URL as it may appear in errors (signatures masked). An error
-    status raises the matching :class:`APIError`; no answer raises
+    An error status raises the matching :class:`APIError`; no answer raises
     :class:`APIConnectionError` (or :class:`APITimeoutError`) with ``request_sent``
-    telling whether the server may have seen the request. ``secret`` is scrubbed from
-    error bodies.
+    telling whether the server may have seen the request. No aiohttp exception is
+    chained to the error raised: their request information carries the headers.
     """
+    started = time.perf_counter()
+    failure: TransactionLinkError
     try:
         async with session.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            timeout=client_timeout,
-            allow_redirects=allow_redirects,
+            request.method,
+            request.url,
+            headers=request.headers,
+            data=request.data,
+            timeout=request.timeout,
+            allow_redirects=request.allow_redirects,
         ) as response:
             if response.status >= 300:
-                body = _scrub(await response.content.read(ERROR_BODY_LIMIT), secret)
-                raise error_for_response(
-                    response.status, response.headers, body, method=method, url=display_url
+                failure = await error_of_answer(
+                    response,
+                    method=request.method,
+                    display_url=request.display_url,
+                    secrets=request.secrets,
                 )
-            body = await _read_body(response, max_bytes, display_url)
-            return Response(response.status, response.headers, body)
-    except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
-        raise connection_error(exc, method, display_url, request_sent=False) from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise connection_error(exc, method, display_url, request_sent=True) from None
+            else:
+                answer = Response(
+                    response.status, response.headers, await _read_body(response, request)
+                )
+                _log_attempt(request, attempt_number, started, response.status)
+                return answer
+    except aiohttp.ClientError as exc:
+        failure = connection_error(exc, request.method, request.display_url)
+    except TimeoutError as exc:
+        failure = connection_error(exc, request.method, request.display_url)
+    _log_attempt(request, attempt_number, started, failure)
+    # Raised here, outside the handlers: raised inside one, the aiohttp exception would
+    # ride along as __context__.
+    raise failure
 
 
-def connection_error(
-    exc: BaseException, method: str, display_url: str, *, request_sent: bool
-) -> APIConnectionError:
-    """The error for an aiohttp failure that left no answer (a timeout or a lost link)."""
-    # The aiohttp exception is not chained: its text can carry the full URL with the
-    # signature of a pre-signed link.
+def _log_attempt(
+    request: Request, attempt_number: int, started: float, outcome: int | BaseException
+) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "%s %s -> %s in %.1f ms (attempt %d, %s)",
+            request.method,
+            request.route,
+            outcome if isinstance(outcome, int) else type(outcome).__name__,
+            (time.perf_counter() - started) * 1000,
+            attempt_number,
+            request.display_url,
+        )
+
+
+def connection_error(exc: BaseException, method: str, display_url: str) -> APIConnectionError:
+    """The error for an aiohttp failure that left no answer (a timeout or a lost link).
+
+    ``request_sent`` is False only where the server provably never saw the request:
+    the connection could not be made. Call it outside the ``except`` block that caught
+    ``exc``, or raise its result from there, never inside it (see :func:`send`).
+    """
+    request_sent = not isinstance(
+        exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError
+    )
     if isinstance(exc, TimeoutError):
         stage = "connecting" if not request_sent else "waiting for the answer"
         return APITimeoutError(
             f"timed out {stage}", method=method, url=display_url, request_sent=request_sent
         )
     if request_sent:
+        # Only the type: the text of a response error names the request, headers aside.
         message = f"connection lost ({type(exc).__name__})"
     else:
         # Names host and port and the OS error; never the path or query.

@@ -28,6 +28,7 @@ from ._download import Downloader
 from ._errors import (
     APIConnectionError,
     ResponseValidationError,
+    ResultTooLargeError,
     ServerError,
     TransactionLinkError,
     WaitTimeoutError,
@@ -50,7 +51,7 @@ from ._polling import (
     PollSchedule,
     Subscription,
 )
-from ._redaction import mask_url
+from ._redaction import mask_url, scrub_text
 from ._results import redirect_target
 from ._retry import parse_retry_after
 from ._transport import Response, decode_json, parse_json
@@ -114,7 +115,11 @@ class Workflows:
         )
         try:
             response = await self._client._request(
-                "POST", "/workflows", body=encode_initialise_request(request), idempotent=False
+                "POST",
+                "/workflows",
+                route="/workflows",
+                body=encode_initialise_request(request),
+                idempotent=False,
             )
         except ServerError as exc:
             exc.may_have_been_created = True
@@ -122,7 +127,14 @@ class Workflows:
         except APIConnectionError as exc:
             exc.may_have_been_created = exc.request_sent
             raise
-        return self._execution(response, "POST", "/workflows")
+        execution = self._execution(response, "POST", "/workflows")
+        logger.info(
+            "initialised execution %s of %s (%s)",
+            execution.id,
+            request.workflow_definition_id,
+            execution.status.value,
+        )
+        return execution
 
     async def find(self, execution_id: str | UUID) -> WorkflowExecution:
         """The execution as it is now (``GET /workflows/{id}``).
@@ -136,7 +148,7 @@ class Workflows:
     async def _find(self, execution_id: str) -> Lookup:
         """The execution, the answer's body, and its ``Retry-After`` (the poller's pace)."""
         path = f"/workflows/{execution_id}"
-        response = await self._client._request("GET", path)
+        response = await self._client._request("GET", path, route="/workflows/{id}")
         header = response.headers.get("Retry-After")
         retry_after = None if header is None else parse_retry_after(header, now=datetime.now(UTC))
         return Lookup(self._execution(response, "GET", path), response.body, retry_after)
@@ -311,7 +323,8 @@ class Workflows:
                     last = end
                 finally:
                     self._poller.unsubscribe(subscription)
-        except WaitTimeoutError:
+        except WaitTimeoutError as timed_out:
+            logger.info("gave up waiting for execution %s: %s", execution_id, timed_out)
             if cancel_on_timeout:
                 await self._cancel_remote(execution_id)
             raise
@@ -319,6 +332,10 @@ class Workflows:
             if cancel_remote_on_cancel:
                 await asyncio.shield(self._cancel_remote(execution_id))
             raise
+        except TransactionLinkError as error:
+            logger.info("waiting for execution %s failed: %s", execution_id, error)
+            raise
+        logger.info("execution %s ended %s", last.id, last.status.value)
         if last.status is not WorkflowStatus.COMPLETED and raise_on_failure:
             raise WorkflowFailedError(last)
         return last
@@ -439,7 +456,11 @@ class Workflows:
         Raises:
             ValueError: a malformed id. NotFoundError: no such execution.
         """
-        await self._client._request("POST", f"/workflows/{check_execution_id(execution_id)}/cancel")
+        execution_id = check_execution_id(execution_id)
+        await self._client._request(
+            "POST", f"/workflows/{execution_id}/cancel", route="/workflows/{id}/cancel"
+        )
+        logger.info("cancelled execution %s", execution_id)
 
     async def get_result(
         self, execution_id: str | UUID, *, max_bytes: int = DEFAULT_MAX_RESULT_BYTES
@@ -455,38 +476,54 @@ class Workflows:
         """
         path = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
         max_bytes = check_count("max_bytes", max_bytes, minimum=1)
-        response = await self._client._request("GET", path, max_bytes=max_bytes)
-        payload = self._json(response, "GET", self._client.base_url + path)
+        response = await self._client._request(
+            "GET",
+            path,
+            route="/workflows/{id}/result",
+            max_bytes=max_bytes,
+            too_large=ResultTooLargeError,
+        )
+        url = self._client.base_url + path
+        payload = self._json(response, "GET", url)
+        problem: str | None = None
         try:
             target = redirect_target(payload, api_base_url=self._client.base_url)
         except ValueError as exc:
-            raise ResponseValidationError(
-                str(exc), method="GET", url=self._client.base_url + path
-            ) from None
+            problem = str(exc)
+        if problem is not None:
+            raise ResponseValidationError(problem, method="GET", url=url)
         if target is None:
             return payload
-        stored = await self._client._fetch_storage(target, max_bytes=max_bytes)
+        stored = await self._client._fetch_storage(
+            target, max_bytes=max_bytes, too_large=ResultTooLargeError
+        )
         return self._json(stored, "GET", mask_url(target))
 
+    # The errors below are raised outside the handlers that caught the decoders' errors,
+    # so that those (and the body they may hold) do not ride along as __context__.
+    # A problem may quote a value of the answer: scrubbed, as error bodies are.
     def _json(self, response: Response, method: str, url: str) -> Any:
         try:
             return decode_json(response)
-        except ValueError:
-            raise ResponseValidationError(
-                "the answer is not valid JSON", method=method, url=url
-            ) from None
+        except ValueError as exc:
+            problem = str(exc)
+        raise ResponseValidationError(
+            "the answer is not valid JSON",
+            problems=[scrub_text(problem, self._client._secrets)],
+            method=method,
+            url=url,
+        )
 
     def _execution(self, response: Response, method: str, path: str) -> WorkflowExecution:
         try:
             return decode_execution(parse_json(response.body))
-        except ValueError:
-            raise ResponseValidationError(
-                "the answer is not valid JSON", method=method, url=self._client.base_url + path
-            ) from None
+        except ValueError as exc:
+            message, problems = "the answer is not valid JSON", [str(exc)]
         except DecodeError as exc:
-            raise ResponseValidationError(
-                "the answer does not fit WorkflowExecution",
-                problems=exc.problems,
-                method=method,
-                url=self._client.base_url + path,
-            ) from None
+            message, problems = "the answer does not fit WorkflowExecution", exc.problems
+        raise ResponseValidationError(
+            message,
+            problems=[scrub_text(problem, self._client._secrets) for problem in problems],
+            method=method,
+            url=self._client.base_url + path,
+        )

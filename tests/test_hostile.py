@@ -1,0 +1,565 @@
+"""Hostile and broken servers: the loop never freezes, no error carries a secret.
+
+Every read is bounded and every failure is one of our errors. Each test talks to a real
+server on 127.0.0.1 that answers as a broken proxy or an attacker would: empty answers,
+echoed credentials, endless or deeply nested bodies, absurd ``Retry-After`` hints,
+malformed HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from aiotlink import (
+    APIConnectionError,
+    BadRequestError,
+    PermissionDeniedError,
+    ResponseTooLargeError,
+    ResponseValidationError,
+    ResultTooLargeError,
+    ServerError,
+    TransactionLinkClient,
+    TransactionLinkError,
+)
+from aiotlink._polling import Lookup
+from aiotlink._retry import MAX_RETRY_AFTER
+
+from .conftest import EXECUTION_ID, TOKEN, execution_body
+from .servers import ScriptedServer, eventually, reply
+
+FIND = ("GET", f"/workflows/{EXECUTION_ID}")
+CANCEL = ("POST", f"/workflows/{EXECUTION_ID}/cancel")
+RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
+INITIALISE = ("POST", "/workflows")
+SIGNATURE = "c2lnbmF0dXJlLXRoYXQtbXVzdC1ub3QtbGVhaw0123abcdef"
+
+
+# --- what must never escape ----------------------------------------------------
+
+
+def chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception reachable through ``__cause__`` and ``__context__``."""
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def texts_of(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every text an error shows or holds: str, repr, args and attributes, recursively."""
+    if depth > 6:
+        return
+    if isinstance(value, str | bytes | bytearray):
+        yield value.decode("latin-1") if not isinstance(value, str) else value
+        return
+    if isinstance(value, int | float | bool) or value is None:
+        return
+    yield repr(value)
+    if isinstance(value, BaseException):
+        yield str(value)
+        yield from texts_of(list(value.args), depth + 1)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from texts_of(key, depth + 1)
+            yield from texts_of(item, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from texts_of(item, depth + 1)
+    elif hasattr(value, "__dict__"):
+        yield from texts_of(vars(value), depth + 1)
+
+
+def assert_clean(error: BaseException, *secrets: str) -> None:
+    """Only our errors in the chain, and no secret in any text of any of them."""
+    for link in chain(error):
+        assert isinstance(link, TransactionLinkError | ValueError), (
+            f"{type(link).__module__}.{type(link).__name__} in the chain of {error!r}"
+        )
+        assert "aiohttp" not in type(link).__module__
+        for text in texts_of(link):
+            for secret in secrets:
+                assert secret not in text, f"{secret!r} in {type(link).__name__}: {text[:300]!r}"
+
+
+def in_a_loop_of_its_own(coroutine: Callable[[], Awaitable[Any]], seconds: float) -> Any:
+    """Run ``coroutine()`` in a new event loop on a thread; fail if it is not done in time.
+
+    A frozen loop cannot be timed out from inside itself: this one is watched from the
+    test's loop (which keeps serving the test's servers meanwhile).
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(asyncio.wait_for(coroutine(), seconds))
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+async def finished(thread: threading.Thread, outcome: dict[str, Any], seconds: float) -> Any:
+    """The outcome of :func:`in_a_loop_of_its_own`, or a failure if it froze."""
+    await eventually(lambda: not thread.is_alive(), timeout=seconds + 5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# --- servers that misbehave ------------------------------------------------------
+
+
+def empty(status: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An answer with no body at all: a 204, or a 200 with Content-Length 0."""
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        return web.Response(status=status)
+
+    return handler
+
+
+def echoing(status: int, spell: Callable[[str], str]) -> Any:
+    """An error page that echoes the Authorization header, spelt by ``spell``."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        echoed = spell(request.headers.get("Authorization", ""))
+        return web.Response(
+            status=status,
+            # The echo first: a snippet of the page is what an error keeps.
+            text=f"{echoed} <- your Authorization header; <html>bad request</html>",
+        )
+
+    return handler
+
+
+def json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def percent_encoded(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in text)
+
+
+def html_escaped(text: str) -> str:
+    return "".join(f"&#{ord(c)};" for c in text)
+
+
+def endless(total: int, *, announce: bool) -> Any:
+    """A body of ``total`` bytes, sent lazily; the bytes actually sent are counted."""
+    sent: list[int] = [0]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/json"
+        if announce:
+            response.content_length = total
+        await response.prepare(request)
+        block = b" " * (1024 * 1024)
+        try:
+            await response.write(b'{"a": "')
+            while sent[0] < total:
+                await response.write(block)
+                sent[0] += len(block)
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client stopped reading and went away: as it should
+        return response
+
+    handler.sent = sent  # type: ignore[attr-defined]
+    return handler
+
+
+DEEP = b'{"a":' * 1000 + b"1" + b"}" * 1000
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[ScriptedServer]:
+    """A scripted server standing in for a hostile API."""
+    async with ScriptedServer() as running:
+        yield running
+
+
+async def every_endpoint(client: TransactionLinkClient, tmp_path: Path) -> list[Any]:
+    """Call each endpoint once; the outcome of each (a value or the error)."""
+    workflows = client.workflows
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: workflows.find(EXECUTION_ID),
+        lambda: workflows.initialise("definition"),
+        lambda: workflows.get_result(EXECUTION_ID),
+        lambda: workflows.download_result(EXECUTION_ID, tmp_path / "result.json"),
+        lambda: workflows.wait_for_completion(EXECUTION_ID, timeout=5),
+    ]
+    outcomes = []
+    for call in calls:
+        try:
+            outcomes.append(await call())
+        except Exception as error:
+            outcomes.append(error)
+    return outcomes
+
+
+def script_every_endpoint(server: ScriptedServer, handler: Any) -> None:
+    for method, path in (FIND, CANCEL, RESULT, INITIALISE):
+        server.script(method, path, handler)
+
+
+# --- empty answers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [204, 200])
+async def test_empty_answers_twice_in_a_row_end_in_errors_not_a_frozen_loop(
+    hostile: ScriptedServer, tmp_path: Path, status: int
+) -> None:
+    """An empty answer to every endpoint, twice over: errors each time, the loop never stuck.
+
+    aiohttp hands every empty answer one shared payload whose end it reports once per
+    process; a read loop that waits for that report spins forever on the second.
+    """
+    script_every_endpoint(hostile, empty(status))
+
+    async def twice() -> list[list[Any]]:
+        async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
+            return [await every_endpoint(client, tmp_path) for _ in range(2)]
+
+    thread, outcome = in_a_loop_of_its_own(twice, seconds=20)
+    rounds = await finished(thread, outcome, seconds=20)
+    for outcomes in rounds:
+        assert all(isinstance(o, ResponseValidationError) for o in outcomes), outcomes
+    assert not list(await asyncio.to_thread(tmp_path.iterdir)), "an empty answer left a file"
+
+
+@pytest.mark.parametrize("status", [204, 200])
+async def test_cancel_accepts_an_empty_answer(hostile: ScriptedServer, status: int) -> None:
+    """cancel answers 200 with no body: an empty success is what it expects."""
+    hostile_client = TransactionLinkClient(TOKEN, base_url=hostile.url)
+    hostile.script(*CANCEL, empty(status))
+    async with hostile_client:
+        assert await hostile_client.workflows.cancel(EXECUTION_ID) is None
+        assert await hostile_client.workflows.cancel(EXECUTION_ID) is None
+
+
+async def test_a_result_that_is_not_json_is_an_error(
+    hostile: ScriptedServer, tmp_path: Path
+) -> None:
+    """An HTML page where the result should be: no file, an error saying so."""
+    hostile.script(*RESULT, reply(200, text="<html>" + "x" * 200_000 + "</html>"))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(ResponseValidationError, match="not JSON"):
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+        with pytest.raises(ResponseValidationError, match="not valid JSON"):
+            await client.workflows.get_result(EXECUTION_ID)
+    assert not list(await asyncio.to_thread(tmp_path.iterdir))
+
+
+# --- echoed secrets --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [str, json_escaped, percent_encoded, html_escaped, str.upper],
+    ids=["plain", "json-escaped", "percent-encoded", "html", "upper-case"],
+)
+async def test_an_echoed_token_is_in_no_error(
+    hostile: ScriptedServer, tmp_path: Path, spell: Callable[[str], str]
+) -> None:
+    """A 400 page echoing the Authorization header, in any spelling: no token in any error."""
+    script_every_endpoint(hostile, echoing(400, spell))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        outcomes = await every_endpoint(client, tmp_path)
+        try:
+            await client.workflows.cancel(EXECUTION_ID)
+        except BadRequestError as error:
+            outcomes.append(error)
+    assert len(outcomes) == 6
+    for error in outcomes:
+        assert isinstance(error, BadRequestError), error
+        assert_clean(error, TOKEN, spell(TOKEN))
+    # Not vacuous: the page really carried the token, so it was scrubbed.
+    headers = {"Authorization": TOKEN}
+    url = hostile.url + FIND[1]
+    async with aiohttp.ClientSession() as plain, plain.get(url, headers=headers) as page:
+        assert spell(TOKEN) in await page.text()
+
+
+async def test_an_echoed_legacy_jwt_is_in_no_error(hostile: ScriptedServer) -> None:
+    """A legacy JWT goes as ``Bearer <jwt>``; echoed back, neither form shows."""
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJl"
+    hostile.script(*FIND, echoing(401, percent_encoded))
+    async with TransactionLinkClient(jwt, base_url=hostile.url) as client:
+        with pytest.raises(TransactionLinkError) as caught:
+            await client.workflows.find(EXECUTION_ID)
+    assert_clean(caught.value, jwt, percent_encoded(jwt))
+
+
+async def test_a_malformed_answer_chains_no_aiohttp_error() -> None:
+    """A malformed HTTP answer: APIConnectionError with nothing of aiohttp in its chain.
+
+    aiohttp's response errors carry the request's headers, Authorization included.
+    """
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: nonsense\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with TransactionLinkClient(
+            TOKEN, base_url=f"http://127.0.0.1:{port}", max_retries=1, retry_backoff=False
+        ) as client:
+            with pytest.raises(APIConnectionError) as caught:
+                await client.workflows.find(EXECUTION_ID)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert caught.value.__context__ is None
+    assert caught.value.__cause__ is None
+    assert_clean(caught.value, TOKEN)
+
+
+def signed_url(storage: ScriptedServer, query: str) -> str:
+    return f"{storage.url}/bucket/result.json?{query}"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"X-Amz-Signature={SIGNATURE}&X-Amz-Expires=300",
+        f"X%2DAmz%2DSignature={SIGNATURE}",
+        f"X-Amz-Expires=300;X-Amz-Signature={SIGNATURE}",
+        f"token={SIGNATURE}",
+        f"x-goog-signature={SIGNATURE}",
+    ],
+    ids=["plain", "percent-encoded-key", "semicolon", "token", "lower-case"],
+)
+async def test_storage_signatures_are_in_no_error(
+    hostile: ScriptedServer, storage: ScriptedServer, tmp_path: Path, query: str
+) -> None:
+    """Every spelling of a signature is masked, in the URL and in an echoing error body."""
+    url = signed_url(storage, query)
+    hostile.script(*RESULT, reply(200, {"$redirect": url}))
+    storage.script(
+        "GET",
+        "/bucket/result.json",
+        reply(
+            403,
+            text=(
+                "<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature "
+                f"we calculated does not match {SIGNATURE}</Message>"
+                f"<SignatureProvided>{SIGNATURE}</SignatureProvided></Error>"
+            ),
+        ),
+    )
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
+        with pytest.raises(PermissionDeniedError) as from_memory:
+            await client.workflows.get_result(EXECUTION_ID)
+        with pytest.raises(PermissionDeniedError) as from_disk:
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    for caught in (from_memory, from_disk):
+        assert_clean(caught.value, SIGNATURE, TOKEN)
+        assert "SignatureDoesNotMatch" in str(caught.value)
+
+
+# --- absurd hints ------------------------------------------------------------------
+
+
+ABSURD_RETRY_AFTER = [
+    "Mon, 01 Jan 99999999999 00:00:00 GMT",
+    "Fri, 31 Dec 9999 23:59:59 GMT",
+    "1000000000",
+    "1e999",
+    "99999999999999999999999999999999",
+    "-5",
+    "soon",
+]
+
+
+@pytest.mark.parametrize("retry_after", ABSURD_RETRY_AFTER)
+async def test_absurd_retry_after_on_a_success_is_harmless(
+    hostile: ScriptedServer, retry_after: str
+) -> None:
+    """A 200 with any Retry-After: the call succeeds, no builtin error escapes."""
+    hostile.script(*FIND, reply(200, execution_body(), headers={"Retry-After": retry_after}))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        execution = await client.workflows.find(EXECUTION_ID)
+        lookup: Lookup = await client.workflows._find(EXECUTION_ID)
+    assert execution.id == EXECUTION_ID
+    assert lookup.retry_after is None or 0 <= lookup.retry_after <= 86400
+
+
+@pytest.mark.parametrize("retry_after", ABSURD_RETRY_AFTER)
+async def test_absurd_retry_after_on_an_error_gives_our_error(
+    hostile: ScriptedServer, retry_after: str
+) -> None:
+    """A 503 or 429 with any Retry-After raises our error at once, never sleeping for it."""
+    hostile.script(*FIND, reply(503, text="busy", headers={"Retry-After": retry_after}))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
+        async with asyncio.timeout(5):
+            with pytest.raises(ServerError) as caught:
+                await client.workflows.find(EXECUTION_ID)
+    assert caught.value.retry_after is None or 0 <= caught.value.retry_after <= 86400
+    str(caught.value)
+
+
+async def test_a_long_retry_after_between_polls_never_ends_the_wait(
+    hostile: ScriptedServer,
+) -> None:
+    """503s asking for ten minutes, then for a year: the wait goes on and ends COMPLETED."""
+    hostile.script(
+        *FIND,
+        reply(200, execution_body(status="RUNNING")),
+        reply(503, text="busy", headers={"Retry-After": "600"}),
+        reply(503, text="busy", headers={"Retry-After": "31536000"}),
+        reply(429, text="slow down", headers={"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+    slept: list[float] = []
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, retry_backoff=False) as client:
+        poller = client.workflows._poller
+        real_schedule = poller._schedule
+
+        def schedule_quickly(poll: Any, retry_after: float | None) -> None:
+            # Record the gap the poller chose, then poll at once rather than wait it out.
+            real_schedule(poll, retry_after)
+            loop = asyncio.get_running_loop()
+            slept.append(poll.due - loop.time())
+            poller._due_polls._heap.remove(poll)
+            poll.due = loop.time()
+            poller._due_polls.add(poll)
+
+        poller._schedule = schedule_quickly  # type: ignore[method-assign]
+        async with asyncio.timeout(10):
+            execution = await client.workflows.wait_for_completion(EXECUTION_ID, timeout=60)
+    assert execution.status == "COMPLETED"
+    assert len(slept) == 4
+    assert all(gap <= MAX_RETRY_AFTER for gap in slept), slept
+    assert max(slept) > MAX_RETRY_AFTER * 0.99, "the hints were honoured up to the cap"
+
+
+async def test_a_huge_retry_after_on_a_poll_answer_is_capped(hostile: ScriptedServer) -> None:
+    """``Retry-After: 1000000000`` on a 200: the next poll comes within the cap, not in 2057."""
+    hostile.script(
+        *FIND, reply(200, execution_body(status="RUNNING"), headers={"Retry-After": "1000000000"})
+    )
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID))
+        poller = client.workflows._poller
+        await eventually(lambda: poller._due_polls._heap)
+        gap = poller._due_polls._heap[0].due - asyncio.get_running_loop().time()
+        wait.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await wait
+    assert 0 < gap <= MAX_RETRY_AFTER
+
+
+# --- deep and huge bodies ------------------------------------------------------------
+
+
+async def test_deeply_nested_answers_are_our_error(hostile: ScriptedServer, tmp_path: Path) -> None:
+    """A 2 KB body nested 1,000 deep to every endpoint: our error, never RecursionError."""
+    script_every_endpoint(hostile, reply(200, text=DEEP.decode()))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        outcomes = await every_endpoint(client, tmp_path)
+    # get_result hands back whatever JSON the result is: too deep is still our error.
+    assert all(isinstance(o, ResponseValidationError) for o in outcomes), outcomes
+    for error in outcomes:
+        assert_clean(error, TOKEN)
+
+
+async def test_deeply_nested_error_bodies_still_map_by_status(hostile: ScriptedServer) -> None:
+    """A 400 whose body nests 1,000 deep: BadRequestError, with a snippet."""
+    hostile.script(*FIND, reply(400, text=DEEP.decode()))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(BadRequestError):
+            await client.workflows.find(EXECUTION_ID)
+
+
+async def test_deeply_nested_parameters_are_a_value_error(hostile: ScriptedServer) -> None:
+    """Parameters nested 5,000 deep: ValueError naming them, before any request."""
+    parameters: dict[str, Any] = {}
+    inner = parameters
+    for _ in range(5000):
+        inner["a"] = {}
+        inner = inner["a"]
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(ValueError, match="parameters"):
+            await client.workflows.initialise("definition", parameters=parameters)
+        with pytest.raises(ValueError, match="parameters"):
+            await client.workflows.run("definition", parameters=parameters)
+    assert hostile.seen == []
+
+
+HUGE = 400 * 2**20
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["content-length", "chunked"])
+async def test_huge_answers_are_refused_having_read_little(
+    hostile: ScriptedServer, announce: bool
+) -> None:
+    """A 400 MiB answer to find, initialise, cancel or a poll: refused, not read whole."""
+    handler = endless(HUGE, announce=announce)
+    script_every_endpoint(hostile, handler)
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
+        workflows = client.workflows
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda: workflows.find(EXECUTION_ID),
+            lambda: workflows.initialise("definition"),
+            lambda: workflows.cancel(EXECUTION_ID),
+            lambda: workflows.wait_for_completion(EXECUTION_ID, timeout=10),
+        ]
+        for call in calls:
+            with pytest.raises(ResponseTooLargeError, match="max_response_bytes") as caught:
+                async with asyncio.timeout(20):
+                    await call()
+            assert not isinstance(caught.value, ResultTooLargeError)
+            assert caught.value.max_bytes == client.max_response_bytes
+    # Each of the four stopped reading within a few MiB of the bound (socket buffers).
+    assert handler.sent[0] < 4 * (client.max_response_bytes + 16 * 2**20)
+
+
+async def test_the_response_bound_is_configurable(hostile: ScriptedServer) -> None:
+    """``max_response_bytes`` moves the bound both ways."""
+    hostile.script(*FIND, reply(200, execution_body(name="x" * 5000)))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_response_bytes=1000) as small:
+        with pytest.raises(ResponseTooLargeError, match="max_response_bytes=1000"):
+            await small.workflows.find(EXECUTION_ID)
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_response_bytes=6000) as big:
+        assert (await big.workflows.find(EXECUTION_ID)).name == "x" * 5000
+
+
+async def test_a_result_keeps_its_own_bound(hostile: ScriptedServer) -> None:
+    """get_result reads up to its ``max_bytes``, beyond the client's answer bound."""
+    result = {"blob": "x" * 200_000}
+    hostile.script(*RESULT, reply(200, result))
+    async with TransactionLinkClient(
+        TOKEN, base_url=hostile.url, max_response_bytes=1000
+    ) as client:
+        assert await client.workflows.get_result(EXECUTION_ID) == result
+        with pytest.raises(ResultTooLargeError, match="download_result"):
+            await client.workflows.get_result(EXECUTION_ID, max_bytes=100_000)
+
+
+async def test_a_result_body_that_never_ends_is_refused(hostile: ScriptedServer) -> None:
+    """A chunked result that goes on forever: ResultTooLargeError once past ``max_bytes``."""
+    handler = endless(HUGE, announce=False)
+    hostile.script(*RESULT, handler)
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(ResultTooLargeError):
+            await client.workflows.get_result(EXECUTION_ID, max_bytes=2**20)
+    assert handler.sent[0] < 32 * 2**20
