@@ -116,6 +116,10 @@ def check_expires_at(expires_at: datetime | timedelta | None, *, now: datetime) 
     if expires_at is None:
         return None
     if isinstance(expires_at, timedelta):
+        if not MIN_EXPIRY <= expires_at <= MAX_EXPIRY:  # before now + it can overflow
+            raise ValueError(
+                f"expires_at must lie between 30 minutes and 30 days from now, got {expires_at}"
+            )
         when = now + expires_at
     elif isinstance(expires_at, datetime):
         if expires_at.tzinfo is None or expires_at.utcoffset() is None:
@@ -125,10 +129,14 @@ def check_expires_at(expires_at: datetime | timedelta | None, *, now: datetime) 
         raise ValueError(
             f"expires_at must be a datetime or a timedelta, got {type(expires_at).__name__}"
         )
-    if not MIN_EXPIRY <= when - now <= MAX_EXPIRY:
+    try:
+        ahead = when - now
+    except OverflowError:  # datetime.min in a zone east of UTC
+        ahead = -MAX_EXPIRY
+    if not MIN_EXPIRY <= ahead <= MAX_EXPIRY:
         raise ValueError(
             "expires_at must lie between 30 minutes and 30 days from now, "
-            f"got {when.isoformat()} ({when - now} from now)"
+            f"got {when.isoformat()}"
         )
     return when
 

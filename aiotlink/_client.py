@@ -151,6 +151,9 @@ def _check_base_url(base_url: str | None) -> str:
         raise ValueError(f"base_url is not a valid URL: {base_url!r}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+    if url.user is not None or url.password is not None:
+        # It would show in every error and log line: the token is the credential.
+        raise ValueError("base_url must not carry a user or password; pass the token instead")
     if url.query_string or url.fragment:
         raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
     return str(url).rstrip("/")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -563,3 +566,55 @@ async def test_a_result_body_that_never_ends_is_refused(hostile: ScriptedServer)
         with pytest.raises(ResultTooLargeError):
             await client.workflows.get_result(EXECUTION_ID, max_bytes=2**20)
     assert handler.sent[0] < 32 * 2**20
+
+
+async def test_a_compressed_bomb_is_refused_with_memory_bounded(hostile: ScriptedServer) -> None:
+    """64 MiB gzipped to 64 KB: refused past the bound of decoded bytes, never inflated whole."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    bomb = compressor.compress(b" " * (64 * 2**20)) + compressor.flush()
+    gzip_headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=bomb, headers=gzip_headers)
+
+    hostile.script(*FIND, handler)
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ResponseTooLargeError):
+                await client.workflows.find(EXECUTION_ID)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert len(bomb) < 2**20
+    assert peak < 3 * client.max_response_bytes
+
+
+# --- careless callers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        timedelta.max,
+        timedelta.min,
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=23))),
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-23))),
+    ],
+    ids=["timedelta.max", "timedelta.min", "datetime.min", "datetime.max"],
+)
+async def test_an_expiry_out_of_any_range_is_a_value_error(
+    hostile: ScriptedServer, expires_at: datetime | timedelta
+) -> None:
+    """Expiries whose arithmetic overflows: ValueError naming expires_at, no request."""
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(ValueError, match="expires_at"):
+            await client.workflows.initialise("definition", expires_at=expires_at)
+    assert hostile.seen == []
+
+
+def test_a_base_url_with_credentials_is_refused() -> None:
+    """A user or password in base_url would show in every error and log line."""
+    with pytest.raises(ValueError, match="user or password") as caught:
+        TransactionLinkClient(TOKEN, base_url="https://me:hunter22@api.example.com")
+    assert "hunter22" not in str(caught.value)
