@@ -117,10 +117,12 @@ def poll_delay(interval: float, *, retry_after: float | None, random_fraction: f
     ``retry_after`` is honoured up to MAX_RETRY_AFTER (60 s): a server that asks for a
     year still gets polled, and the wait's own timeout decides when to stop.
     """
-    delay = interval * (1 - JITTER * random_fraction)
-    if retry_after is None:
-        return delay
-    return max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return max(interval * (1 - JITTER * random_fraction), honoured(retry_after))
+
+
+def honoured(retry_after: float | None) -> float:
+    """Seconds of a ``Retry-After`` a poll waits for: all of it, up to MAX_RETRY_AFTER."""
+    return 0.0 if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
 
 
 class DeadlinePassed(Exception):
@@ -180,6 +182,19 @@ class _Timeline(Generic[_TimedT]):
         if len(self._heap) > 2 * self._live_count() + 64:
             self._heap = [queued for queued in self._heap if self._is_live(queued)]
             heapq.heapify(self._heap)
+        heapq.heappush(self._heap, item)
+        if self._heap[0] is item:
+            self._arm()
+
+    def move_earlier(self, item: _TimedT, set_when: Callable[[], None]) -> None:
+        """Re-key ``item``, already in the timeline, by ``set_when()`` to fall due earlier.
+
+        Costs a pass over the heap: for the rare waiter that joins a poll loop with a
+        more eager schedule, never on the path of every poll.
+        """
+        self._heap.remove(item)
+        set_when()
+        heapq.heapify(self._heap)
         heapq.heappush(self._heap, item)
         if self._heap[0] is item:
             self._arm()
@@ -340,6 +355,8 @@ class _SharedPoll:
         "interval",
         "last_body",
         "last_status",
+        "not_before",
+        "scheduled",
         "stopped",
         "task",
     )
@@ -353,8 +370,12 @@ class _SharedPoll:
         self.last_body: bytes | None = None
         self.interval = 0.0
         # Loop time of the next poll. Set only while the poll is out of the poller's
-        # timeline (in flight or new): a heap item's key must not change under it.
+        # timeline (in flight or new), or by the timeline itself: a heap item's key must
+        # not change under it. ``scheduled``: in the timeline now. ``not_before``: the
+        # loop time before which the last answer's Retry-After asked not to poll.
         self.due = 0.0
+        self.scheduled = False
+        self.not_before = 0.0
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
 
@@ -427,7 +448,7 @@ class Poller:
         self.closed: Callable[[], TransactionLinkError] | None = None
         # The next poll of every execution, and the deadline of every waiter that has one.
         self._due_polls = _Timeline(
-            self._start,
+            self._poll_due,
             is_live=lambda poll: not poll.stopped,
             live_count=lambda: len(self._polls),
             context=self._context,
@@ -542,6 +563,8 @@ class Poller:
                 self._held.append(poll)
             else:
                 self._start(poll)
+        else:
+            self._hasten(poll, schedule)
         subscription = Subscription(poll, schedule, deadline, timeout, every_change=every_change)
         poll.add(subscription)
         self._waiting += 1
@@ -596,8 +619,34 @@ class Poller:
 
     def _schedule(self, poll: _SharedPoll, retry_after: float | None) -> None:
         delay = poll_delay(poll.interval, retry_after=retry_after, random_fraction=random.random())
-        poll.due = asyncio.get_running_loop().time() + delay
+        now = asyncio.get_running_loop().time()
+        poll.due = now + delay
+        poll.not_before = now + honoured(retry_after)
+        poll.scheduled = True
         self._due_polls.add(poll)
+
+    def _poll_due(self, poll: _SharedPoll) -> None:
+        poll.scheduled = False
+        self._start(poll)
+
+    def _hasten(self, poll: _SharedPoll, schedule: PollSchedule) -> None:
+        """Bring ``poll``'s next poll forward to what a waiter joining with ``schedule`` asks.
+
+        A waiter that joins a poll loop in a long gap (another waiter's minute) must not
+        wait out that gap. Polls in flight or queued need nothing: the answer's merged
+        schedule paces the next. The last answer's Retry-After is still honoured.
+        """
+        if not poll.scheduled or schedule.poll_interval >= poll.interval:
+            return
+        poll.interval = schedule.poll_interval
+        delay = poll_delay(poll.interval, retry_after=None, random_fraction=random.random())
+        due = max(asyncio.get_running_loop().time() + delay, poll.not_before)
+        if due < poll.due:
+
+            def set_due() -> None:
+                poll.due = due
+
+            self._due_polls.move_earlier(poll, set_due)
 
     async def _poll_once(self, poll: _SharedPoll) -> None:
         try:

@@ -6,10 +6,14 @@ import asyncio
 import json
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import pytest
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from aiotlink.testing import FakeTransactionLink
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -23,6 +27,39 @@ class Seen:
     raw_path: str
     headers: Mapping[str, str]
     body: bytes
+
+
+async def eventually(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, checked about every millisecond, for ``timeout`` s."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if condition():
+                    return
+                await asyncio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"the condition did not hold within {timeout} s") from None
+
+
+def follow_answers(
+    fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> list[asyncio.Task[Any]]:
+    """From now on, keep the task serving each request to ``fake`` (storage included).
+
+    aiohttp serves each request in a task of its own, done once the answer is written
+    or given up on, and any error of the handler logged.
+    """
+    tasks: list[asyncio.Task[Any]] = []
+    serve = fake._serve
+
+    async def serving(*arguments: Any) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        return await serve(*arguments)
+
+    monkeypatch.setattr(fake, "_serve", serving)
+    return tasks
 
 
 def reply(

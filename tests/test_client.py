@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from aiotlink import TransactionLinkClient
+from aiotlink import ClientClosedError, TransactionLinkClient
 from aiotlink._client import TOKEN_ENV_VAR, USER_AGENT
 
 from .conftest import EXECUTION_ID, TOKEN, execution_body
@@ -54,6 +54,8 @@ def test_malformed_tokens_are_refused_without_echoing_them(token: object) -> Non
         ({"connection_limit": 0}, "connection_limit"),
         ({"connection_limit": "10"}, "connection_limit"),
         ({"default_headers": {"Authorization": "x"}}, "default_headers"),
+        ({"default_headers": {"authorization": "x"}}, "default_headers must not set Authorization"),
+        ({"default_headers": {"AUTHORIZATION": "x"}}, "default_headers must not set Authorization"),
         ({"default_headers": {"Accept": 3}}, "default_headers"),
     ],
 )
@@ -82,7 +84,7 @@ async def test_own_session_is_opened_lazily_and_closed_idempotently(mocked: aior
     await client.close()
     await client.close()
     assert session.closed
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ClientClosedError, match="closed"):
         await client.workflows.find(EXECUTION_ID)
 
 

@@ -34,7 +34,7 @@ from aiotlink._download import _DiskThread, content_range_start
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
 from .conftest import EXECUTION_ID, TOKEN
-from .servers import ScriptedServer, reply
+from .servers import ScriptedServer, eventually, follow_answers, reply
 
 BIG = GeneratedResult(3_000_000, seed=7)
 THRESHOLD = 100_000  # results above this come as a $redirect from the fake
@@ -742,15 +742,6 @@ def disk_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("aiotlink-disk")]
 
 
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait up to two seconds for ``condition`` to hold, then assert it."""
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    assert condition()
-
-
 def open_file(descriptor: int) -> str:
     """The name of the file open as ``descriptor`` in this process, or "" if none is."""
     try:
@@ -767,10 +758,7 @@ async def test_cancelling_a_download_leaves_nothing_behind(
     fake.slow_next("storage", 30.0)
     target = tmp_path / "r.json"
     task = asyncio.create_task(client.workflows.download_result(execution_id, target))
-    for _ in range(200):
-        if fake.requests_for("storage"):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: fake.requests_for("storage"))  # held there for 30 s
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -1017,15 +1005,32 @@ async def test_refresh_that_no_longer_redirects(
     assert leftovers(tmp_path) == []
 
 
-async def test_a_short_body_that_is_not_json_is_written_as_sent(
-    server: ScriptedServer, tmp_path: Path
+@pytest.mark.parametrize(
+    "body", ["plain text, not JSON", "", "   ", "<html>" + "x" * 100_000 + "</html>"]
+)
+async def test_a_result_that_is_not_json_is_refused_and_nothing_written(
+    server: ScriptedServer, tmp_path: Path, body: str
 ) -> None:
-    """download_result writes the bytes the API sent; it does not judge them."""
-    server.script(*RESULT, reply(200, text="plain text, not JSON"))
-    target = tmp_path / "r.txt"
+    """A result is a JSON document: an empty or non-JSON answer is an error, and no file."""
+    server.script(*RESULT, reply(200, text=body))
+    target = tmp_path / "r.json"
     async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
-    assert target.read_bytes() == b"plain text, not JSON"
+        with pytest.raises(ResponseValidationError, match=r"not JSON|empty"):
+            await client.workflows.download_result(EXECUTION_ID, target)
+    assert not list(await asyncio.to_thread(tmp_path.iterdir))
+
+
+async def test_a_stored_result_that_is_empty_or_not_json_is_refused(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Storage answering 200 with nothing, or with an HTML page: an error, and no file."""
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=s"}))
+    storage.script("GET", "/r.json", reply(200, text=""), reply(200, text="<html>login</html>"))
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        for expected in ("empty", "not JSON"):
+            with pytest.raises(ResponseValidationError, match=expected):
+                await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert not list(await asyncio.to_thread(tmp_path.iterdir))
 
 
 @pytest.mark.parametrize(
@@ -1157,13 +1162,16 @@ async def test_refusing_a_large_result_costs_the_fake_no_error(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A client hanging up on a result over max_bytes leaves no traceback in the fake."""
     from aiotlink import ResultTooLargeError
 
     # Larger than the socket buffers, so that the fake is still writing when we hang up.
     execution_id = await completed(fake, client, GeneratedResult(30_000_000))
+    served = follow_answers(fake, monkeypatch)
     with pytest.raises(ResultTooLargeError):
         await client.workflows.get_result(execution_id, max_bytes=1000)
-    await asyncio.sleep(0.3)  # the fake notices the closed connection
+    # The fake notices the closed connection and ends its answer.
+    await eventually(lambda: len(served) == 2 and all(task.done() for task in served))
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

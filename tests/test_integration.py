@@ -18,6 +18,7 @@ from aioresponses import aioresponses
 
 from aiotlink import (
     APIConnectionError,
+    APIError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -32,7 +33,7 @@ from aiotlink import (
 )
 
 from .conftest import EXECUTION_ID, TOKEN, execution_body
-from .servers import ScriptedServer, drop, reply, stall
+from .servers import ScriptedServer, drop, eventually, reply, stall
 
 FIND = ("GET", f"/workflows/{EXECUTION_ID}")
 INITIALISE = ("POST", "/workflows")
@@ -209,6 +210,30 @@ async def test_error_answers_raise_their_class_at_once(
     assert len(server.requests_to(*FIND)) == 1
 
 
+@pytest.mark.parametrize(("route", "status"), [(FIND, 302), (INITIALISE, 307)])
+async def test_an_api_redirect_is_an_error_and_is_never_followed(
+    server: ScriptedServer,
+    storage: ScriptedServer,
+    client: TransactionLinkClient,
+    route: tuple[str, str],
+    status: int,
+) -> None:
+    """A 3xx from the API raises APIError with its status; the call never follows it."""
+    # Following the redirect would find an answer there, and take the token along.
+    storage.script(*route, reply(200, execution_body()))
+    server.script(*route, reply(status, headers={"Location": f"{storage.url}{route[1]}"}))
+    if route == FIND:
+        call = client.workflows.find(EXECUTION_ID)
+    else:
+        call = client.workflows.initialise("kyc")
+    with pytest.raises(APIError) as caught:
+        await call
+    assert caught.value.status == status
+    assert len(server.requests_to(*route)) == 1
+    assert [seen for seen in storage.seen if "Authorization" in seen.headers] == []
+    assert storage.seen == []
+
+
 async def test_html_502_from_a_proxy_maps_by_status(server: ScriptedServer) -> None:
     """A non-JSON 502 still raises ServerError, showing a snippet of the page."""
     page = "<html><body><h1>502 Bad Gateway</h1></body></html>"
@@ -304,15 +329,42 @@ async def test_retry_after_is_honoured_and_logged(
     assert "0.20 s" in record.getMessage()
 
 
-async def test_retry_after_as_http_date(server: ScriptedServer) -> None:
-    """A Retry-After given as an HTTP date is honoured too."""
-    when = format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
-    server.script(*FIND, reply(503, headers={"Retry-After": when}), reply(200, execution_body()))
+class RecordingSleeps:
+    """Stands in for ``asyncio`` in ``aiotlink._retry``: records each sleep asked for.
+
+    The sleeps themselves only yield, so a test can ask for a long one and not wait it.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        await asyncio.sleep(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+async def test_retry_after_as_http_date(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Retry-After given as an HTTP date is honoured: the retry waits until that moment."""
+    when = (datetime.now(UTC) + timedelta(seconds=10)).replace(microsecond=0)
+    server.script(
+        *FIND,
+        reply(503, headers={"Retry-After": format_datetime(when, usegmt=True)}),
+        reply(200, execution_body()),
+    )
+    sleeps = RecordingSleeps()
+    monkeypatch.setattr("aiotlink._retry.asyncio", sleeps)
     async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        earliest = datetime.now(UTC)
         await client.workflows.find(EXECUTION_ID)
-        assert loop.time() - started > 0  # waited for the date (HTTP dates have 1 s steps)
+        latest = datetime.now(UTC)
+    (asked,) = sleeps.asked
+    # Until the date, counted from when the answer came: some 9 to 10 s.
+    assert (when - latest).total_seconds() <= asked <= (when - earliest).total_seconds()
     assert len(server.requests_to(*FIND)) == 2
 
 
@@ -397,16 +449,16 @@ async def test_timeouts_are_retried_for_gets(server: ScriptedServer) -> None:
     assert len(server.requests_to(*FIND)) == 3
 
 
-async def test_cancelling_during_a_retry_wait_stops_at_once(server: ScriptedServer) -> None:
+async def test_cancelling_during_a_retry_wait_stops_at_once(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
     """Cancelling the caller while it waits to retry raises CancelledError; no more requests."""
     server.script(*FIND, reply(503, headers={"Retry-After": "30"}))
+    caplog.set_level(logging.INFO, logger="aiotlink")
     async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
         task = asyncio.create_task(client.workflows.find(EXECUTION_ID))
-        for _ in range(100):  # until the first answer has arrived, at most 1 s
-            if server.requests_to(*FIND):
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # now in the 30 s wait
+        # The 503 is in and the retry is logged as it starts its 30 s wait.
+        await eventually(lambda: "in 30.00 s" in caplog.text)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -36,7 +36,7 @@ from aiotlink._polling import (
 from aiotlink.testing import FakeTransactionLink, ManualClock
 
 from .conftest import EXECUTION_ID, execution_body
-from .servers import ScriptedServer, reply
+from .servers import ScriptedServer, eventually, reply, stall
 
 FAST = {"poll_interval": 0.01, "max_poll_interval": 0.02}
 WALK = ["INITIALISED", "CREATED", "RUNNING", "AWAITING", "PAUSED", "RUNNING", "COMPLETED"]
@@ -79,6 +79,27 @@ async def never_answers(execution_id: str) -> Lookup:
     """A fetch whose request never ends (until cancelled)."""
     await asyncio.get_running_loop().create_future()
     raise AssertionError("unreachable")
+
+
+def finds_of(fake: FakeTransactionLink, execution_id: str) -> int:
+    """How many finds of ``execution_id`` the fake has answered."""
+    return sum(r.path == f"/workflows/{execution_id}" for r in fake.requests_for("find"))
+
+
+async def while_a_live_wait_polls(
+    fake: FakeTransactionLink, client: TransactionLinkClient, polls: int = 5
+) -> None:
+    """Let another wait on the FAST schedule poll ``polls`` times, then cancel it.
+
+    Long enough for a poll loop left behind on the same schedule to have polled too.
+    """
+    other = await start(fake, client, statuses=["RUNNING", "AWAITING"])
+    before = finds_of(fake, other)
+    live = asyncio.create_task(client.workflows.wait_for_completion(other, **FAST))
+    await eventually(lambda: finds_of(fake, other) >= before + polls)
+    live.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await live
 
 
 async def settle() -> None:
@@ -394,15 +415,6 @@ async def test_bad_arguments_raise_before_any_request(
 # --- cancellation ---------------------------------------------------------------
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Yield to the loop until ``condition()`` holds (at most 2 s)."""
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
-
-
 @pytest.mark.parametrize("moment", ["mid-sleep", "mid-request"])
 async def test_cancelling_the_waiter_stops_polling_at_once(
     fake_transactionlink: FakeTransactionLink, client: TransactionLinkClient, moment: str
@@ -414,8 +426,13 @@ async def test_cancelling_the_waiter_stops_polling_at_once(
     waiter = asyncio.create_task(
         client.workflows.wait_for_completion(execution_id, poll_interval=30.0)
     )
-    await wait_until(lambda: len(fake_transactionlink.requests_for("find")) == 1)
-    await asyncio.sleep(0.02)  # in the 30 s gap, or inside the slow request
+    await eventually(lambda: len(fake_transactionlink.requests_for("find")) == 1)
+    poller = client.workflows._poller
+    if moment == "mid-sleep":
+        # The answer is in and the next poll is 30 s away.
+        await eventually(lambda: poller._in_flight == 0 and len(poller._due_polls) == 1)
+    else:
+        assert poller._in_flight == 1  # the fake has the request and holds it for 30 s
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -436,9 +453,9 @@ async def test_asyncio_timeout_around_a_wait(
             await client.workflows.wait_for_completion(execution_id, **FAST)
     await settle()
     assert client_tasks() == []
-    polls = len(fake_transactionlink.requests_for("find"))
-    await asyncio.sleep(0.1)
-    assert len(fake_transactionlink.requests_for("find")) == polls
+    polls = finds_of(fake_transactionlink, execution_id)
+    await while_a_live_wait_polls(fake_transactionlink, client)
+    assert finds_of(fake_transactionlink, execution_id) == polls
 
 
 async def test_cancel_remote_on_cancel(
@@ -451,7 +468,7 @@ async def test_cancel_remote_on_cancel(
             execution_id, cancel_remote_on_cancel=True, poll_interval=30.0
         )
     )
-    await wait_until(lambda: len(fake_transactionlink.requests_for("find")) == 1)
+    await eventually(lambda: len(fake_transactionlink.requests_for("find")) == 1)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -525,8 +542,10 @@ async def test_waiters_hold_no_decoded_execution_between_changes() -> None:
                 for i in ids[5:]
             ]
             waiting = asyncio.gather(*waits)
-            await wait_until(lambda: len(seen) == 5)  # each has seen its first status
-            await asyncio.sleep(0.1)  # a few unchanged polls on each: the clock stands still
+            await eventually(lambda: len(seen) == 5)  # each has seen its first status
+            # A few unchanged polls on each: the clock stands still.
+            polled = {i: finds_of(fake, i) for i in ids}
+            await eventually(lambda: all(finds_of(fake, i) >= polled[i] + 3 for i in ids))
             gc.collect()
             alive = sum(isinstance(o, WorkflowExecution) for o in gc.get_objects())
             clock.advance(10)
@@ -606,13 +625,13 @@ async def test_mixed_waiters_on_one_id_each_get_what_they_asked_for(
     schedule = {"poll_interval": 0.05, "max_poll_interval": 0.05}
     seen: list[str] = []
     plain = asyncio.create_task(client.workflows.wait_for_completion(execution_id, **schedule))
-    await asyncio.sleep(0)  # the plain wait starts the poll loop
+    await eventually(lambda: client.workflows._poller.active_polls == 1)  # plain's poll loop
     reported = asyncio.create_task(
         client.workflows.wait_for_completion(
             execution_id, on_status=lambda e: seen.append(e.status.value), **schedule
         )
     )
-    await wait_until(lambda: "PAUSED" in seen)
+    await eventually(lambda: "PAUSED" in seen)
     late = client.workflows.watch(execution_id, **schedule)
     assert (await anext(late)).status is WorkflowStatus.PAUSED
     assert [e.status async for e in late] == [WorkflowStatus.COMPLETED]
@@ -630,7 +649,7 @@ async def test_the_last_of_several_waiters_to_leave_stops_the_poll(
         asyncio.create_task(client.workflows.wait_for_completion(execution_id, **FAST))
         for _ in range(2)
     ]
-    await wait_until(lambda: len(fake_transactionlink.requests_for("find")) >= 2)
+    await eventually(lambda: len(fake_transactionlink.requests_for("find")) >= 2)
     for wait in waits:
         wait.cancel()
     for wait in waits:
@@ -639,9 +658,9 @@ async def test_the_last_of_several_waiters_to_leave_stops_the_poll(
     await settle()
     assert client.workflows._poller.active_polls == 0
     assert client_tasks() == []
-    finds = len(fake_transactionlink.requests_for("find"))
-    await asyncio.sleep(0.1)
-    assert len(fake_transactionlink.requests_for("find")) == finds
+    finds = finds_of(fake_transactionlink, execution_id)
+    await while_a_live_wait_polls(fake_transactionlink, client)
+    assert finds_of(fake_transactionlink, execution_id) == finds
 
 
 async def test_shared_waiters_poll_on_the_most_eager_schedule() -> None:
@@ -651,10 +670,33 @@ async def test_shared_waiters_poll_on_the_most_eager_schedule() -> None:
         async with client:
             definition = fake.add_definition(statuses=["RUNNING"], step_seconds=1)
             execution_id = (await client.workflows.initialise(definition)).id
+            fake.slow_next("find", 0.1)
             slow = asyncio.create_task(
                 client.workflows.wait_for_completion(execution_id, poll_interval=60)
             )
-            await asyncio.sleep(0)
+            # The slow waiter's first lookup is out, held by the fake: the fast one joins.
+            await eventually(lambda: len(fake.requests_for("find")) == 1)
+            with pytest.raises(WaitTimeoutError):
+                await client.workflows.wait_for_completion(execution_id, timeout=0.3, **FAST)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert len(fake.requests_for("find")) >= 5
+
+
+async def test_a_fast_waiter_joining_a_poll_loop_in_a_long_gap_is_polled_as_it_asks() -> None:
+    """A fast waiter joining a loop whose next poll is a minute away gets polls as it asks."""
+    async with FakeTransactionLink(clock=ManualClock()) as fake:
+        client = TransactionLinkClient(fake.token, base_url=fake.url)
+        async with client:
+            definition = fake.add_definition(statuses=["RUNNING"], step_seconds=1)
+            execution_id = (await client.workflows.initialise(definition)).id
+            slow = asyncio.create_task(
+                client.workflows.wait_for_completion(execution_id, poll_interval=60)
+            )
+            poller = client.workflows._poller
+            # The slow waiter's first answer is in: its next poll is a minute away.
+            await eventually(lambda: fake.requests_for("find") and poller._in_flight == 0)
             with pytest.raises(WaitTimeoutError):
                 await client.workflows.wait_for_completion(execution_id, timeout=0.3, **FAST)
             slow.cancel()
@@ -1059,7 +1101,8 @@ async def test_a_change_after_the_deadline_fired_is_the_last_one_seen() -> None:
 
     poller = Poller(fetch, max_in_flight=1)
     subscription = poller.subscribe("x", PollSchedule(), timeout=0.01)
-    await asyncio.sleep(0.03)  # the deadline has fired; the first answer is still out
+    # Woken by the deadline firing, while the first answer is still out.
+    await asyncio.wait_for(subscription.changed(), timeout=5)
     assert subscription.last_seen() is None
     answer.set()
     await settle()  # the answer lands: one change pushed after the deadline's signal
@@ -1259,17 +1302,20 @@ async def test_remote_cancel_survives_a_second_cancellation(
                 execution_id, cancel_remote_on_cancel=True, poll_interval=30.0
             )
         )
-        await wait_until(lambda: len(fake.requests_for("find")) == 1)
+        await eventually(lambda: len(fake.requests_for("find")) == 1)
         fake.slow_next("find", 0.3)
         blocker = asyncio.create_task(client.workflows.find(execution_id))
-        await wait_until(lambda: len(fake.requests_for("find")) == 2)
+        await eventually(lambda: len(fake.requests_for("find")) == 2)
         waiter.cancel()
-        await asyncio.sleep(0.05)  # the remote cancel now waits for the connection...
+        connector = client._sessions.api().connector
+        assert connector is not None
+        # The remote cancel now waits for the connection...
+        await eventually(lambda: any(connector._waiters.values()))
         waiter.cancel()  # ...when the waiter is cancelled again
         with pytest.raises(asyncio.CancelledError):
             await waiter
         await blocker
-        await wait_until(lambda: fake.status_of(execution_id) == "CANCELLED")
+        await eventually(lambda: fake.status_of(execution_id) == "CANCELLED")
 
 
 async def test_remote_cancel_is_bounded_in_time(
@@ -1289,6 +1335,25 @@ async def test_remote_cancel_is_bounded_in_time(
         )
     assert time.monotonic() - started < 5.0
     assert "could not cancel execution" in caplog.text
+
+
+async def test_cancelling_a_wait_during_the_remote_cancel_of_its_timeout_raises_cancelled(
+    server: ScriptedServer,
+) -> None:
+    """A wait cancelled while its timeout's remote cancel is in flight raises CancelledError."""
+    cancel_route = ("POST", f"/workflows/{EXECUTION_ID}/cancel")
+    server.script("GET", f"/workflows/{EXECUTION_ID}", reply(200, execution_body()))
+    server.script(*cancel_route, stall(30.0, reply(200)))
+    async with TransactionLinkClient("tot_x", base_url=server.url, retry_backoff=False) as client:
+        waiter = asyncio.create_task(
+            client.workflows.wait_for_completion(
+                EXECUTION_ID, timeout=0.05, cancel_on_timeout=True, **FAST
+            )
+        )
+        await eventually(lambda: server.requests_to(*cancel_route))  # the timeout has passed
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
 
 
 async def test_polls_in_flight_never_exceed_the_connection_limit(server: ScriptedServer) -> None:
@@ -1318,6 +1383,25 @@ async def test_polls_in_flight_never_exceed_the_connection_limit(server: Scripte
         assert client._sessions.api().connector.limit == 3
     assert {r.status for r in results} == {WorkflowStatus.COMPLETED}
     assert peak == 3
+
+
+async def test_a_cancelled_poll_frees_its_connection_slot(server: ScriptedServer) -> None:
+    """With connection_limit=1, cancelling a wait whose poll hangs lets the next wait poll."""
+    other_id = "7d0c1a3e-5b2f-4c8e-9a61-3f2b8d4e6a11"
+    stuck_route = ("GET", f"/workflows/{EXECUTION_ID}")
+    server.script(*stuck_route, stall(30.0, reply(200, execution_body())))
+    server.script(
+        "GET", f"/workflows/{other_id}", reply(200, execution_body(id=other_id, status="COMPLETED"))
+    )
+    async with TransactionLinkClient("tot_x", base_url=server.url, connection_limit=1) as client:
+        stuck = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID))
+        await eventually(lambda: server.requests_to(*stuck_route))  # the only slot is taken
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        async with asyncio.timeout(2):  # not queued behind the cancelled poll for good
+            execution = await client.workflows.wait_for_completion(other_id)
+    assert (execution.id, execution.status) == (other_id, WorkflowStatus.COMPLETED)
 
 
 async def test_views_with_the_same_settings_share_poll_loops(
@@ -1363,6 +1447,43 @@ async def test_run_timeout_error_names_the_callers_timeout(
         await client.workflows.run(definition, timeout=0.3, **FAST)
     assert caught.value.timeout == 0.3
     assert "within 0.3 s" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("initialise_seconds", "find_seconds", "result_seconds", "result_requests"),
+    [(0.4, 0.75, 0.05, 0), (0.25, 0.25, 0.75, 1)],
+    ids=["ends-in-the-wait", "ends-in-get_result"],
+)
+async def test_run_timeout_is_one_deadline_in_elapsed_time(
+    server: ScriptedServer,
+    initialise_seconds: float,
+    find_seconds: float,
+    result_seconds: float,
+    result_requests: int,
+) -> None:
+    """Phases that each fit in run's timeout, but not together, end run after timeout seconds."""
+    timeout = 0.8
+    result_route = ("GET", f"/workflows/{EXECUTION_ID}/result")
+    server.script(
+        "POST",
+        "/workflows",
+        stall(initialise_seconds, reply(200, execution_body(status="INITIALISED"))),
+    )
+    server.script(
+        "GET",
+        f"/workflows/{EXECUTION_ID}",
+        stall(find_seconds, reply(200, execution_body(status="COMPLETED"))),
+    )
+    server.script(*result_route, stall(result_seconds, reply(200, {"approved": True})))
+    async with TransactionLinkClient("tot_x", base_url=server.url) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(WaitTimeoutError) as caught:
+            await client.workflows.run("kyc", timeout=timeout)
+        elapsed = loop.time() - started
+    assert timeout * 0.9 <= elapsed < timeout + 0.25  # not the sum of the phases' times
+    assert caught.value.timeout == timeout
+    assert len(server.requests_to(*result_route)) == result_requests
 
 
 async def test_polls_do_not_see_a_waiters_context_variables(

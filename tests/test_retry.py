@@ -116,14 +116,19 @@ def test_unexpected_exceptions_are_never_retried() -> None:
 
 
 class Attempts:
-    """An attempt function that raises the given errors in turn, then returns 'ok'."""
+    """An attempt function that raises the given errors in turn, then returns 'ok'.
+
+    It keeps the attempt number it was called with each time.
+    """
 
     def __init__(self, *errors: BaseException) -> None:
         self.errors = list(errors)
         self.calls = 0
+        self.numbers: list[int] = []
 
-    async def __call__(self) -> str:
+    async def __call__(self, attempt_number: int) -> str:
         self.calls += 1
+        self.numbers.append(attempt_number)
         if self.errors:
             raise self.errors.pop(0)
         return "ok"
@@ -133,9 +138,10 @@ async def test_loop_retries_then_succeeds() -> None:
     """Retryable failures are retried until an attempt succeeds."""
     attempts = Attempts(api_error(503), connection_error(request_sent=True))
     result = await call_with_retries(
-        attempts, policy=RetryPolicy(3, backoff=False), idempotent=True, method="GET", url="u"
+        attempts, policy=RetryPolicy(3, backoff=False), idempotent=True, description="GET u"
     )
     assert (result, attempts.calls) == ("ok", 3)
+    assert attempts.numbers == [1, 2, 3]
 
 
 async def test_loop_raises_the_last_error_when_retries_run_out() -> None:
@@ -144,7 +150,7 @@ async def test_loop_raises_the_last_error_when_retries_run_out() -> None:
     attempts = Attempts(api_error(503), last, api_error(504))
     with pytest.raises(ServerError) as caught:
         await call_with_retries(
-            attempts, policy=RetryPolicy(1, backoff=False), idempotent=True, method="GET", url="u"
+            attempts, policy=RetryPolicy(1, backoff=False), idempotent=True, description="GET u"
         )
     assert caught.value is last
     assert attempts.calls == 2
@@ -155,7 +161,7 @@ async def test_loop_does_not_retry_cancellation() -> None:
     attempts = Attempts(asyncio.CancelledError())
     with pytest.raises(asyncio.CancelledError):
         await call_with_retries(
-            attempts, policy=RetryPolicy(3, backoff=False), idempotent=True, method="GET", url="u"
+            attempts, policy=RetryPolicy(3, backoff=False), idempotent=True, description="GET u"
         )
     assert attempts.calls == 1
 
@@ -170,5 +176,5 @@ async def test_loop_sleeps_the_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("aiotlink._retry.asyncio.sleep", fake_sleep)
     monkeypatch.setattr("aiotlink._retry.random.random", lambda: 1.0)
     attempts = Attempts(api_error(503), api_error(503), api_error(429, 3.0))
-    await call_with_retries(attempts, policy=RetryPolicy(3), idempotent=True, method="GET", url="u")
+    await call_with_retries(attempts, policy=RetryPolicy(3), idempotent=True, description="GET u")
     assert slept == [0.5, 1.0, 3.0]

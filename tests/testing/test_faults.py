@@ -15,6 +15,7 @@ from aiotlink.testing import FakeTransactionLink, GeneratedResult
 from aiotlink.testing._faults import retry_after_value
 from aiotlink.testing._results import CHUNK_BYTES
 
+from ..servers import eventually, follow_answers
 from .helpers import auth, error_codes, exact, find, initialise
 
 
@@ -377,10 +378,12 @@ async def test_a_client_hanging_up_mid_answer_logs_no_error(
     fake: FakeTransactionLink,
     session: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A client that gives up on a slow answer costs the fake no error traceback."""
     execution_id = await running(session, fake)
     fake.slow_next("find", seconds=0.2)
+    served = follow_answers(fake, monkeypatch)
     with pytest.raises(asyncio.TimeoutError):
         async with session.get(
             f"{fake.url}/workflows/{execution_id}",
@@ -388,5 +391,6 @@ async def test_a_client_hanging_up_mid_answer_logs_no_error(
             timeout=aiohttp.ClientTimeout(total=0.05),
         ):
             pass  # never reached: the timeout fires first
-    await asyncio.sleep(0.3)  # the fake wakes up and writes to the closed connection
+    # The fake wakes up, writes to the closed connection and ends its answer.
+    await eventually(lambda: served and served[0].done())
     assert [r for r in caplog.records if r.levelname == "ERROR"] == []

@@ -128,11 +128,9 @@ async def test_step_seconds_moves_with_real_time(session: aiohttp.ClientSession)
         fake.add_definition("timed", statuses=["RUNNING", "COMPLETED"], step_seconds=0.05)
         execution = await initialise(session, fake, "timed")
         seen = {execution["status"]}
-        for _ in range(400):  # bounded: 400 x 10 ms is far beyond one step
-            seen.add((await find(session, fake, execution["id"]))["status"])
-            if "COMPLETED" in seen:
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):  # far beyond one step
+            while "COMPLETED" not in seen:
+                seen.add((await find(session, fake, execution["id"]))["status"])
         assert seen == {"RUNNING", "COMPLETED"}
 
 
