@@ -135,8 +135,7 @@ def check_expires_at(expires_at: datetime | timedelta | None, *, now: datetime) 
         ahead = -MAX_EXPIRY
     if not MIN_EXPIRY <= ahead <= MAX_EXPIRY:
         raise ValueError(
-            "expires_at must lie between 30 minutes and 30 days from now, "
-            f"got {when.isoformat()}"
+            f"expires_at must lie between 30 minutes and 30 days from now, got {when.isoformat()}"
         )
     return when
 

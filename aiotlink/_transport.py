@@ -266,18 +266,19 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
             allow_redirects=request.allow_redirects,
         ) as response:
             if response.status >= 300:
-                failure = await error_of_answer(
+                error = await error_of_answer(
                     response,
                     method=request.method,
                     display_url=request.display_url,
                     secrets=request.secrets,
                 )
-            else:
-                answer = Response(
-                    response.status, response.headers, await _read_body(response, request)
-                )
                 _log_attempt(request, attempt_number, started, response.status)
-                return answer
+                raise error  # in no handler: nothing rides along
+            answer = Response(
+                response.status, response.headers, await _read_body(response, request)
+            )
+            _log_attempt(request, attempt_number, started, response.status)
+            return answer
     except aiohttp.ClientError as exc:
         failure = connection_error(exc, request.method, request.display_url)
     except TimeoutError as exc:
