@@ -193,12 +193,18 @@ def _check_session(session: aiohttp.ClientSession | None) -> None:
         )
 
 
-def _check_options(timeout: float | None, max_retries: int) -> None:
+def _check_options(timeout: float | None, max_retries: int, retry_backoff: bool) -> None:
     check_seconds("timeout", timeout, allow_none=True)
     check_count("max_retries", max_retries, minimum=0)
+    if not isinstance(retry_backoff, bool):
+        raise TypeError(f"retry_backoff must be True or False, got {type(retry_backoff).__name__}")
 
 
 def _check_default_headers(default_headers: Mapping[str, str] | None) -> dict[str, str]:
+    if default_headers is not None and not isinstance(default_headers, Mapping):
+        raise TypeError(
+            f"default_headers must be a mapping of str to str, got {type(default_headers).__name__}"
+        )
     headers = dict(default_headers or {})
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
@@ -252,7 +258,7 @@ class TransactionLinkClient:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         token = _check_token(token)
-        _check_options(timeout, max_retries)
+        _check_options(timeout, max_retries, retry_backoff)
         check_count("connection_limit", connection_limit, minimum=1)
         self.max_response_bytes = check_count("max_response_bytes", max_response_bytes, minimum=1)
         _check_session(session)
@@ -290,7 +296,7 @@ class TransactionLinkClient:
             policy.max_retries if max_retries is _KEEP else max_retries,
             policy.backoff if retry_backoff is _KEEP else retry_backoff,
         )
-        _check_options(new_timeout, new_policy.max_retries)
+        _check_options(new_timeout, new_policy.max_retries, new_policy.backoff)
         view = object.__new__(TransactionLinkClient)
         view.__dict__.update(self.__dict__)
         view._owns_lifecycle = False
@@ -390,7 +396,9 @@ class TransactionLinkClient:
             options.storage_timeout,
             max_bytes,
             too_large,
-            url_secrets(url_text),  # storage may echo its signature in an error
+            # Storage may echo its signature in an error; it never gets the token, but
+            # scrubbing that too costs nothing.
+            url_secrets(url_text) + self._secrets,
             True,  # allow_redirects: nothing secret is sent along
         )
         return await call_with_retries(

@@ -44,7 +44,14 @@ from ._models import DownloadedResult
 from ._redaction import mask_url, scrub_text, url_secrets
 from ._results import redirect_target
 from ._retry import backoff_delay, retry_reason
-from ._transport import connection_error, error_of_answer, parse_json
+from ._transport import (
+    connection_error,
+    error_of_answer,
+    log_attempt,
+    parse_json,
+    read_up_to,
+    unusable_session,
+)
 
 if TYPE_CHECKING:
     from ._client import TransactionLinkClient
@@ -490,7 +497,7 @@ class Downloader:
         attempts = refreshes = 0
         while True:
             try:
-                return await self._read_once(source, temp, probe_redirect)
+                return await self._read_once(source, temp, probe_redirect, attempts + 1)
             except PermissionDeniedError:
                 # Storage refuses an expired or rejected pre-signed URL: get a new one.
                 if not source.redirected or refreshes >= MAX_URL_REFRESHES:
@@ -559,7 +566,7 @@ class Downloader:
         )
 
     async def _read_once(
-        self, source: _Source, temp: _TempFile, probe_redirect: bool
+        self, source: _Source, temp: _TempFile, probe_redirect: bool, attempt_number: int
     ) -> str | None:
         """One GET of ``source`` from ``temp.size`` on; raises to be retried or resumed."""
         # Raw bytes: ranges count bytes of the stored representation, not of a decoding.
@@ -569,8 +576,10 @@ class Downloader:
             if self._etag is not None:
                 headers["If-Range"] = self._etag
         display_url = mask_url(source.url)
+        route = "storage" if source.redirected else "/workflows/{id}/result"
         sessions = self._client._sessions
         session = sessions.storage() if source.redirected else sessions.api()
+        started = time.perf_counter()
         failure: Exception
         try:
             async with session.get(
@@ -578,9 +587,10 @@ class Downloader:
                 headers=headers,
                 timeout=self._client._options.storage_timeout,
                 allow_redirects=source.redirected,
+                raise_for_status=False,  # a caller's session may say True: statuses are ours
                 read_bufsize=READ_BUFFER_BYTES,
             ) as response:
-                logger.debug("GET %s -> %d", display_url, response.status)
+                log_attempt("GET", route, display_url, attempt_number, started, response.status)
                 if response.status >= 300:
                     raise await error_of_answer(
                         response, method="GET", display_url=display_url, secrets=source.secrets
@@ -592,6 +602,10 @@ class Downloader:
             failure = connection_error(exc, "GET", display_url)
         except TimeoutError as exc:
             failure = connection_error(exc, "GET", display_url)
+        except RuntimeError as exc:  # the session was closed, or is of another loop
+            failure = unusable_session(exc, session, "GET", display_url)
+        if not isinstance(failure, _Incomplete):
+            log_attempt("GET", route, display_url, attempt_number, started, failure)
         # Raised out here: raised in a handler, the aiohttp error (whose request
         # information holds the headers) would ride along as __context__.
         raise failure
@@ -607,7 +621,7 @@ class Downloader:
         total = await self._line_up(response, temp)
         content = response.content
         if probe_redirect:
-            first = await _read_up_to(response, REDIRECT_PROBE_BYTES)
+            first = await read_up_to(response, REDIRECT_PROBE_BYTES)
             if content.at_eof():
                 target = self._redirect_in(first)
                 if target is not None:
@@ -665,19 +679,6 @@ def _starts_like_json(data: bytes) -> bool:
     """Whether ``data``, the start of a body, may begin a JSON text (an HTML page may not)."""
     stripped = data.lstrip(b" \t\r\n")
     return not stripped or stripped[0] in _JSON_FIRST_BYTES
-
-
-async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Read until ``limit`` bytes or the end of the body, whichever comes first."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _final(error: Exception, source: _Source) -> TransactionLinkError:

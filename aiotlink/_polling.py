@@ -709,7 +709,7 @@ def _is_transient(error: Exception) -> bool:
     layer's retries of that poll, never the wait (README.md, "Waiting").
     """
     if isinstance(error, APIError):
-        return error.status in RETRYABLE_STATUSES
+        return error.status >= 500 or error.status in RETRYABLE_STATUSES
     return isinstance(error, APIConnectionError)
 
 

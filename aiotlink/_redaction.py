@@ -9,6 +9,7 @@ reads as the secret: JSON ``\u`` escapes, percent-encoding, HTML character refer
 from __future__ import annotations
 
 import functools
+import html.entities
 import re
 from collections.abc import Iterable
 from urllib.parse import unquote
@@ -29,6 +30,10 @@ _SIGNATURE_PARAMETERS = frozenset(
         "sig",
         "token",
         "access_token",
+        "authorization",  # Backblaze B2's download authorisation
+        "key",  # API keys (Google's among them)
+        "api_key",
+        "apikey",
     )
 )
 # Both separators a query string may use (the W3C once recommended ";").
@@ -85,6 +90,18 @@ def url_secrets(url: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _html_names() -> dict[str, list[str]]:
+    """HTML's named character references of each single character (``_``: ``lowbar;``)."""
+    names: dict[str, list[str]] = {}
+    for name, text in html.entities.html5.items():
+        if len(text) == 1 and name.endswith(";"):
+            names.setdefault(text, []).append(name)
+    return names
+
+
+_HTML_NAMES = _html_names()
+
+
 def _character_spellings(character: str) -> str:
     """A regex for one character as itself or escaped as JSON, a URL or HTML would."""
     code = ord(character)
@@ -93,6 +110,7 @@ def _character_spellings(character: str) -> str:
         rf"\\u{code:04x}",  # JSON (matched case-insensitively, so \u00C4 too)
         rf"&#0*{code};",  # HTML, decimal
         rf"&#x0*{code:x};",  # HTML, hexadecimal
+        *(re.escape(f"&{name}") for name in _HTML_NAMES.get(character, ())),  # &lowbar;
     ]
     if code < 0x80:
         spellings.append(rf"%{code:02x}")  # percent-encoding

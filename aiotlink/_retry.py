@@ -78,7 +78,8 @@ def backoff_delay(retry_number: int, *, random_fraction: float) -> float:
     ``random_fraction`` in [0, 1) picks the point between 0 and the ceiling
     ``min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (retry_number - 1))``.
     """
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** (retry_number - 1))
+    # The exponent stops growing long after the cap is reached: 2.0 ** 1024 overflows.
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(retry_number - 1, 64))
     return random_fraction * ceiling
 
 

@@ -24,6 +24,7 @@ from ._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     ErrorDetail,
     NotFoundError,
     PermissionDeniedError,
@@ -210,6 +211,11 @@ class Request(NamedTuple):
         # The headers hold the token: never in a repr, or a traceback's locals.
         return f"Request({self.method} {self.display_url})"
 
+    @property
+    def described(self) -> tuple[str, str, str]:
+        """Method, route and display URL: what a log line names."""
+        return self.method, self.route, self.display_url
+
 
 async def _read_body(response: aiohttp.ClientResponse, request: Request) -> bytes:
     """The body, read no further than ``request.max_bytes``.
@@ -233,6 +239,23 @@ async def _read_body(response: aiohttp.ClientResponse, request: Request) -> byte
     return bytes(body)
 
 
+async def read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body until ``limit`` bytes or its end, whichever comes first.
+
+    Not one ``read(limit)``: that returns what has arrived so far, which may end in
+    the middle of an echoed secret, past the reach of scrubbing.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:  # the end, however the server signalled it
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def error_of_answer(
     response: aiohttp.ClientResponse, *, method: str, display_url: str, secrets: tuple[str, ...]
 ) -> APIError:
@@ -240,7 +263,7 @@ async def error_of_answer(
 
     The one way every request path (calls, storage, downloads) reads an error answer.
     """
-    body = scrub(await response.content.read(ERROR_BODY_LIMIT), secrets)
+    body = scrub(await read_up_to(response, ERROR_BODY_LIMIT), secrets)
     return error_for_response(
         response.status, response.headers, body, method=method, url=display_url
     )
@@ -254,6 +277,8 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
     telling whether the server may have seen the request. No aiohttp exception is
     chained to the error raised: their request information carries the headers.
     """
+    if session.closed:  # closed meanwhile: a retry after the client's close
+        raise ClientClosedError("the HTTP session is closed (the client, or the session passed in)")
     started = time.perf_counter()
     failure: TransactionLinkError
     try:
@@ -264,6 +289,7 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
             data=request.data,
             timeout=request.timeout,
             allow_redirects=request.allow_redirects,
+            raise_for_status=False,  # a caller's session may say True: statuses are ours
         ) as response:
             if response.status >= 300:
                 error = await error_of_answer(
@@ -272,36 +298,67 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
                     display_url=request.display_url,
                     secrets=request.secrets,
                 )
-                _log_attempt(request, attempt_number, started, response.status)
+                log_attempt(*request.described, attempt_number, started, response.status)
                 raise error  # in no handler: nothing rides along
             answer = Response(
                 response.status, response.headers, await _read_body(response, request)
             )
-            _log_attempt(request, attempt_number, started, response.status)
+            log_attempt(*request.described, attempt_number, started, response.status)
             return answer
     except aiohttp.ClientError as exc:
         failure = connection_error(exc, request.method, request.display_url)
     except TimeoutError as exc:
         failure = connection_error(exc, request.method, request.display_url)
-    _log_attempt(request, attempt_number, started, failure)
+    except RuntimeError as exc:
+        failure = unusable_session(exc, session, request.method, request.display_url)
+    log_attempt(*request.described, attempt_number, started, failure)
     # Raised here, outside the handlers: raised inside one, the aiohttp exception would
     # ride along as __context__.
     raise failure
 
 
-def _log_attempt(
-    request: Request, attempt_number: int, started: float, outcome: int | BaseException
+def log_attempt(
+    method: str,
+    route: str,
+    display_url: str,
+    attempt_number: int,
+    started: float,
+    outcome: int | BaseException,
 ) -> None:
+    """The DEBUG line of one HTTP attempt: its status, or the error type of no answer.
+
+    ``started`` is the attempt's start by ``time.perf_counter()``; ``display_url`` has
+    its signatures masked.
+    """
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "%s %s -> %s in %.1f ms (attempt %d, %s)",
-            request.method,
-            request.route,
+            method,
+            route,
             outcome if isinstance(outcome, int) else type(outcome).__name__,
             (time.perf_counter() - started) * 1000,
             attempt_number,
-            request.display_url,
+            display_url,
         )
+
+
+def unusable_session(
+    exc: RuntimeError, session: aiohttp.ClientSession, method: str, display_url: str
+) -> TransactionLinkError:
+    """The error for aiohttp refusing to send at all: a session closed, or of another loop.
+
+    Only aiohttp's own words about its state; never the request.
+    """
+    if session.closed:
+        return ClientClosedError(
+            "the HTTP session is closed (the client, or the session passed in)"
+        )
+    return APIConnectionError(
+        f"the HTTP session cannot send ({exc}); was it made in another event loop?",
+        method=method,
+        url=display_url,
+        request_sent=False,
+    )
 
 
 def connection_error(exc: BaseException, method: str, display_url: str) -> APIConnectionError:

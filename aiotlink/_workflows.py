@@ -66,6 +66,14 @@ DEFAULT_MAX_RESULT_BYTES = 100 * 2**20
 REMOTE_CANCEL_TIMEOUT = 5.0
 
 
+def _log_failed_wait(execution_id: object, error: TransactionLinkError) -> None:
+    """The INFO line of a wait that ended without a terminal status (its text is scrubbed)."""
+    if isinstance(error, WaitTimeoutError):
+        logger.info("gave up waiting for execution %s: %s", execution_id, error)
+    else:
+        logger.info("waiting for execution %s failed: %s", execution_id, error)
+
+
 def poll_schedule(
     poll_interval: float, max_poll_interval: float, poll_factor: float
 ) -> PollSchedule:
@@ -234,7 +242,12 @@ class Workflows:
                     await subscription.changed()
                     continue
                 ended = change.is_terminal
+                if ended:
+                    logger.info("execution %s ended %s", change.id, change.status.value)
                 yield change
+        except TransactionLinkError as error:
+            _log_failed_wait(execution_id, error)
+            raise
         finally:
             self._poller.unsubscribe(subscription)
 
@@ -321,10 +334,13 @@ class Workflows:
                     while (end := subscription.take()) is None:
                         await subscription.changed()
                     last = end
+                except TransactionLinkError as error:
+                    _log_failed_wait(execution_id, error)
+                    raise
                 finally:
                     self._poller.unsubscribe(subscription)
-        except WaitTimeoutError as timed_out:
-            logger.info("gave up waiting for execution %s: %s", execution_id, timed_out)
+                logger.info("execution %s ended %s", last.id, last.status.value)
+        except WaitTimeoutError:
             if cancel_on_timeout:
                 await self._cancel_remote(execution_id)
             raise
@@ -332,10 +348,6 @@ class Workflows:
             if cancel_remote_on_cancel:
                 await asyncio.shield(self._cancel_remote(execution_id))
             raise
-        except TransactionLinkError as error:
-            logger.info("waiting for execution %s failed: %s", execution_id, error)
-            raise
-        logger.info("execution %s ended %s", last.id, last.status.value)
         if last.status is not WorkflowStatus.COMPLETED and raise_on_failure:
             raise WorkflowFailedError(last)
         return last

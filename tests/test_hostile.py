@@ -9,6 +9,8 @@ malformed HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import tracemalloc
 import zlib
@@ -24,6 +26,8 @@ from aiohttp import web
 from aiotlink import (
     APIConnectionError,
     BadRequestError,
+    ClientClosedError,
+    NotFoundError,
     PermissionDeniedError,
     ResponseTooLargeError,
     ResponseValidationError,
@@ -31,9 +35,11 @@ from aiotlink import (
     ServerError,
     TransactionLinkClient,
     TransactionLinkError,
+    WaitTimeoutError,
 )
 from aiotlink._polling import Lookup
-from aiotlink._retry import MAX_RETRY_AFTER
+from aiotlink._redaction import mask_url
+from aiotlink._retry import BACKOFF_CAP, MAX_RETRY_AFTER, backoff_delay
 
 from .conftest import EXECUTION_ID, TOKEN, execution_body
 from .servers import ScriptedServer, eventually, reply
@@ -162,6 +168,10 @@ def html_escaped(text: str) -> str:
     return "".join(f"&#{ord(c)};" for c in text)
 
 
+def html_named(text: str) -> str:
+    return text.replace("_", "&lowbar;")
+
+
 def endless(total: int, *, announce: bool) -> Any:
     """A body of ``total`` bytes, sent lazily; the bytes actually sent are counted."""
     sent: list[int] = [0]
@@ -273,8 +283,8 @@ async def test_a_result_that_is_not_json_is_an_error(
 
 @pytest.mark.parametrize(
     "spell",
-    [str, json_escaped, percent_encoded, html_escaped, str.upper],
-    ids=["plain", "json-escaped", "percent-encoded", "html", "upper-case"],
+    [str, json_escaped, percent_encoded, html_escaped, html_named, str.upper],
+    ids=["plain", "json-escaped", "percent-encoded", "html", "html-named", "upper-case"],
 )
 async def test_an_echoed_token_is_in_no_error(
     hostile: ScriptedServer, tmp_path: Path, spell: Callable[[str], str]
@@ -618,3 +628,171 @@ def test_a_base_url_with_credentials_is_refused() -> None:
     with pytest.raises(ValueError, match="user or password") as caught:
         TransactionLinkClient(TOKEN, base_url="https://me:hunter22@api.example.com")
     assert "hunter22" not in str(caught.value)
+
+
+# --- found by review: bodies in pieces, sessions that cannot send, odd statuses -------
+
+
+def in_two_pieces(status: int, cut: int) -> Any:
+    """An error page echoing the Authorization header, sent in two writes with a pause.
+
+    The first write ends ``cut`` characters into the token: a single read of whatever has
+    arrived would keep that part, past the reach of scrubbing.
+    """
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        page = f"<html>proxy saw Authorization: {request.headers['Authorization']}</html>"
+        first, rest = page.split("tot_", 1)
+        response = web.StreamResponse(status=status)
+        response.content_type = "text/html"
+        await response.prepare(request)
+        await response.write((first + "tot_" + rest[:cut]).encode())
+        await asyncio.sleep(0.05)
+        await response.write(rest[cut:].encode())
+        return response
+
+    return handler
+
+
+async def test_a_token_split_across_reads_is_still_scrubbed(
+    hostile: ScriptedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An echoed token cut between two writes: no part of it in any error or log line."""
+    caplog.set_level(logging.DEBUG, logger="aiotlink")
+    script_every_endpoint(hostile, in_two_pieces(502, cut=12))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
+        outcomes = await every_endpoint(client, tmp_path)
+    part = TOKEN[:16]  # "tot_" and the twelve characters of the first write
+    for error in outcomes:
+        assert isinstance(error, ServerError | WaitTimeoutError), error
+        assert_clean(error, part)
+    assert any("will poll again" in record.getMessage() for record in caplog.records)
+    for record in caplog.records:
+        assert part not in record.getMessage()
+
+
+async def test_storage_answering_empty_twice_never_freezes_the_loop(
+    hostile: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A redirect to storage that answers 204, twice: errors, and the loop never stuck."""
+    url = f"{storage.url}/bucket/result.json?X-Amz-Signature={SIGNATURE}"
+    hostile.script(*RESULT, reply(200, {"$redirect": url}))
+    storage.script("GET", "/bucket/result.json", empty(204))
+
+    async def twice() -> list[Any]:
+        async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
+            return [await every_endpoint(client, tmp_path) for _ in range(2)]
+
+    thread, outcome = in_a_loop_of_its_own(twice, seconds=20)
+    rounds = await finished(thread, outcome, seconds=20)
+    for outcomes in rounds:
+        assert isinstance(outcomes[2], ResponseValidationError)  # get_result
+        assert isinstance(outcomes[3], ResponseValidationError)  # download_result
+    assert not list(await asyncio.to_thread(tmp_path.iterdir))
+
+
+async def test_closing_the_client_during_a_retry_gives_our_error(hostile: ScriptedServer) -> None:
+    """Closed while a call sleeps before its retry: ClientClosedError, not a RuntimeError."""
+    hostile.script(*FIND, reply(503, text="busy", headers={"Retry-After": "0.2"}))
+    client = TransactionLinkClient(TOKEN, base_url=hostile.url)
+    call = asyncio.create_task(client.workflows.find(EXECUTION_ID))
+    await eventually(lambda: hostile.requests_to(*FIND))
+    await client.close()
+    with pytest.raises(ClientClosedError):
+        await call
+    assert len(hostile.requests_to(*FIND)) == 1
+
+
+async def test_a_closed_caller_session_gives_our_error(hostile: ScriptedServer) -> None:
+    """A session the caller closed: ClientClosedError from calls and waits, no request."""
+    session = aiohttp.ClientSession()
+    await session.close()
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, session=session) as client:
+        with pytest.raises(ClientClosedError):
+            await client.workflows.find(EXECUTION_ID)
+        with pytest.raises(ClientClosedError):
+            await client.workflows.wait_for_completion(EXECUTION_ID, timeout=5)
+    assert hostile.seen == []
+
+
+async def test_a_session_of_another_event_loop_gives_our_error(hostile: ScriptedServer) -> None:
+    """A session made in a loop that has ended: a typed error, never a builtin."""
+
+    async def make() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    session = await asyncio.to_thread(asyncio.run, make())
+    try:
+        client = TransactionLinkClient(TOKEN, base_url=hostile.url, session=session, max_retries=0)
+        async with client:
+            with pytest.raises(TransactionLinkError) as caught:
+                await client.workflows.find(EXECUTION_ID)
+        assert_clean(caught.value, TOKEN)
+    finally:
+        with contextlib.suppress(RuntimeError):  # its loop is gone: closing may complain
+            await session.close()
+
+
+async def test_a_caller_session_raising_for_status_still_maps_statuses(
+    hostile: ScriptedServer,
+) -> None:
+    """``raise_for_status=True`` on the caller's session: a 404 is NotFoundError, not retried."""
+    hostile.script(*FIND, reply(404, {"errors": [{"code": "NOT_FOUND", "message": "no"}]}))
+    async with (
+        aiohttp.ClientSession(raise_for_status=True) as session,
+        TransactionLinkClient(TOKEN, base_url=hostile.url, session=session) as client,
+    ):
+        with pytest.raises(NotFoundError):
+            await client.workflows.find(EXECUTION_ID)
+        with pytest.raises(NotFoundError):
+            await client.workflows.wait_for_completion(EXECUTION_ID, timeout=5)
+    assert len(hostile.requests_to(*FIND)) == 2
+
+
+@pytest.mark.parametrize("status", [501, 507, 520, 524])
+async def test_any_server_error_between_polls_never_ends_the_wait(
+    hostile: ScriptedServer, status: int
+) -> None:
+    """A 5xx outside the usual four between polls is skipped too; the wait ends COMPLETED."""
+    hostile.script(
+        *FIND,
+        reply(200, execution_body(status="RUNNING")),
+        reply(status, text="<html>origin down</html>"),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        execution = await client.workflows.wait_for_completion(
+            EXECUTION_ID, timeout=10, poll_interval=0.01
+        )
+    assert execution.status == "COMPLETED"
+
+
+def test_the_backoff_of_a_thousandth_retry_is_still_a_number() -> None:
+    """Retry 2,000 waits at most the cap: no OverflowError from 2.0 ** 1999."""
+    assert backoff_delay(2000, random_fraction=1.0) == BACKOFF_CAP
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"default_headers": 5}, "default_headers"),
+        ({"default_headers": "ab"}, "default_headers"),
+        ({"retry_backoff": "no"}, "retry_backoff"),
+    ],
+)
+def test_arguments_of_the_wrong_type_name_themselves(options: dict[str, Any], named: str) -> None:
+    """Arguments of the wrong type: a TypeError naming the argument."""
+    with pytest.raises(TypeError, match=named):
+        TransactionLinkClient(TOKEN, **options)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["Authorization=3_b2-download-auth-secret", "key=AIzaSyB-secret-api-key"],
+)
+def test_other_credentials_in_a_query_are_masked(query: str) -> None:
+    """Backblaze's Authorization= and Google's key= are credentials too."""
+    secret = query.split("=", 1)[1]
+    masked = mask_url(f"https://storage.example.com/b/o.json?{query}&x-id=GetObject")
+    assert secret not in masked
+    assert "x-id=GetObject" in masked
