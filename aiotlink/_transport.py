@@ -279,7 +279,9 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
     """
     if session.closed:  # closed meanwhile: a retry after the client's close
         raise ClientClosedError("the HTTP session is closed (the client, or the session passed in)")
-    started = time.perf_counter()
+    # Asked once: the clock and the log line cost a call only when someone listens.
+    debug = logger.isEnabledFor(logging.DEBUG)
+    started = time.perf_counter() if debug else 0.0
     failure: TransactionLinkError
     try:
         async with session.request(
@@ -298,12 +300,14 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
                     display_url=request.display_url,
                     secrets=request.secrets,
                 )
-                log_attempt(*request.described, attempt_number, started, response.status)
+                if debug:
+                    log_attempt(*request.described, attempt_number, started, response.status)
                 raise error  # in no handler: nothing rides along
             answer = Response(
                 response.status, response.headers, await _read_body(response, request)
             )
-            log_attempt(*request.described, attempt_number, started, response.status)
+            if debug:
+                log_attempt(*request.described, attempt_number, started, response.status)
             return answer
     except aiohttp.ClientError as exc:
         failure = connection_error(exc, request.method, request.display_url)
@@ -311,7 +315,8 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
         failure = connection_error(exc, request.method, request.display_url)
     except RuntimeError as exc:
         failure = unusable_session(exc, session, request.method, request.display_url)
-    log_attempt(*request.described, attempt_number, started, failure)
+    if debug:
+        log_attempt(*request.described, attempt_number, started, failure)
     # Raised here, outside the handlers: raised inside one, the aiohttp exception would
     # ride along as __context__.
     raise failure

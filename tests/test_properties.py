@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import json
 import math
 import re
@@ -498,44 +499,68 @@ def assert_secret_absent(secret: str, text: str) -> None:
 
 
 class _Content:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
+    """A body that arrives in pieces: each read returns at most the next piece.
+
+    As aiohttp's stream does: a read returns what has arrived, which may end anywhere,
+    in the middle of an echoed token too.
+    """
+
+    def __init__(self, body: bytes, cuts: list[int]) -> None:
+        edges = sorted({0, len(body), *(cut % (len(body) + 1) for cut in cuts)})
+        self._pieces = [body[start:end] for start, end in itertools.pairwise(edges)]
 
     async def read(self, n: int = -1) -> bytes:
-        return self._body if n < 0 else self._body[:n]
+        if not self._pieces:
+            return b""
+        piece = self._pieces.pop(0)
+        if 0 <= n < len(piece):
+            self._pieces.insert(0, piece[n:])
+            piece = piece[:n]
+        return piece
 
 
 class _ErrorAnswer:
     """The parts of an aiohttp response that reading an error answer uses."""
 
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(
+        self, status: int, headers: Mapping[str, str], body: bytes, cuts: list[int]
+    ) -> None:
         self.status = status
         self.headers = headers
-        self.content = _Content(body)
+        self.content = _Content(body, cuts)
 
 
-async def _transport_error(status: int, body: bytes, secret: str) -> APIError:
-    answer: Any = _ErrorAnswer(status, {}, body)
+async def _transport_error(status: int, body: bytes, secret: str, cuts: list[int]) -> APIError:
+    answer: Any = _ErrorAnswer(status, {}, body, cuts)
     return await error_of_answer(
         answer, method="GET", display_url="https://api.example/workflows", secrets=(secret,)
     )
 
 
 @FAST
-@given(status=st.sampled_from([400, 401, 403, 404, 429, 500, 502, 503]), echo=bodies_echoing())
+@given(
+    status=st.sampled_from([400, 401, 403, 404, 429, 500, 502, 503]),
+    echo=bodies_echoing(),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=4),
+)
 @example(
     status=401,
     echo=(
         "tot_secret_0123456789",
         b'{"errors":[{"code":"x","message":"\\u0074ot_secret_0123456789"}]}',
     ),
+    cuts=[],
 )
+@example(status=502, echo=("tot_secret_0123456789", b"saw tot_secret_0123456789"), cuts=[12])
 def test_the_transport_never_puts_the_token_in_an_error(
-    status: int, echo: tuple[str, bytes]
+    status: int, echo: tuple[str, bytes], cuts: list[int]
 ) -> None:
-    """An error read by the transport never holds the token, plain or JSON-escaped, in str/repr."""
+    """A transport error never holds the token, plain or escaped, however the body is cut."""
     secret, body = echo
-    error = asyncio.run(_transport_error(status, body, secret))
+    error = asyncio.run(_transport_error(status, body, secret, cuts))
+    # However the body arrived, the error is the one of the whole body: a read that
+    # stopped at the first piece could keep the start of a token, past scrubbing.
+    assert str(error) == str(asyncio.run(_transport_error(status, body, secret, [])))
     assert_secret_absent(secret, str(error))
     assert_secret_absent(secret, repr(error))
     for detail in error.errors:
