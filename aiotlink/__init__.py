@@ -3,7 +3,6 @@
 from importlib.metadata import version as _version
 
 from ._client import TransactionLinkClient
-from ._download import DownloadError
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -11,6 +10,7 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    DownloadError,
     ErrorDetail,
     NotFoundError,
     PermissionDeniedError,

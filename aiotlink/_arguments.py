@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -141,12 +142,27 @@ def check_expires_at(expires_at: datetime | timedelta | None, *, now: datetime) 
 
 
 def check_destination(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a ``Path`` whose folder exists; ``ValueError`` otherwise."""
+    """``path`` as a ``Path`` a result may be written to; ``ValueError`` otherwise.
+
+    Its folder must exist, and the path must be a regular file or nothing yet. A FIFO,
+    a device, a socket or a directory is refused: the result would replace it (as root,
+    ``/dev/null`` itself). A symbolic link is replaced by the file, never written
+    through (README.md, "Large results to disk"). Errors the OS gives only when the
+    file is made (a read-only or pseudo filesystem, a name too long) are the
+    download's :class:`DownloadError`.
+    """
     if not isinstance(path, str | os.PathLike):
         raise ValueError(f"path must be a str or a path, got {type(path).__name__}")
     destination = Path(path)
-    if destination.is_dir():
-        raise ValueError(f"path is a directory, not a file: {destination}")
+    if "\0" in str(destination):
+        raise ValueError("path must not contain a NUL character")
+    try:
+        mode: int | None = os.lstat(destination).st_mode
+    except OSError:
+        mode = None  # not there yet, or not to be known before the file is made
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ValueError(f"path is {kind}, which a result must not replace: {destination}")
     if not destination.parent.is_dir():
         raise ValueError(f"path's folder does not exist: {destination.parent}")
     return destination

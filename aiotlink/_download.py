@@ -18,15 +18,14 @@ import errno
 import logging
 import mmap
 import os
-import random
 import re
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 import attrs
@@ -35,15 +34,15 @@ from yarl import URL
 from ._callbacks import OnProgress, notify
 from ._errors import (
     APIConnectionError,
-    APIError,
+    DownloadError,
     PermissionDeniedError,
     ResponseValidationError,
-    TransactionLinkError,
+    ResultTooLargeError,
 )
 from ._models import DownloadedResult
 from ._redaction import mask_url, scrub_text, url_secrets
 from ._results import redirect_target
-from ._retry import backoff_delay, retry_reason
+from ._retry import call_with_retries
 from ._transport import (
     connection_error,
     error_of_answer,
@@ -71,24 +70,29 @@ SLOW_WRITE_SECONDS = 0.005
 PROGRESS_INTERVAL = 0.1  # seconds between two on_progress calls, at the most
 # A redirect answer is a few hundred bytes; anything longer is the result itself.
 REDIRECT_PROBE_BYTES = 64 * 1024
-MAX_ATTEMPTS = 5  # reads of one source that fail transiently, before giving up
-MAX_URL_REFRESHES = 3  # new pre-signed URLs asked for after storage refused one
+# New pre-signed URLs asked for after storage refused one (403: expired); each new URL
+# gets the client's retry policy afresh.
+MAX_URL_REFRESHES = 3
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-class DownloadError(TransactionLinkError):
-    """The result could not be written to ``path`` (e.g. the disk is full).
+class _Incomplete(APIConnectionError):
+    """The body ended before its announced length: a transient failure, to resume from.
 
-    The destination is left as it was and no temporary file remains.
+    An APIConnectionError, so that the client's retry policy (_retry.retry_reason)
+    retries it like any lost connection.
     """
 
-    def __init__(self, message: str, *, path: Path) -> None:
-        super().__init__(message)
-        self.path = path
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message, method="GET", url=url, request_sent=True)
 
 
-class _Incomplete(Exception):
-    """The body ended before its announced length: resume from the current offset."""
+class _Unusable(_Incomplete):
+    """An answer that cannot be put together with the bytes on disk: start over.
+
+    Retried from byte 0 like a lost connection; once the retries run out it becomes a
+    DownloadError, since storage never gave one object whole.
+    """
 
 
 @attrs.define
@@ -122,15 +126,74 @@ class _Progress:
         await notify(self.callback, done, total)
 
 
-def content_range_start(header: str | None) -> tuple[int | None, int | None]:
-    """The first byte and the total length from a ``Content-Range`` header.
+def content_range(header: str | None) -> tuple[int, int, int | None] | None:
+    """First byte, last byte and total length from a ``Content-Range`` header.
 
-    ``(None, None)`` for a missing or malformed header; the total is ``None`` for ``*``.
+    ``None`` for a missing or malformed header; the total is ``None`` for ``*``.
     """
     match = _CONTENT_RANGE.fullmatch(header or "")
     if match is None:
-        return None, None
-    return int(match[1]), None if match[3] == "*" else int(match[3])
+        return None
+    return int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])
+
+
+class LineUp(NamedTuple):
+    """How an answer lines up with the bytes already on disk (:func:`line_up`).
+
+    ``restart``: the file is emptied before this body is written. ``total``: the
+    object's length, if announced; ``etag`` its ETag. ``problem``: set when the answer
+    cannot be used at all, saying why.
+    """
+
+    restart: bool
+    total: int | None
+    etag: str | None
+    problem: str | None = None
+
+
+def line_up(
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    offset: int,
+    etag: str | None,
+    total: int | None,
+) -> LineUp:
+    """Whether a successful answer continues the download, restarts it, or is unusable.
+
+    ``offset`` is the bytes on disk (a ``Range`` was asked from there when it is not 0),
+    ``etag`` and ``total`` what the download's first answer said of the object. A
+    ``206`` is taken only if it is the same object (the ETag it started with), from
+    exactly ``offset`` to its end, with a known total that matches, and a length that
+    fits; anything else could splice two objects into one file. A ``200`` is the whole
+    object, afresh.
+    """
+    length = _content_length(headers)
+    if status != 206:
+        return LineUp(restart=offset > 0, total=length, etag=headers.get("ETag"))
+    if not offset:
+        return LineUp(False, None, None, "storage answered a range that was not asked for")
+    if etag is None or headers.get("ETag") != etag:
+        return LineUp(False, None, None, "storage's ETag changed: the object is not the same")
+    parsed = content_range(headers.get("Content-Range"))
+    if parsed is None:
+        return LineUp(False, None, None, "storage's Content-Range is missing or malformed")
+    first, last, announced = parsed
+    if first != offset:
+        return LineUp(False, None, None, f"storage answered from byte {first}, not {offset}")
+    if announced is None or (total is not None and announced != total):
+        return LineUp(False, None, None, "storage's total length is unknown or changed")
+    if last != announced - 1 or (length is not None and length != last - first + 1):
+        return LineUp(False, None, None, "storage's range and length do not agree")
+    return LineUp(restart=False, total=announced, etag=etag)
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    """The body's length in bytes as written to disk, if announced."""
+    if headers.get("Content-Encoding", "identity") != "identity":
+        return None  # Content-Length counts encoded bytes; we write decoded ones
+    value = headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 class _DiskThread:
@@ -202,10 +265,14 @@ class _TempFile:
 
     def __init__(self, destination: Path) -> None:
         self.destination = destination
-        self.path = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.part")
-        # Not mkstemp: its 0600 would survive the rename. Mode 0666 less the umask is
-        # what a file created by any other program gets.
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        # The name cut short: a destination's name near the system's limit (255 bytes)
+        # must still leave room for the temporary file's.
+        short = destination.name[:100]
+        self.path = destination.with_name(f".{short}.{secrets.token_hex(6)}.part")
+        with self._disk_errors("could not start writing"):  # EACCES, ENAMETOOLONG, EROFS
+            # Not mkstemp: its 0600 would survive the rename. Mode 0666 less the umask
+            # is what a file created by any other program gets.
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._disk = _DiskThread()
         try:
             with self._disk_errors("could not write"):  # no memory, say
@@ -445,13 +512,17 @@ class Downloader:
         result_path: str,
         destination: Path,
         on_progress: OnProgress | None,
+        max_bytes: int | None = None,
     ) -> None:
         self._client = client
         self._result_path = result_path
         self._destination = destination
         self._progress = _Progress(on_progress)
+        self._max_bytes = max_bytes
         self._api_url = client.base_url + result_path
+        # What the first whole answer said of the object: a resume must match it.
         self._etag: str | None = None
+        self._total: int | None = None
 
     async def run(self) -> DownloadedResult:
         temp = _TempFile(self._destination)
@@ -491,13 +562,24 @@ class Downloader:
     ) -> str | None:
         """Read ``source`` into ``temp``, resuming and refreshing as needed.
 
-        With ``probe_redirect``, a short body that is a ``$redirect`` is not written:
-        its URL is returned instead.
+        Every read is an attempt of the client's retry policy (``max_retries``, backoff,
+        ``Retry-After``), a resume or a restart included; a pre-signed URL that storage
+        refuses is replaced up to MAX_URL_REFRESHES times, each new URL with the policy
+        afresh. With ``probe_redirect``, a short body that is a ``$redirect`` is not
+        written: its URL is returned instead.
         """
-        attempts = refreshes = 0
+        refreshes = 0
         while True:
             try:
-                return await self._read_once(source, temp, probe_redirect, attempts + 1)
+                return await call_with_retries(
+                    self._read_once,
+                    source,
+                    temp,
+                    probe_redirect,
+                    policy=self._client._options.retry_policy,
+                    idempotent=True,
+                    description=f"GET {mask_url(source.url)}",
+                )
             except PermissionDeniedError:
                 # Storage refuses an expired or rejected pre-signed URL: get a new one.
                 if not source.redirected or refreshes >= MAX_URL_REFRESHES:
@@ -511,26 +593,13 @@ class Downloader:
                 )
                 # Our own error (scrubbed) is the worst context a failed refresh gets.
                 source.url = await self._fresh_url()
-                source.secrets = url_secrets(source.url)
-                continue
-            except (APIConnectionError, APIError, _Incomplete) as error:
-                attempts += 1
-                transient = isinstance(error, _Incomplete) or retry_reason(error, idempotent=True)
-                failure = error
-            if not transient or attempts >= MAX_ATTEMPTS:
-                raise _final(failure, source)
-            delay = backoff_delay(attempts, random_fraction=random.random())
-            logger.warning(
-                "reading %s failed at byte %d (%s); resuming in %.2f s",
-                mask_url(source.url),
-                temp.size,
-                failure,
-                delay,
-            )
-            if self._client._options.retry_policy.backoff:
-                await asyncio.sleep(delay)
-            if not source.redirected:
-                await temp.restart()  # the API promises no ranges: start over
+                source.secrets = url_secrets(source.url) + self._client._secrets
+            except _Unusable as error:
+                problem = str(error)
+                break
+        raise DownloadError(
+            f"storage never sent the result whole: {problem}", path=self._destination
+        )
 
     async def _fresh_url(self) -> str:
         """Ask the API for the result again, for a new pre-signed URL."""
@@ -568,13 +637,20 @@ class Downloader:
     async def _read_once(
         self, source: _Source, temp: _TempFile, probe_redirect: bool, attempt_number: int
     ) -> str | None:
-        """One GET of ``source`` from ``temp.size`` on; raises to be retried or resumed."""
+        """One GET of ``source`` from ``temp.size`` on; raises to be retried or resumed.
+
+        A resume asks for the rest of the same object (``Range`` with ``If-Range``);
+        without an ETag to name the object by, or from the API (which promises no
+        ranges), the file starts over instead.
+        """
+        if temp.size and (not source.redirected or self._etag is None):
+            await temp.restart()
         # Raw bytes: ranges count bytes of the stored representation, not of a decoding.
         headers = {**source.headers, "Accept-Encoding": "identity"}
-        if temp.size and source.redirected:
+        if temp.size:
+            assert self._etag is not None  # else restarted just above
             headers["Range"] = f"bytes={temp.size}-"
-            if self._etag is not None:
-                headers["If-Range"] = self._etag
+            headers["If-Range"] = self._etag
         display_url = mask_url(source.url)
         route = "storage" if source.redirected else "/workflows/{id}/result"
         sessions = self._client._sessions
@@ -597,7 +673,7 @@ class Downloader:
                     )
                 return await self._stream(response, source, temp, probe_redirect)
         except aiohttp.ClientPayloadError:
-            failure = _Incomplete(f"connection lost after byte {temp.size}")
+            failure = _Incomplete(f"connection lost after byte {temp.size}", url=display_url)
         except aiohttp.ClientError as exc:
             failure = connection_error(exc, "GET", display_url)
         except TimeoutError as exc:
@@ -618,7 +694,8 @@ class Downloader:
         probe_redirect: bool,
     ) -> str | None:
         """Write the answer's body to ``temp``; the ``$redirect`` instead, if it is one."""
-        total = await self._line_up(response, temp)
+        display_url = mask_url(source.url)
+        total = await self._line_up(response, temp, display_url)
         content = response.content
         if probe_redirect:
             first = await read_up_to(response, REDIRECT_PROBE_BYTES)
@@ -628,6 +705,7 @@ class Downloader:
                     return target
             elif not _starts_like_json(first):
                 self._redirect_in(first)  # raises: says what is wrong
+            self._check_size(len(first), None, display_url)
             await temp.write(first)
             await self._progress.report(temp.size, total)
         # Chunks one by one as they arrived: joining them into larger ones (as
@@ -643,32 +721,52 @@ class Downloader:
                 continue
             if temp.size == 0 and not _starts_like_json(chunk):
                 raise ResponseValidationError(
-                    "the result is not JSON", method="GET", url=mask_url(source.url)
+                    "the result is not JSON", method="GET", url=display_url
                 )
+            self._check_size(temp.size + len(chunk), None, display_url)
+            if total is not None and temp.size + len(chunk) > total:
+                # Only a body without a Content-Length can run past its Content-Range.
+                await temp.restart()
+                self._etag = self._total = None
+                raise _Unusable("storage sent more bytes than it announced", url=display_url)
             await temp.write(chunk)
             await self._progress.report(temp.size, total)
         if total is not None and temp.size != total:
-            raise _Incomplete(f"got {temp.size} of {total} bytes")
+            # Fewer bytes than announced (more cannot come: the parser stops there).
+            raise _Incomplete(f"got {temp.size} of {total} bytes", url=display_url)
         return None
 
-    async def _line_up(self, response: aiohttp.ClientResponse, temp: _TempFile) -> int | None:
-        """Line the file up with the answer; return the result's total length, if known."""
-        etag = response.headers.get("ETag")
-        if response.status == 206:
-            start, total = content_range_start(response.headers.get("Content-Range"))
-            if start == temp.size:
-                return total
-            # Not the range asked for: start over rather than guess.
+    def _check_size(self, size: int, announced: int | None, display_url: str) -> None:
+        """ResultTooLargeError if ``size`` bytes (or the announced length) pass max_bytes."""
+        limit = self._max_bytes
+        if limit is not None and max(size, announced or 0) > limit:
+            raise ResultTooLargeError(
+                max_bytes=limit, size=announced, url=display_url, to_disk=True
+            )
+
+    async def _line_up(
+        self, response: aiohttp.ClientResponse, temp: _TempFile, display_url: str
+    ) -> int | None:
+        """Line the file up with the answer (:func:`line_up`); the object's total length."""
+        decision = line_up(
+            response.status,
+            response.headers,
+            offset=temp.size,
+            etag=self._etag,
+            total=self._total,
+        )
+        if decision.problem is not None:
+            # Start over from byte 0 on the next attempt, taking the object as it is then.
             await temp.restart()
-            raise _Incomplete(f"storage answered a range from byte {start}, not {temp.size}")
-        if temp.size:
-            # The whole result again: the storage ignored Range, or the object changed.
+            self._etag = self._total = None
+            raise _Unusable(decision.problem, url=display_url)
+        if decision.restart:
             logger.info("storage sent the whole result again; restarting the download")
             await temp.restart()
-        self._etag = etag
-        if response.headers.get("Content-Encoding", "identity") != "identity":
-            return None  # Content-Length counts encoded bytes; we write decoded ones
-        return response.content_length
+        if temp.size == 0:  # a whole object from its start: what any resume must match
+            self._etag, self._total = decision.etag, decision.total
+        self._check_size(temp.size, decision.total, display_url)
+        return decision.total
 
 
 # The first byte of a JSON text, after any whitespace (RFC 8259, section 2).
@@ -679,15 +777,3 @@ def _starts_like_json(data: bytes) -> bool:
     """Whether ``data``, the start of a body, may begin a JSON text (an HTML page may not)."""
     stripped = data.lstrip(b" \t\r\n")
     return not stripped or stripped[0] in _JSON_FIRST_BYTES
-
-
-def _final(error: Exception, source: _Source) -> TransactionLinkError:
-    """What a download that gave up raises: the error as it is, or a connection error."""
-    if isinstance(error, TransactionLinkError):
-        return error
-    return APIConnectionError(
-        f"the result stayed incomplete after {MAX_ATTEMPTS} attempts ({error})",
-        method="GET",
-        url=mask_url(source.url),
-        request_sent=True,
-    )

@@ -16,6 +16,7 @@
     ├── ResponseTooLargeError        an answer over max_response_bytes; nothing more read
     │   └── ResultTooLargeError      a result over max_bytes: use download_result
     ├── ClientClosedError            the client was closed (waits end with it at once)
+    ├── DownloadError                (download_result) the file could not be written whole
     ├── WorkflowFailedError          (waiting) the execution ended other than COMPLETED
     └── WaitTimeoutError             (waiting) the deadline passed first
 
@@ -30,6 +31,7 @@ headers) is chained as ``__cause__`` or ``__context__``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
@@ -216,14 +218,42 @@ class ResponseTooLargeError(TransactionLinkError):
 
 
 class ResultTooLargeError(ResponseTooLargeError):
-    """The result is larger than ``max_bytes``; stream it to disk with ``download_result``."""
+    """The result is larger than ``max_bytes``; stream it to disk with ``download_result``.
+
+    ``to_disk`` is True when ``download_result`` itself refused it (over its own
+    ``max_bytes``): nothing was left on disk.
+    """
+
+    def __init__(
+        self, *, max_bytes: int, size: int | None, url: str, to_disk: bool = False
+    ) -> None:
+        self.to_disk = to_disk
+        super().__init__(max_bytes=max_bytes, size=size, url=url)
 
     def _describe(self) -> str:
+        if self.to_disk:
+            return (
+                f"the result {self._seen()}, over download_result's max_bytes={self.max_bytes} "
+                f"(from {self.url}); nothing was written. Raise max_bytes, or pass None"
+            )
         return (
             f"the result {self._seen()}, over max_bytes={self.max_bytes} (from {self.url}); "
             "stream it to disk with client.workflows.download_result(execution_id, path) "
             "or raise max_bytes"
         )
+
+
+class DownloadError(TransactionLinkError):
+    """A result could not be written whole to ``path``.
+
+    The disk refused (the OS error is the ``__cause__``), or storage's answers could
+    not be put together into one object. The destination is left as it was and no
+    temporary file remains.
+    """
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ClientClosedError(TransactionLinkError):

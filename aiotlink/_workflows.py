@@ -176,26 +176,38 @@ class Workflows:
         path: str | os.PathLike[str],
         *,
         on_progress: OnProgress | None = None,
+        max_bytes: int | None = None,
     ) -> DownloadedResult:
         """Stream the result's raw JSON bytes to ``path``, inline or from a ``$redirect``.
 
         Memory stays flat whatever the size. The file appears whole or not at all: the
         bytes go to a temporary file beside ``path``, checked against the announced
         length, fsynced and renamed into place; on failure ``path`` keeps what it had.
-        A dropped connection resumes with ``Range`` from the bytes on disk; an expired
-        pre-signed URL is replaced by asking the API again. ``on_progress(done_bytes,
-        total_bytes)`` (a function or a coroutine function; ``total_bytes`` ``None`` when
-        unknown) is called as bytes arrive, at most ten times a second, and at the end.
+        A dropped connection resumes with ``Range`` from the bytes on disk, only for the
+        same object (its ETag) and only where storage answers exactly the rest of it;
+        otherwise it starts over. Every read is an attempt of the client's retry
+        policy; an expired pre-signed URL is replaced by asking the API again (at most
+        three times). ``max_bytes`` (default ``None``: no cap) bounds the result.
+        ``on_progress(done_bytes, total_bytes)`` (a function or a coroutine function;
+        ``total_bytes`` ``None`` when unknown) is called as bytes arrive, at most ten
+        times a second, and at the end. A symbolic link at ``path`` is replaced by the
+        file, not written through.
 
         Raises:
-            ValueError: ``execution_id`` is not a UUID, or ``path``'s folder does not
-            exist (before any request). DownloadError: the file could not be written.
-            APIError, APIConnectionError: the result could not be had, after retries.
+            ValueError: ``execution_id`` is not a UUID, ``path``'s folder does not
+            exist, or ``path`` is a directory, FIFO, device or socket (before any
+            request). ResultTooLargeError: over ``max_bytes``. DownloadError: the file
+            could not be written (the OS error is its cause), or storage never sent
+            the object whole. APIError, APIConnectionError: the result could not be
+            had, after retries.
         """
         path_in_api = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
         destination = check_destination(path)
         check_callable("on_progress", on_progress)
-        return await Downloader(self._client, path_in_api, destination, on_progress).run()
+        if max_bytes is not None:
+            check_count("max_bytes", max_bytes, minimum=1)
+        downloader = Downloader(self._client, path_in_api, destination, on_progress, max_bytes)
+        return await downloader.run()
 
     async def watch(
         self,

@@ -1,0 +1,447 @@
+"""download_result against storage that lies, unbounded bodies and odd destinations.
+
+A file is the exact object or an error: resumes are taken only for the same object,
+from exactly where asked, to its announced end; the size can be capped; only regular
+files are replaced; every read follows the client's one retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from aiotlink import (
+    DownloadError,
+    ResultTooLargeError,
+    ServerError,
+    TransactionLinkClient,
+)
+from aiotlink._download import line_up
+
+from .conftest import EXECUTION_ID, TOKEN
+from .servers import ScriptedServer, reply
+
+RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
+OBJECT = ("GET", "/bucket/result.json")
+V1 = b'{"version": 1, "data": "' + b"a" * 300_000 + b'"}'
+V2 = b'{"version": 2, "data": "' + b"b" * 300_000 + b'"}'
+CUT = 100_000  # where storage drops the connection
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [name for name in os.listdir(folder) if name.endswith(".part")]
+
+
+def redirect_to(server: ScriptedServer, storage: ScriptedServer) -> None:
+    url = f"{storage.url}{OBJECT[1]}?X-Amz-Signature=c2lnbmF0dXJl"
+    server.script(*RESULT, reply(200, {"$redirect": url}))
+
+
+def whole(payload: bytes, etag: str | None) -> Any:
+    """A 200 with the whole object."""
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        headers = {} if etag is None else {"ETag": etag}
+        return web.Response(body=payload, headers=headers)
+
+    return handler
+
+
+def dropped(payload: bytes, etag: str | None, *, after: int = CUT) -> Any:
+    """A 200 announcing the whole object, cut off after ``after`` bytes."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Length": str(len(payload))}
+        if etag is not None:
+            headers["ETag"] = etag
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        await response.write(payload[:after])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    return handler
+
+
+def partial(
+    payload: bytes,
+    *,
+    etag: str | None,
+    content_range: Callable[[int, int], str],
+    start: Callable[[int], int] = lambda asked: asked,
+) -> Any:
+    """A 206 with the rest of ``payload`` from a start, under a Content-Range it makes."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        asked = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        first = start(asked)
+        headers = {"Content-Range": content_range(first, len(payload))}
+        if etag is not None:
+            headers["ETag"] = etag
+        return web.Response(status=206, body=payload[first:], headers=headers)
+
+    return handler
+
+
+def honest_range(first: int, total: int) -> str:
+    return f"bytes {first}-{total - 1}/{total}"
+
+
+# --- the decision, as a pure function -----------------------------------------------
+
+
+def test_a_resume_is_taken_only_for_the_same_object_from_where_asked() -> None:
+    """line_up: a 206 continues only with the same ETag, offset, total and length."""
+    good = {"ETag": '"v1"', "Content-Range": "bytes 100-999/1000", "Content-Length": "900"}
+
+    def decide(changes: Mapping[str, str | None], **kwargs: Any) -> str | None:
+        headers = {k: v for k, v in {**good, **changes}.items() if v is not None}
+        arguments = {"offset": 100, "etag": '"v1"', "total": 1000, **kwargs}
+        return line_up(206, headers, **arguments).problem
+
+    assert decide({}) is None
+    assert line_up(206, good, offset=100, etag='"v1"', total=1000).total == 1000
+    assert decide({"ETag": '"v2"'}) is not None
+    assert decide({"ETag": None}) is not None
+    assert decide({}, etag=None) is not None  # never resumed without an ETag
+    assert decide({"Content-Range": "bytes 50-999/1000"}) is not None
+    assert decide({"Content-Range": "bytes 100-999/*"}) is not None
+    assert decide({"Content-Range": "bytes 100-1099/1100"}) is not None  # total changed
+    assert decide({"Content-Range": "bytes 100-499/1000"}) is not None  # not to the end
+    assert decide({"Content-Length": "400"}) is not None  # length disagrees
+    assert decide({"Content-Range": None}) is not None
+    assert decide({}, offset=0) is not None  # a range nobody asked for
+
+
+def test_a_whole_answer_restarts_a_resumed_download() -> None:
+    """line_up: a 200 to a Range request is the whole object afresh: start over."""
+    decision = line_up(
+        200, {"Content-Length": "10", "ETag": '"v2"'}, offset=5, etag='"v1"', total=10
+    )
+    assert (decision.restart, decision.total, decision.etag, decision.problem) == (
+        True,
+        10,
+        '"v2"',
+        None,
+    )
+
+
+# --- storage that lies ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "liar",
+    [
+        partial(V2, etag='"v2"', content_range=honest_range),  # ignores If-Range
+        partial(V1, etag='"v1"', content_range=lambda first, _: f"bytes {first}-*/*"),
+        partial(V1, etag='"v1"', content_range=lambda first, total: f"bytes {first}-{total - 1}/*"),
+        partial(V1, etag='"v1"', content_range=honest_range, start=lambda asked: asked - 10),
+        partial(V1 + b" ", etag='"v1"', content_range=honest_range),  # another total
+    ],
+    ids=["etag-changed", "malformed-range", "unknown-total", "wrong-offset", "total-changed"],
+)
+async def test_a_lying_resume_is_never_spliced(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path, liar: Any
+) -> None:
+    """A 206 that is not the rest of the same object: the download starts over, whole."""
+    redirect_to(server, storage)
+    storage.script(*OBJECT, dropped(V1, '"v1"'), liar, whole(V1, '"v1"'))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        downloaded = await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V1
+    assert downloaded.size == len(V1)
+    ranges = [seen.headers.get("Range") for seen in storage.requests_to(*OBJECT)]
+    assert ranges == [None, f"bytes={CUT}-", None]  # the lie, then a fresh start
+
+
+async def test_a_range_that_runs_past_its_announced_end_is_not_kept(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A 206 without a Content-Length that sends more than its range: started over."""
+
+    async def overlong(request: web.Request) -> web.StreamResponse:
+        asked = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        headers = {"ETag": '"v1"', "Content-Range": honest_range(asked, len(V1))}
+        response = web.StreamResponse(status=206, headers=headers)
+        response.enable_chunked_encoding()  # no Content-Length to stop the parser
+        await response.prepare(request)
+        await response.write(V1[asked:] + b"trailing garbage")
+        return response
+
+    redirect_to(server, storage)
+    storage.script(*OBJECT, dropped(V1, '"v1"'), overlong, whole(V1, '"v1"'))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V1
+    assert len(storage.requests_to(*OBJECT)) == 3
+
+
+async def test_an_object_changed_between_attempts_is_written_as_the_new_one_whole(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Dropped on v1, then v2 everywhere: the file is all of v2, none of v1."""
+    redirect_to(server, storage)
+    storage.script(
+        *OBJECT,
+        dropped(V1, '"v1"'),
+        partial(V2, etag='"v2"', content_range=honest_range),
+        whole(V2, '"v2"'),
+    )
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V2
+
+
+async def test_without_an_etag_a_dropped_download_starts_over(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Storage that names no ETag is never asked for a Range: nothing could check it."""
+    redirect_to(server, storage)
+    storage.script(*OBJECT, dropped(V1, None), whole(V1, None))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V1
+    assert all("Range" not in seen.headers for seen in storage.requests_to(*OBJECT))
+
+
+async def test_storage_that_always_lies_ends_in_a_download_error(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Drops and bad ranges on every attempt: DownloadError once the retries run out."""
+    redirect_to(server, storage)
+    storage.script(
+        *OBJECT,
+        dropped(V1, '"v1"'),
+        partial(V2, etag='"v2"', content_range=honest_range),
+        dropped(V1, '"v1"'),
+        partial(V2, etag='"v2"', content_range=honest_range),
+    )
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        with pytest.raises(DownloadError, match="never sent the result whole") as caught:
+            await client.workflows.download_result(EXECUTION_ID, target)
+        assert len(storage.requests_to(*OBJECT)) == client.max_retries + 1
+    assert caught.value.path == target
+    assert os.listdir(tmp_path) == []
+
+
+# --- a cap on the size ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("redirected", [True, False], ids=["storage", "inline"])
+async def test_a_result_over_max_bytes_leaves_no_file(
+    server: ScriptedServer,
+    storage: ScriptedServer,
+    tmp_path: Path,
+    announced: bool,
+    redirected: bool,
+) -> None:
+    """Over download_result's max_bytes: ResultTooLargeError, nothing on disk."""
+
+    async def body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if announced:
+            response.content_length = len(V1)
+        await response.prepare(request)
+        for start in range(0, len(V1), 10_000):
+            await response.write(V1[start : start + 10_000])
+        return response
+
+    if redirected:
+        redirect_to(server, storage)
+        storage.script(*OBJECT, body)
+    else:
+        server.script(*RESULT, body)
+    target = tmp_path / "r.json"
+    target.write_bytes(b"old")
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ResultTooLargeError, match="max_bytes=100000") as caught:
+            await client.workflows.download_result(EXECUTION_ID, target, max_bytes=100_000)
+        downloaded = await client.workflows.download_result(
+            EXECUTION_ID, tmp_path / "fits.json", max_bytes=len(V1)
+        )
+    assert caught.value.size == (len(V1) if announced else None)
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+    assert downloaded.size == len(V1)
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1, True, 1.5, "10"])
+async def test_a_malformed_max_bytes_is_refused_before_any_request(
+    server: ScriptedServer, tmp_path: Path, max_bytes: Any
+) -> None:
+    """max_bytes must be a whole number of at least 1 (or None)."""
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ValueError, match="max_bytes"):
+            await client.workflows.download_result(
+                EXECUTION_ID, tmp_path / "r.json", max_bytes=max_bytes
+            )
+    assert server.seen == []
+
+
+# --- the destination -----------------------------------------------------------------
+
+
+def make_fifo(folder: Path) -> Path:
+    path = folder / "fifo.json"
+    os.mkfifo(path)
+    return path
+
+
+def make_socket(folder: Path) -> Path:
+    path = folder / "socket.json"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.close()
+    return path
+
+
+def make_folder(folder: Path) -> Path:
+    path = folder / "folder.json"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [make_fifo, make_socket, make_folder, lambda _: Path("/dev/null")],
+    ids=["fifo", "socket", "directory", "device"],
+)
+async def test_a_destination_that_is_no_regular_file_is_refused_before_any_request(
+    server: ScriptedServer, tmp_path: Path, make: Callable[[Path], Path]
+) -> None:
+    """A FIFO, socket, directory or device is never replaced: ValueError, no request."""
+    path = make(tmp_path)
+    before = os.lstat(path)
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ValueError, match="path is"):
+            await client.workflows.download_result(EXECUTION_ID, path)
+        with pytest.raises(ValueError, match="path is"):
+            await client.workflows.run("definition", download_to=path)
+    after = os.lstat(path)
+    assert (stat.S_IFMT(after.st_mode), after.st_ino) == (
+        stat.S_IFMT(before.st_mode),
+        before.st_ino,
+    )
+    assert server.seen == []
+
+
+async def test_a_symbolic_link_is_replaced_not_written_through(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """The link itself becomes the file; what it pointed to is left as it was."""
+    server.script(*RESULT, reply(200, {"fresh": True}))
+    pointed_to = tmp_path / "elsewhere.json"
+    pointed_to.write_bytes(b"precious")
+    link = tmp_path / "r.json"
+    link.symlink_to(pointed_to)
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        await client.workflows.download_result(EXECUTION_ID, link)
+    assert not link.is_symlink()
+    assert link.read_bytes() == b'{"fresh": true}'
+    assert pointed_to.read_bytes() == b"precious"
+
+
+async def test_a_name_near_the_limit_still_downloads(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """A 250-character name: its temporary file's name is cut short, the download works."""
+    server.script(*RESULT, reply(200, [1, 2, 3]))
+    target = tmp_path / ("r" * 245 + ".json")
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == b"[1, 2, 3]"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        lambda folder: folder / ("r" * 300 + ".json"),
+        lambda _: Path("/proc/x.json"),
+        lambda _: Path("/sys/x.json"),
+    ],
+    ids=["name-too-long", "proc", "sys"],
+)
+async def test_os_errors_at_the_destination_are_download_errors(
+    server: ScriptedServer, tmp_path: Path, destination: Callable[[Path], Path]
+) -> None:
+    """What the OS refuses at the destination: DownloadError naming it, the OS error as cause."""
+    server.script(*RESULT, reply(200, [1, 2, 3]))
+    target = destination(tmp_path)
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(DownloadError) as caught:
+            await client.workflows.download_result(EXECUTION_ID, target)
+    assert str(target) in str(caught.value)
+    assert caught.value.path == target
+    assert isinstance(caught.value.__cause__, OSError)
+    assert leftovers(tmp_path) == []
+
+
+# --- one retry policy ----------------------------------------------------------------
+
+
+async def test_the_download_follows_the_clients_max_retries(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """max_retries=0 and a 503 with Retry-After: one request, as get_result makes."""
+    server.script(*RESULT, reply(503, text="busy", headers={"Retry-After": "2"}))
+    async with TransactionLinkClient(TOKEN, base_url=server.url, max_retries=0) as client:
+        async with asyncio.timeout(1):
+            with pytest.raises(ServerError):
+                await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+            with pytest.raises(ServerError):
+                await client.workflows.get_result(EXECUTION_ID)
+    assert len(server.requests_to(*RESULT)) == 2
+
+
+async def test_the_download_sleeps_what_retry_after_asks(
+    server: ScriptedServer,
+    storage: ScriptedServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storage's 503 with Retry-After: 7 is waited out (recorded, not slept) and retried."""
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("aiotlink._retry.asyncio.sleep", record)
+    redirect_to(server, storage)
+    storage.script(
+        *OBJECT, reply(503, text="busy", headers={"Retry-After": "7"}), whole(V1, '"v1"')
+    )
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert slept == [7.0]
+    assert target.read_bytes() == V1
+
+
+async def test_a_retry_after_over_the_cap_ends_the_download_at_once(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Retry-After: 120 from storage is over the 60 s cap: the error, no retry, no file."""
+    redirect_to(server, storage)
+    storage.script(*OBJECT, reply(503, text="busy", headers={"Retry-After": "120"}))
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ServerError) as caught:
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert caught.value.retry_after == 120
+    assert len(storage.requests_to(*OBJECT)) == 1
+    assert os.listdir(tmp_path) == []
