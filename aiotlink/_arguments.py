@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-# The provider's bounds for expiresAt (spec/README.md).
+# Where the client's settings come from when not given (README.md, "Quick start").
+DEFAULT_BASE_URL = "https://api.transactionlink.io"
+TOKEN_ENV_VAR = "TRANSACTIONLINK_TOKEN"
+BASE_URL_ENV_VAR = "TRANSACTIONLINK_BASE_URL"
+# The provider's bounds for expiresAt (its API reference, initialise-workflow).
 MIN_EXPIRY = timedelta(minutes=30)
 MAX_EXPIRY = timedelta(days=30)
 # Ids go into the URL path as they are: only RFC 3986 unreserved characters, so an id

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import attrs
 
-from ._client import BASE_URL_ENV_VAR, DEFAULT_BASE_URL, TOKEN_ENV_VAR, TransactionLinkClient
+from . import TransactionLinkClient
+from ._arguments import BASE_URL_ENV_VAR, DEFAULT_BASE_URL, TOKEN_ENV_VAR
 from ._errors import NotFoundError, TransactionLinkError
 from ._models import DownloadedResult, WorkflowExecution
 

@@ -1,41 +1,38 @@
-"""The client: configuration, the HTTP session's lifecycle, and the request path.
+"""The client: configuration, its checks, and the lifecycle of its sessions.
 
-Every API call goes through :meth:`TransactionLinkClient._request` (auth, headers,
-retries); every storage download through :meth:`TransactionLinkClient._fetch_storage`
-(no credentials at all). The endpoints live in ``_workflows.py``.
+It composes the request layer (``_requester.py``: API calls with auth and retries,
+storage GETs without credentials) and the resources on it (``client.workflows``,
+``_workflows.py``); the layers are drawn in ``_requester.py``'s docstring.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import os
-import warnings
 from collections.abc import Mapping
 from importlib.metadata import version
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import aiohttp
-import attrs
 from yarl import URL
 
-from ._arguments import check_count, check_seconds
-from ._errors import ClientClosedError, ResponseTooLargeError
-from ._polling import Fetch, Poller
-from ._redaction import mask_url, url_secrets
-from ._retry import RetryPolicy, call_with_retries
-from ._transport import Request, Response, api_url, authorization_value, send
+from ._arguments import (
+    BASE_URL_ENV_VAR,
+    DEFAULT_BASE_URL,
+    TOKEN_ENV_VAR,
+    check_count,
+    check_seconds,
+)
+from ._requester import Requester, RequestOptions, Sessions
+from ._retry import RetryPolicy
+from ._transport import authorization_value
 from ._workflows import Workflows
 
-DEFAULT_BASE_URL = "https://api.transactionlink.io"
-TOKEN_ENV_VAR = "TRANSACTIONLINK_TOKEN"
-BASE_URL_ENV_VAR = "TRANSACTIONLINK_BASE_URL"
 # API answers are a few kilobytes; a bound this far above them stops a broken or hostile
 # server from filling memory, and results have their own (get_result's max_bytes).
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 2**20
 USER_AGENT = f"aiotlink/{version('aiotlink')}"
-JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 
 
 class _Keep(enum.Enum):
@@ -45,99 +42,6 @@ class _Keep(enum.Enum):
 
 
 _KEEP = _Keep.KEEP
-
-
-@attrs.frozen
-class _RequestOptions:
-    """Per-attempt settings: what :meth:`~TransactionLinkClient.with_options` may change."""
-
-    timeout: float | None
-    retry_policy: RetryPolicy
-    client_timeout: aiohttp.ClientTimeout = attrs.field(init=False)
-    storage_timeout: aiohttp.ClientTimeout = attrs.field(init=False)
-
-    @client_timeout.default
-    def _client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.timeout)
-
-    @storage_timeout.default
-    def _storage_timeout(self) -> aiohttp.ClientTimeout:
-        # Per read, not in total: a large, healthy download may take longer than any
-        # single attempt at an API call should.
-        return aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
-
-
-class _Sessions:
-    """The aiohttp sessions of one client and of every view made by ``with_options``.
-
-    The API session is the caller's (never closed here) or ours, opened lazily inside
-    the running loop. Storage is fetched on a session that carries no default headers,
-    auth or cookies: ours when we own the API session (we create it clean), else a
-    second one of ours, because a caller's session may add credentials of its own.
-    """
-
-    def __init__(self, session: aiohttp.ClientSession | None, connection_limit: int) -> None:
-        self._caller_session = session
-        self.connection_limit = connection_limit
-        self._own_sessions: list[aiohttp.ClientSession] = []
-        self._pollers: dict[_RequestOptions, Poller] = {}
-        self.closed = False
-
-    def poller(self, options: _RequestOptions, fetch: Fetch) -> Poller:
-        """The poll loops for views with ``options``: waiters on one id share one loop.
-
-        Views made with the same settings (``with_options(timeout=5)`` on every call)
-        share a poller; at most ``connection_limit`` polls of each are in flight.
-        """
-        self._check_open()
-        if options not in self._pollers:
-            self._pollers[options] = Poller(fetch, max_in_flight=self.connection_limit)
-        return self._pollers[options]
-
-    def _open(self) -> aiohttp.ClientSession:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.connection_limit),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        self._own_sessions.append(session)
-        return session
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ClientClosedError(
-                "this TransactionLinkClient is closed; create a new one for more calls"
-            )
-
-    def api(self) -> aiohttp.ClientSession:
-        """The session for API calls, opened on first use."""
-        self._check_open()
-        if self._caller_session is not None:
-            return self._caller_session
-        return self._own_sessions[0] if self._own_sessions else self._open()
-
-    def storage(self) -> aiohttp.ClientSession:
-        """A session safe to send to storage: no credentials, headers or cookies of ours."""
-        if self._caller_session is None:
-            return self.api()
-        self._check_open()
-        return self._own_sessions[0] if self._own_sessions else self._open()
-
-    async def close(self) -> None:
-        """Close our sessions, and end every wait at once with :class:`ClientClosedError`."""
-        self.closed = True
-        for poller in self._pollers.values():
-            poller.close(ClientClosedError)
-        sessions, self._own_sessions = self._own_sessions, []
-        for session in sessions:
-            await session.close()
-
-    def __del__(self) -> None:
-        if any(not session.closed for session in self._own_sessions):
-            warnings.warn(
-                "TransactionLinkClient was not closed: use `async with` or `await client.close()`",
-                ResourceWarning,
-                stacklevel=2,
-            )
 
 
 def _check_base_url(base_url: str | None) -> str:
@@ -263,20 +167,53 @@ class TransactionLinkClient:
         self.max_response_bytes = check_count("max_response_bytes", max_response_bytes, minimum=1)
         _check_session(session)
         headers = _check_default_headers(default_headers)
-        self.base_url = _check_base_url(base_url)
+        self._setup(
+            token,
+            base_url=_check_base_url(base_url),
+            default_headers=headers,
+            max_response_bytes=max_response_bytes,
+            sessions=Sessions(session, connection_limit),
+            options=RequestOptions(timeout, RetryPolicy(max_retries, retry_backoff)),
+            owns_lifecycle=True,
+        )
+
+    def _setup(
+        self,
+        token: str,
+        *,
+        base_url: str,
+        default_headers: Mapping[str, str],
+        max_response_bytes: int,
+        sessions: Sessions,
+        options: RequestOptions,
+        owns_lifecycle: bool,
+    ) -> None:
+        """Set every attribute of a client or a view, from checked settings: one path.
+
+        Views (:meth:`with_options`) come through here too, so that what a client holds
+        is made, never copied from another.
+        """
+        self.base_url = base_url
+        self.max_response_bytes = max_response_bytes
         self._token = token
-        # What error bodies are scrubbed of: a proxy may echo the Authorization header.
-        self._secrets = (token, token.removeprefix("Bearer "))
-        self._get_headers = {
-            **headers,
-            "User-Agent": USER_AGENT,
-            "Authorization": authorization_value(token),
-        }
-        self._post_headers = {**self._get_headers, "Content-Type": JSON_CONTENT_TYPE}
-        self._sessions = _Sessions(session, connection_limit)
-        self._owns_lifecycle = True
-        self._options = _RequestOptions(timeout, RetryPolicy(max_retries, retry_backoff))
-        self.workflows = Workflows(self)
+        self._default_headers = dict(default_headers)
+        self._sessions = sessions
+        self._options = options
+        self._owns_lifecycle = owns_lifecycle
+        self._requester = Requester(
+            sessions,
+            options,
+            base_url=base_url,
+            headers={
+                **default_headers,
+                "User-Agent": USER_AGENT,
+                "Authorization": authorization_value(token),
+            },
+            # What error bodies are scrubbed of: a proxy may echo the Authorization header.
+            secrets=(token, token.removeprefix("Bearer ")),
+            max_response_bytes=max_response_bytes,
+        )
+        self.workflows = Workflows(self._requester)
 
     def with_options(
         self,
@@ -297,11 +234,16 @@ class TransactionLinkClient:
             policy.backoff if retry_backoff is _KEEP else retry_backoff,
         )
         _check_options(new_timeout, new_policy.max_retries, new_policy.backoff)
-        view = object.__new__(TransactionLinkClient)
-        view.__dict__.update(self.__dict__)
-        view._owns_lifecycle = False
-        view._options = _RequestOptions(new_timeout, new_policy)
-        view.workflows = Workflows(view)
+        view = type(self).__new__(type(self))  # a subclass's views are of the subclass
+        view._setup(
+            self._token,
+            base_url=self.base_url,
+            default_headers=self._default_headers,
+            max_response_bytes=self.max_response_bytes,
+            sessions=self._sessions,
+            options=RequestOptions(new_timeout, new_policy),
+            owns_lifecycle=False,
+        )
         return view
 
     @property
@@ -332,89 +274,3 @@ class TransactionLinkClient:
 
     def __repr__(self) -> str:
         return f"<TransactionLinkClient base_url={self.base_url!r}>"
-
-    def _api_headers(self) -> dict[str, str]:
-        """The headers of a GET to the API: auth, User-Agent and the default headers."""
-        return self._get_headers
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        route: str,
-        body: Any = None,
-        idempotent: bool = True,
-        max_bytes: int | None = None,
-        too_large: type[ResponseTooLargeError] = ResponseTooLargeError,
-    ) -> Response:
-        """One API call with auth and retries; ``path`` is already safe to put in a URL.
-
-        ``route`` is the path's template, for logs. The answer is read up to
-        ``max_bytes`` (the client's ``max_response_bytes`` by default), past which
-        ``too_large`` is raised.
-        """
-        session = self._sessions.api()
-        url_text = self.base_url + path
-        options = self._options
-        request = Request(
-            method,
-            api_url(url_text),
-            url_text,
-            route,
-            self._get_headers if body is None else self._post_headers,
-            None if body is None else _encode_body(body),
-            options.client_timeout,
-            self.max_response_bytes if max_bytes is None else max_bytes,
-            too_large,
-            self._secrets,
-            False,  # allow_redirects: credentials must not follow a redirect
-        )
-        return await call_with_retries(
-            send,
-            session,
-            request,
-            policy=options.retry_policy,
-            idempotent=idempotent,
-            description=f"{method} {url_text}",
-        )
-
-    async def _fetch_storage(
-        self, url_text: str, *, max_bytes: int, too_large: type[ResponseTooLargeError]
-    ) -> Response:
-        """GET a pre-signed storage URL exactly as given, with no credential of ours."""
-        session = self._sessions.storage()
-        display_url = mask_url(url_text)
-        options = self._options
-        request = Request(
-            "GET",
-            URL(url_text, encoded=True),
-            display_url,
-            "storage",
-            None,  # no header of ours: storage gets no credential
-            None,
-            options.storage_timeout,
-            max_bytes,
-            too_large,
-            # Storage may echo its signature in an error; it never gets the token, but
-            # scrubbing that too costs nothing.
-            url_secrets(url_text) + self._secrets,
-            True,  # allow_redirects: nothing secret is sent along
-        )
-        return await call_with_retries(
-            send,
-            session,
-            request,
-            policy=options.retry_policy,
-            idempotent=True,
-            description=f"GET {display_url}",
-        )
-
-
-def _encode_body(body: Any) -> bytes:
-    """The JSON of a request body (already checked by the endpoint)."""
-    try:
-        return json.dumps(body, separators=(",", ":")).encode()
-    except RecursionError:
-        problem = "the request body nests too deep to encode as JSON"
-    raise ValueError(problem)

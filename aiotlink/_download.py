@@ -29,7 +29,6 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 import attrs
-from yarl import URL
 
 from ._callbacks import OnProgress, notify
 from ._errors import (
@@ -53,11 +52,10 @@ from ._transport import (
 )
 
 if TYPE_CHECKING:
-    from ._client import TransactionLinkClient
+    from ._requester import Requester
 
 logger = logging.getLogger("aiotlink")
 
-READ_BUFFER_BYTES = 1024 * 1024  # large socket reads: page faults, not HTTP, set the pace
 # Direct writes go through up to this many buffers of this size (a multiple of
 # DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 DIRECT_BUFFERS = 3
@@ -104,7 +102,6 @@ class _Source:
     """
 
     url: str
-    headers: dict[str, str] = attrs.field(repr=False)
     redirected: bool
     secrets: tuple[str, ...] = attrs.field(repr=False)
 
@@ -508,18 +505,18 @@ class Downloader:
 
     def __init__(
         self,
-        client: TransactionLinkClient,
+        requester: Requester,
         result_path: str,
         destination: Path,
         on_progress: OnProgress | None,
         max_bytes: int | None = None,
     ) -> None:
-        self._client = client
+        self._requester = requester
         self._result_path = result_path
         self._destination = destination
         self._progress = _Progress(on_progress)
         self._max_bytes = max_bytes
-        self._api_url = client.base_url + result_path
+        self._api_url = requester.base_url + result_path
         # What the first whole answer said of the object: a resume must match it.
         self._etag: str | None = None
         self._total: int | None = None
@@ -528,18 +525,13 @@ class Downloader:
         temp = _TempFile(self._destination)
         try:
             # The API answers the result itself, or a $redirect to pre-signed storage.
-            api = _Source(
-                self._api_url,
-                self._client._api_headers(),
-                redirected=False,
-                secrets=self._client._secrets,
-            )
+            api = _Source(self._api_url, redirected=False, secrets=self._requester.secrets)
             logger.debug("downloading the result from %s", self._api_url)
             storage_url = await self._fetch(api, temp, probe_redirect=True)
             if storage_url is not None:
-                storage = _Source(
-                    storage_url, {}, redirected=True, secrets=url_secrets(storage_url)
-                )
+                # Storage never gets the token, but scrubbing it too costs nothing.
+                secrets = url_secrets(storage_url) + self._requester.secrets
+                storage = _Source(storage_url, redirected=True, secrets=secrets)
                 logger.debug("the result is in storage: downloading %s", mask_url(storage_url))
                 await self._fetch(storage, temp)
             if temp.size == 0:
@@ -576,7 +568,7 @@ class Downloader:
                     source,
                     temp,
                     probe_redirect,
-                    policy=self._client._options.retry_policy,
+                    policy=self._requester.retry_policy,
                     idempotent=True,
                     description=f"GET {mask_url(source.url)}",
                 )
@@ -593,7 +585,7 @@ class Downloader:
                 )
                 # Our own error (scrubbed) is the worst context a failed refresh gets.
                 source.url = await self._fresh_url()
-                source.secrets = url_secrets(source.url) + self._client._secrets
+                source.secrets = url_secrets(source.url) + self._requester.secrets
             except _Unusable as error:
                 problem = str(error)
                 break
@@ -603,7 +595,7 @@ class Downloader:
 
     async def _fresh_url(self) -> str:
         """Ask the API for the result again, for a new pre-signed URL."""
-        response = await self._client._request(
+        response = await self._requester.call(
             "GET", self._result_path, route="/workflows/{id}/result"
         )
         target = self._redirect_in(response.body)
@@ -624,12 +616,12 @@ class Downloader:
         """
         problem = None
         try:
-            return redirect_target(parse_json(body), api_base_url=self._client.base_url)
+            return redirect_target(parse_json(body), api_base_url=self._requester.base_url)
         except ValueError as exc:  # raised below: no decoder's error as its context
             problem = str(exc) if body.strip() else "the answer is empty"
         raise ResponseValidationError(
             "the result is not JSON",
-            problems=[scrub_text(problem, self._client._secrets)],
+            problems=[scrub_text(problem, self._requester.secrets)],
             method="GET",
             url=self._api_url,
         )
@@ -646,25 +638,18 @@ class Downloader:
         if temp.size and (not source.redirected or self._etag is None):
             await temp.restart()
         # Raw bytes: ranges count bytes of the stored representation, not of a decoding.
-        headers = {**source.headers, "Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity"}
         if temp.size:
             assert self._etag is not None  # else restarted just above
             headers["Range"] = f"bytes={temp.size}-"
             headers["If-Range"] = self._etag
         display_url = mask_url(source.url)
         route = "storage" if source.redirected else "/workflows/{id}/result"
-        sessions = self._client._sessions
-        session = sessions.storage() if source.redirected else sessions.api()
         started = time.perf_counter()
         failure: Exception
         try:
-            async with session.get(
-                URL(source.url, encoded=True),
-                headers=headers,
-                timeout=self._client._options.storage_timeout,
-                allow_redirects=source.redirected,
-                raise_for_status=False,  # a caller's session may say True: statuses are ours
-                read_bufsize=READ_BUFFER_BYTES,
+            async with self._requester.stream(
+                source.url, storage=source.redirected, headers=headers
             ) as response:
                 log_attempt("GET", route, display_url, attempt_number, started, response.status)
                 if response.status >= 300:
@@ -679,7 +664,8 @@ class Downloader:
         except TimeoutError as exc:
             failure = connection_error(exc, "GET", display_url)
         except RuntimeError as exc:  # the session was closed, or is of another loop
-            failure = unusable_session(exc, session, "GET", display_url)
+            closed = self._requester.session_closed(storage=source.redirected)
+            failure = unusable_session(exc, closed=closed, method="GET", display_url=display_url)
         if not isinstance(failure, _Incomplete):
             log_attempt("GET", route, display_url, attempt_number, started, failure)
         # Raised out here: raised in a handler, the aiohttp error (whose request

@@ -278,7 +278,7 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
     chained to the error raised: their request information carries the headers.
     """
     if session.closed:  # closed meanwhile: a retry after the client's close
-        raise ClientClosedError("the HTTP session is closed (the client, or the session passed in)")
+        raise closed_session()
     # Asked once: the clock and the log line cost a call only when someone listens.
     debug = logger.isEnabledFor(logging.DEBUG)
     started = time.perf_counter() if debug else 0.0
@@ -314,7 +314,9 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
     except TimeoutError as exc:
         failure = connection_error(exc, request.method, request.display_url)
     except RuntimeError as exc:
-        failure = unusable_session(exc, session, request.method, request.display_url)
+        failure = unusable_session(
+            exc, closed=session.closed, method=request.method, display_url=request.display_url
+        )
     if debug:
         log_attempt(*request.described, attempt_number, started, failure)
     # Raised here, outside the handlers: raised inside one, the aiohttp exception would
@@ -347,17 +349,20 @@ def log_attempt(
         )
 
 
+def closed_session() -> ClientClosedError:
+    """The error for a session closed before a request: the client's, or the caller's."""
+    return ClientClosedError("the HTTP session is closed (the client, or the session passed in)")
+
+
 def unusable_session(
-    exc: RuntimeError, session: aiohttp.ClientSession, method: str, display_url: str
+    exc: RuntimeError, *, closed: bool, method: str, display_url: str
 ) -> TransactionLinkError:
     """The error for aiohttp refusing to send at all: a session closed, or of another loop.
 
     Only aiohttp's own words about its state; never the request.
     """
-    if session.closed:
-        return ClientClosedError(
-            "the HTTP session is closed (the client, or the session passed in)"
-        )
+    if closed:
+        return closed_session()
     return APIConnectionError(
         f"the HTTP session cannot send ({exc}); was it made in another event loop?",
         method=method,

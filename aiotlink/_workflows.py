@@ -57,7 +57,7 @@ from ._retry import parse_retry_after
 from ._transport import Response, decode_json, parse_json
 
 if TYPE_CHECKING:
-    from ._client import TransactionLinkClient
+    from ._requester import Requester
 
 logger = logging.getLogger("aiotlink")
 
@@ -90,8 +90,8 @@ def poll_schedule(
 class Workflows:
     """The Workflows endpoints, as ``client.workflows``."""
 
-    def __init__(self, client: TransactionLinkClient) -> None:
-        self._client = client
+    def __init__(self, requester: Requester) -> None:
+        self._requester = requester
 
     async def initialise(
         self,
@@ -122,7 +122,7 @@ class Workflows:
             record_id=None if record_id is None else check_uuid("record_id", record_id),
         )
         try:
-            response = await self._client._request(
+            response = await self._requester.call(
                 "POST",
                 "/workflows",
                 route="/workflows",
@@ -156,7 +156,7 @@ class Workflows:
     async def _find(self, execution_id: str) -> Lookup:
         """The execution, the answer's body, and its ``Retry-After`` (the poller's pace)."""
         path = f"/workflows/{execution_id}"
-        response = await self._client._request("GET", path, route="/workflows/{id}")
+        response = await self._requester.call("GET", path, route="/workflows/{id}")
         header = response.headers.get("Retry-After")
         retry_after = None if header is None else parse_retry_after(header, now=datetime.now(UTC))
         return Lookup(self._execution(response, "GET", path), response.body, retry_after)
@@ -168,7 +168,7 @@ class Workflows:
         Remembered: a view's settings never change, and hashing them on every wait
         costs a microsecond of each of thousands of waits started together.
         """
-        return self._client._sessions.poller(self._client._options, self._find)
+        return self._requester.poller(self._find)
 
     async def download_result(
         self,
@@ -206,7 +206,7 @@ class Workflows:
         check_callable("on_progress", on_progress)
         if max_bytes is not None:
             check_count("max_bytes", max_bytes, minimum=1)
-        downloader = Downloader(self._client, path_in_api, destination, on_progress, max_bytes)
+        downloader = Downloader(self._requester, path_in_api, destination, on_progress, max_bytes)
         return await downloader.run()
 
     async def watch(
@@ -481,7 +481,7 @@ class Workflows:
             ValueError: a malformed id. NotFoundError: no such execution.
         """
         execution_id = check_execution_id(execution_id)
-        await self._client._request(
+        await self._requester.call(
             "POST", f"/workflows/{execution_id}/cancel", route="/workflows/{id}/cancel"
         )
         logger.info("cancelled execution %s", execution_id)
@@ -500,25 +500,25 @@ class Workflows:
         """
         path = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
         max_bytes = check_count("max_bytes", max_bytes, minimum=1)
-        response = await self._client._request(
+        response = await self._requester.call(
             "GET",
             path,
             route="/workflows/{id}/result",
             max_bytes=max_bytes,
             too_large=ResultTooLargeError,
         )
-        url = self._client.base_url + path
+        url = self._requester.base_url + path
         payload = self._json(response, "GET", url)
         problem: str | None = None
         try:
-            target = redirect_target(payload, api_base_url=self._client.base_url)
+            target = redirect_target(payload, api_base_url=self._requester.base_url)
         except ValueError as exc:
             problem = str(exc)
         if problem is not None:
             raise ResponseValidationError(problem, method="GET", url=url)
         if target is None:
             return payload
-        stored = await self._client._fetch_storage(
+        stored = await self._requester.fetch_storage(
             target, max_bytes=max_bytes, too_large=ResultTooLargeError
         )
         return self._json(stored, "GET", mask_url(target))
@@ -533,7 +533,7 @@ class Workflows:
             problem = str(exc)
         raise ResponseValidationError(
             "the answer is not valid JSON",
-            problems=[scrub_text(problem, self._client._secrets)],
+            problems=[scrub_text(problem, self._requester.secrets)],
             method=method,
             url=url,
         )
@@ -547,7 +547,7 @@ class Workflows:
             message, problems = "the answer does not fit WorkflowExecution", exc.problems
         raise ResponseValidationError(
             message,
-            problems=[scrub_text(problem, self._client._secrets) for problem in problems],
+            problems=[scrub_text(problem, self._requester.secrets) for problem in problems],
             method=method,
-            url=self._client.base_url + path,
+            url=self._requester.base_url + path,
         )

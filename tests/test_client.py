@@ -21,7 +21,7 @@ def test_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without token=, TRANSACTIONLINK_TOKEN is used."""
     monkeypatch.setenv(TOKEN_ENV_VAR, TOKEN)
     client = TransactionLinkClient()
-    assert client._get_headers["Authorization"] == TOKEN
+    assert client._requester._get_headers["Authorization"] == TOKEN
 
 
 def test_no_token_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,8 +108,8 @@ async def test_unclosed_client_warns_without_a_stray_task(mocked: aioresponses) 
     await client.workflows.find(EXECUTION_ID)
     (session,) = client._sessions._own_sessions
     tasks_before = asyncio.all_tasks()
-    del client
     with pytest.warns(ResourceWarning, match="not closed"):
+        del client  # no reference cycle: freed here, or by the collection below
         gc.collect()
     assert asyncio.all_tasks() == tasks_before
     await session.close()

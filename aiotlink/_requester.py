@@ -1,0 +1,291 @@
+"""The request layer: what resources may do over HTTP, and nothing else.
+
+::
+
+    TransactionLinkClient (_client.py)     configuration, checks, lifecycle; composes
+    ├── Requester (this module)            API calls: auth, the retry policy, bounds;
+    │   │                                  storage GETs without credentials; streams
+    │   ├── Sessions                       the aiohttp sessions, opened lazily, closed once
+    │   └── send (_transport.py)           one HTTP attempt: the answer, or our error
+    └── Workflows (_workflows.py)          the endpoints, on a Requester only
+        └── Downloader (_download.py)      results to disk, on the same Requester
+
+Resources (``Workflows``, ``Downloader``, later webhooks) get a :class:`Requester` and
+use only its public methods: one request path and one retry loop for all of them, so
+that scrubbing, bounds and ``max_retries`` cannot be lost in a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from ._errors import ClientClosedError, ResponseTooLargeError
+from ._polling import Fetch, Poller
+from ._redaction import mask_url, url_secrets
+from ._retry import RetryPolicy, call_with_retries
+from ._transport import Request, Response, api_url, closed_session, send
+
+JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
+
+READ_BUFFER_BYTES = 1024 * 1024  # large socket reads for streams: page faults set the pace
+
+
+@attrs.frozen
+class RequestOptions:
+    """Per-attempt settings: what :meth:`~TransactionLinkClient.with_options` may change."""
+
+    timeout: float | None
+    retry_policy: RetryPolicy
+    client_timeout: aiohttp.ClientTimeout = attrs.field(init=False)
+    storage_timeout: aiohttp.ClientTimeout = attrs.field(init=False)
+
+    @client_timeout.default
+    def _client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.timeout)
+
+    @storage_timeout.default
+    def _storage_timeout(self) -> aiohttp.ClientTimeout:
+        # Per read, not in total: a large, healthy download may take longer than any
+        # single attempt at an API call should.
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+
+
+class Sessions:
+    """The aiohttp sessions of one client and of every view made by ``with_options``.
+
+    The API session is the caller's (never closed here) or ours, opened lazily inside
+    the running loop. Storage is fetched on a session that carries no default headers,
+    auth or cookies: ours when we own the API session (we create it clean), else a
+    second one of ours, because a caller's session may add credentials of its own.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession | None, connection_limit: int) -> None:
+        self._caller_session = session
+        self.connection_limit = connection_limit
+        self._own_sessions: list[aiohttp.ClientSession] = []
+        self._pollers: dict[RequestOptions, Poller] = {}
+        self.closed = False
+
+    def poller(self, options: RequestOptions, fetch: Fetch) -> Poller:
+        """The poll loops for views with ``options``: waiters on one id share one loop.
+
+        Views made with the same settings (``with_options(timeout=5)`` on every call)
+        share a poller; at most ``connection_limit`` polls of each are in flight.
+        """
+        self._check_open()
+        if options not in self._pollers:
+            self._pollers[options] = Poller(fetch, max_in_flight=self.connection_limit)
+        return self._pollers[options]
+
+    def _open(self) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.connection_limit),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self._own_sessions.append(session)
+        return session
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClientClosedError(
+                "this TransactionLinkClient is closed; create a new one for more calls"
+            )
+
+    def cannot_send(self, *, storage: bool) -> bool:
+        """Whether the session for API calls (or for storage) is closed; opens nothing."""
+        if self.closed:
+            return True
+        caller = self._caller_session
+        return caller is not None and not storage and caller.closed
+
+    def api(self) -> aiohttp.ClientSession:
+        """The session for API calls, opened on first use."""
+        self._check_open()
+        if self._caller_session is not None:
+            return self._caller_session
+        return self._own_sessions[0] if self._own_sessions else self._open()
+
+    def storage(self) -> aiohttp.ClientSession:
+        """A session safe to send to storage: no credentials, headers or cookies of ours."""
+        if self._caller_session is None:
+            return self.api()
+        self._check_open()
+        return self._own_sessions[0] if self._own_sessions else self._open()
+
+    async def close(self) -> None:
+        """Close our sessions, and end every wait at once with :class:`ClientClosedError`."""
+        self.closed = True
+        for poller in self._pollers.values():
+            poller.close(ClientClosedError)
+        sessions, self._own_sessions = self._own_sessions, []
+        for session in sessions:
+            await session.close()
+
+    def __del__(self) -> None:
+        if any(not session.closed for session in self._own_sessions):
+            warnings.warn(
+                "TransactionLinkClient was not closed: use `async with` or `await client.close()`",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+
+class Requester:
+    """The request layer of one client (or view): API calls, storage GETs, streams.
+
+    ``base_url`` is the API's; ``secrets`` what error bodies are scrubbed of (the token,
+    as sent and bare); ``retry_policy`` the client's, for resources that run attempts
+    of their own (a download's resumable reads) through ``_retry``.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        options: RequestOptions,
+        *,
+        base_url: str,
+        headers: Mapping[str, str],
+        secrets: tuple[str, ...],
+        max_response_bytes: int,
+    ) -> None:
+        self._sessions = sessions
+        self._options = options
+        self.base_url = base_url
+        self.secrets = secrets
+        self.max_response_bytes = max_response_bytes
+        self._get_headers = dict(headers)
+        self._post_headers = {**self._get_headers, "Content-Type": JSON_CONTENT_TYPE}
+
+    def __repr__(self) -> str:
+        return f"<Requester base_url={self.base_url!r}>"  # never the headers: the token
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The client's retry policy (``max_retries``, backoff)."""
+        return self._options.retry_policy
+
+    def poller(self, fetch: Fetch) -> Poller:
+        """The shared poll loops of every view with these options (see Sessions.poller)."""
+        return self._sessions.poller(self._options, fetch)
+
+    def session_closed(self, *, storage: bool) -> bool:
+        """Whether the session a request would go out on is closed (the caller's too).
+
+        Opens nothing and raises nothing: asked while handling aiohttp's refusal.
+        """
+        return self._sessions.cannot_send(storage=storage)
+
+    def stream(
+        self, url: str, *, storage: bool, headers: Mapping[str, str]
+    ) -> aiohttp.client._RequestContextManager:
+        """One raw GET of ``url``, its body to be read as a stream (results to disk).
+
+        To storage (``storage=True``): on a session with no credential of ours, only
+        ``headers``, following redirects. To the API: with auth and the default
+        headers, never following a redirect. Reads time out per read, never in total.
+        A session that cannot send raises as :func:`send` says; statuses are left to
+        the caller (``raise_for_status`` off, whatever a caller's session says).
+        """
+        if storage:
+            session, sent = self._sessions.storage(), dict(headers)
+        else:
+            session, sent = self._sessions.api(), {**self._get_headers, **headers}
+        if session.closed:
+            raise closed_session()
+        return session.get(
+            URL(url, encoded=True),
+            headers=sent,
+            timeout=self._options.storage_timeout,
+            allow_redirects=storage,
+            raise_for_status=False,
+            read_bufsize=READ_BUFFER_BYTES,
+        )
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        route: str,
+        body: Any = None,
+        idempotent: bool = True,
+        max_bytes: int | None = None,
+        too_large: type[ResponseTooLargeError] = ResponseTooLargeError,
+    ) -> Response:
+        """One API call with auth and retries; ``path`` is already safe to put in a URL.
+
+        ``route`` is the path's template, for logs. The answer is read up to
+        ``max_bytes`` (the client's ``max_response_bytes`` by default), past which
+        ``too_large`` is raised.
+        """
+        session = self._sessions.api()
+        url_text = self.base_url + path
+        options = self._options
+        request = Request(
+            method,
+            api_url(url_text),
+            url_text,
+            route,
+            self._get_headers if body is None else self._post_headers,
+            None if body is None else _encode_body(body),
+            options.client_timeout,
+            self.max_response_bytes if max_bytes is None else max_bytes,
+            too_large,
+            self.secrets,
+            False,  # allow_redirects: credentials must not follow a redirect
+        )
+        return await call_with_retries(
+            send,
+            session,
+            request,
+            policy=options.retry_policy,
+            idempotent=idempotent,
+            description=f"{method} {url_text}",
+        )
+
+    async def fetch_storage(
+        self, url_text: str, *, max_bytes: int, too_large: type[ResponseTooLargeError]
+    ) -> Response:
+        """GET a pre-signed storage URL exactly as given, with no credential of ours."""
+        session = self._sessions.storage()
+        display_url = mask_url(url_text)
+        options = self._options
+        request = Request(
+            "GET",
+            URL(url_text, encoded=True),
+            display_url,
+            "storage",
+            None,  # no header of ours: storage gets no credential
+            None,
+            options.storage_timeout,
+            max_bytes,
+            too_large,
+            # Storage may echo its signature in an error; it never gets the token, but
+            # scrubbing that too costs nothing.
+            url_secrets(url_text) + self.secrets,
+            True,  # allow_redirects: nothing secret is sent along
+        )
+        return await call_with_retries(
+            send,
+            session,
+            request,
+            policy=options.retry_policy,
+            idempotent=True,
+            description=f"GET {display_url}",
+        )
+
+
+def _encode_body(body: Any) -> bytes:
+    """The JSON of a request body (already checked by the endpoint)."""
+    try:
+        return json.dumps(body, separators=(",", ":")).encode()
+    except RecursionError:
+        problem = "the request body nests too deep to encode as JSON"
+    raise ValueError(problem)
