@@ -61,6 +61,13 @@ def check_count(name: str, value: object, *, minimum: int) -> int:
     return value
 
 
+def check_flag(name: str, value: object) -> bool:
+    """``True`` or ``False``, else ``TypeError`` naming the argument ("no" is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
+
+
 def check_callable(name: str, value: object) -> None:
     """``None`` or something callable, else ``ValueError``."""
     if value is not None and not callable(value):

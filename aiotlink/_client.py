@@ -45,21 +45,30 @@ _KEEP = _Keep.KEEP
 
 
 def _check_base_url(base_url: str | None) -> str:
+    """The API's base URL, from the argument, TRANSACTIONLINK_BASE_URL or the default.
+
+    A malformed value is not echoed in the error: it may be a credential put in the
+    wrong place (a token in TRANSACTIONLINK_BASE_URL, a password in the URL).
+    """
     if base_url is None:
         base_url = os.environ.get(BASE_URL_ENV_VAR) or DEFAULT_BASE_URL
     if not isinstance(base_url, str):
         raise TypeError(f"base_url must be a str, got {type(base_url).__name__}")
     try:
         url = URL(base_url)
+        port = url.port  # a port out of range is only found here
     except ValueError:
-        raise ValueError(f"base_url is not a valid URL: {base_url!r}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+        url, port = None, None
+    if url is None or url.scheme not in ("http", "https") or not url.host or port == 0:
+        raise ValueError(
+            "base_url must be an http(s) URL with a host, like https://api.transactionlink.io "
+            "(the value is not shown: it may hold a credential)"
+        )
     if url.user is not None or url.password is not None:
         # It would show in every error and log line: the token is the credential.
         raise ValueError("base_url must not carry a user or password; pass the token instead")
     if url.query_string or url.fragment:
-        raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
+        raise ValueError("base_url must not have a query or fragment (not shown: it may hold one)")
     return str(url).rstrip("/")
 
 

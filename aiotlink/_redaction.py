@@ -131,17 +131,44 @@ def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern[bytes] | None:
     return re.compile("|".join(alternatives).encode(), re.IGNORECASE)
 
 
-def scrub(body: bytes, secrets: Iterable[str]) -> bytes:
+# The longest spelling of one character above (``&UnderBar;``, ``\u005f``), rounded up.
+_LONGEST_SPELLING = 12
+
+
+def scrub(body: bytes, secrets: Iterable[str], *, cut: bool = False) -> bytes:
     """``body`` with every spelling of each secret replaced by ``***``.
 
     For error bodies before they are read into an error: a proxy may echo request
     headers into its page, storage its signature into its XML. Bounded bodies only
-    (ERROR_BODY_LIMIT): the pattern grows with the secrets' length.
+    (ERROR_BODY_LIMIT): the pattern grows with the secrets' length. ``cut``: the body
+    was cut short at a bound, so its end may hold the start of a secret, which no
+    pattern of the whole secret matches; as many bytes as any spelling of the longest
+    secret could take are dropped from the end first.
     """
-    pattern = _secret_pattern(tuple(secrets))
+    wanted = tuple(secrets)
+    if cut and wanted:
+        body = body[: max(0, len(body) - _LONGEST_SPELLING * max(map(len, wanted)))]
+    pattern = _secret_pattern(wanted)
     if pattern is None or not body:
         return body
     return pattern.sub(MASK.encode(), body)
+
+
+def carries_secret(body: bytes, secrets: Iterable[str]) -> bool:
+    """Whether ``body`` holds any secret, as itself or in a spelling that JSON decodes.
+
+    For successful answers, whose values reach texts (an execution's id and status in
+    errors and logs) rather than being scrubbed: the API never sends the client's own
+    token back, so an answer that does is refused. The plain search is all most bodies
+    cost; the pattern runs only on bodies with an escape in them.
+    """
+    wanted = tuple(secrets)
+    if any(secret.encode() in body for secret in wanted if secret):
+        return True
+    if b"\\" not in body:
+        return False
+    pattern = _secret_pattern(wanted)
+    return pattern is not None and pattern.search(body) is not None
 
 
 def scrub_text(text: str, secrets: Iterable[str]) -> str:

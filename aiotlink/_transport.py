@@ -263,7 +263,8 @@ async def error_of_answer(
 
     The one way every request path (calls, storage, downloads) reads an error answer.
     """
-    body = scrub(await read_up_to(response, ERROR_BODY_LIMIT), secrets)
+    body = await read_up_to(response, ERROR_BODY_LIMIT)
+    body = scrub(body, secrets, cut=len(body) == ERROR_BODY_LIMIT)
     return error_for_response(
         response.status, response.headers, body, method=method, url=display_url
     )

@@ -17,6 +17,7 @@ from ._arguments import (
     check_destination,
     check_execution_id,
     check_expires_at,
+    check_flag,
     check_parameters,
     check_seconds,
     check_text,
@@ -51,7 +52,7 @@ from ._polling import (
     PollSchedule,
     Subscription,
 )
-from ._redaction import mask_url, scrub_text
+from ._redaction import carries_secret, mask_url, scrub_text
 from ._results import redirect_target
 from ._retry import parse_retry_after
 from ._transport import Response, decode_json, parse_json
@@ -316,6 +317,12 @@ class Workflows:
             ValueError, APIError: as :meth:`watch`.
         """
         check_callable("on_status", on_status)
+        for name, flag in (
+            ("raise_on_failure", raise_on_failure),
+            ("cancel_on_timeout", cancel_on_timeout),
+            ("cancel_remote_on_cancel", cancel_remote_on_cancel),
+        ):
+            check_flag(name, flag)
         try:
             if on_status is not None:
                 last = await self._notify_until_end(
@@ -430,6 +437,12 @@ class Workflows:
         check_count("max_bytes", max_bytes, minimum=1)
         check_callable("on_status", on_status)
         check_callable("on_progress", on_progress)
+        for name, flag in (
+            ("raise_on_failure", raise_on_failure),
+            ("cancel_on_timeout", cancel_on_timeout),
+            ("cancel_remote_on_cancel", cancel_remote_on_cancel),
+        ):
+            check_flag(name, flag)
         if download_to is not None:
             download_to = check_destination(download_to)
         loop = asyncio.get_running_loop()
@@ -539,6 +552,13 @@ class Workflows:
         )
 
     def _execution(self, response: Response, method: str, path: str) -> WorkflowExecution:
+        if carries_secret(response.body, self._requester.secrets):
+            # Its id or status would carry the token into errors and logs.
+            raise ResponseValidationError(
+                "the answer carries the client's own token: refused",
+                method=method,
+                url=self._requester.base_url + path,
+            )
         try:
             return decode_execution(parse_json(response.body))
         except ValueError as exc:

@@ -104,13 +104,17 @@ async def test_unclosed_client_warns_without_a_stray_task(mocked: aioresponses) 
     import asyncio
 
     mocked.get(FIND_URL, payload=execution_body())
-    client = TransactionLinkClient(TOKEN)
-    await client.workflows.find(EXECUTION_ID)
-    (session,) = client._sessions._own_sessions
+    held = [TransactionLinkClient(TOKEN)]
+    await held[0].workflows.find(EXECUTION_ID)
+    (session,) = held[0]._sessions._own_sessions
     tasks_before = asyncio.all_tasks()
-    with pytest.warns(ResourceWarning, match="not closed"):
-        del client  # no reference cycle: freed here, or by the collection below
+
+    def drop() -> None:
+        held.clear()  # no reference cycle: freed here, or by the collection below
         gc.collect()
+
+    with pytest.warns(ResourceWarning, match="not closed"):
+        drop()
     assert asyncio.all_tasks() == tasks_before
     await session.close()
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import threading
 import tracemalloc
 import zlib
@@ -40,6 +42,7 @@ from aiotlink import (
 from aiotlink._polling import Lookup
 from aiotlink._redaction import mask_url
 from aiotlink._retry import BACKOFF_CAP, MAX_RETRY_AFTER, backoff_delay
+from aiotlink._transport import ERROR_BODY_LIMIT
 
 from .conftest import EXECUTION_ID, TOKEN, execution_body
 from .servers import ScriptedServer, eventually, reply
@@ -796,3 +799,129 @@ def test_other_credentials_in_a_query_are_masked(query: str) -> None:
     masked = mask_url(f"https://storage.example.com/b/o.json?{query}&x-id=GetObject")
     assert secret not in masked
     assert "x-id=GetObject" in masked
+
+
+# --- found by the second review ------------------------------------------------------
+
+
+async def test_a_token_cut_by_the_error_body_bound_leaves_no_fragment(
+    hostile: ScriptedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token that straddles the 64 KiB bound of error bodies: none of it kept."""
+    caplog.set_level(logging.DEBUG, logger="aiotlink")
+
+    async def padded(request: web.Request) -> web.StreamResponse:
+        echoed = request.headers["Authorization"].encode()
+        body = b" " * (ERROR_BODY_LIMIT - len(echoed) + 1) + echoed + b"</html>"
+        return web.Response(status=502, body=body, content_type="text/html")
+
+    script_every_endpoint(hostile, padded)
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
+        outcomes = await every_endpoint(client, tmp_path)
+    fragment = TOKEN[:8]  # "tot_test": any longer start of the token would show it
+    for error in outcomes:
+        assert isinstance(error, ServerError | WaitTimeoutError), error
+        assert_clean(error, fragment)
+    for record in caplog.records:
+        assert fragment not in record.getMessage()
+
+
+@pytest.mark.parametrize("field", ["status", "id", "name"])
+async def test_an_answer_carrying_the_token_is_refused(
+    hostile: ScriptedServer, caplog: pytest.LogCaptureFixture, field: str
+) -> None:
+    """A 200 whose execution carries the client's token (plain or escaped): refused."""
+    caplog.set_level(logging.DEBUG, logger="aiotlink")
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        body = json.dumps(execution_body(**{field: request.headers["Authorization"]}))
+        if field == "name":  # escaped: the parser would decode it back into the token
+            body = body.replace(TOKEN, json_escaped(TOKEN))
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    hostile.script(*FIND, echo)
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(ResponseValidationError, match="carries the client's own token") as a:
+            await client.workflows.find(EXECUTION_ID)
+        with pytest.raises(ResponseValidationError) as b:
+            await client.workflows.wait_for_completion(EXECUTION_ID, timeout=5)
+    for caught in (a, b):
+        assert_clean(caught.value, TOKEN)
+    for record in caplog.records:
+        assert TOKEN not in record.getMessage()
+
+
+async def test_a_downloads_storage_error_is_scrubbed_of_the_token(
+    hostile: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Storage never gets the token, but an error page of its quoting one is scrubbed too."""
+    url = f"{storage.url}/bucket/result.json?X-Amz-Signature={SIGNATURE}"
+    hostile.script(*RESULT, reply(200, {"$redirect": url}))
+    page = f"<Error><Code>InvalidRequest</Code><Message>bad auth {TOKEN}</Message></Error>"
+    storage.script("GET", "/bucket/result.json", reply(400, text=page))
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(BadRequestError) as from_disk:
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+        with pytest.raises(BadRequestError) as from_memory:
+            await client.workflows.get_result(EXECUTION_ID)
+    for caught in (from_disk, from_memory):
+        assert "InvalidRequest" in str(caught.value)
+        assert_clean(caught.value, TOKEN, SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "ftp://me:hunter22secret@api.example.com",
+        "https://me:hunter22secret@api.example.com:99999",
+        "tot_hunter22secret",
+        "https://api.example.com/?key=hunter22secret",
+    ],
+)
+def test_a_malformed_base_url_is_not_echoed(base_url: str) -> None:
+    """The value may be a credential put in the wrong place: the error does not show it."""
+    with pytest.raises(ValueError, match="base_url") as caught:
+        TransactionLinkClient(TOKEN, base_url=base_url)
+    assert "hunter22" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "flag", ["raise_on_failure", "cancel_on_timeout", "cancel_remote_on_cancel"]
+)
+async def test_a_flag_that_is_not_a_bool_is_refused_before_any_request(
+    hostile: ScriptedServer, flag: str
+) -> None:
+    """``cancel_on_timeout="no"`` is truthy: refused, rather than cancelling anything."""
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
+        with pytest.raises(TypeError, match=flag):
+            await client.workflows.wait_for_completion(EXECUTION_ID, timeout=1, **{flag: "no"})
+        with pytest.raises(TypeError, match=flag):
+            await client.workflows.run("definition", **{flag: "no"})
+    assert hostile.seen == []
+
+
+async def test_a_download_through_a_session_raising_for_status_maps_statuses(
+    hostile: ScriptedServer, tmp_path: Path
+) -> None:
+    """download_result on a caller's raise_for_status session: 404 is NotFoundError, once."""
+    hostile.script(*RESULT, reply(404, {"errors": [{"code": "NOT_FOUND", "message": "no"}]}))
+    async with (
+        aiohttp.ClientSession(raise_for_status=True) as session,
+        TransactionLinkClient(TOKEN, base_url=hostile.url, session=session) as client,
+    ):
+        with pytest.raises(NotFoundError):
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert len(hostile.requests_to(*RESULT)) == 1
+
+
+async def test_a_download_on_a_closed_caller_session_gives_our_error(
+    hostile: ScriptedServer, tmp_path: Path
+) -> None:
+    """download_result on a session the caller closed: ClientClosedError, no request."""
+    session = aiohttp.ClientSession()
+    await session.close()
+    async with TransactionLinkClient(TOKEN, base_url=hostile.url, session=session) as client:
+        with pytest.raises(ClientClosedError):
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert hostile.seen == []
+    assert os.listdir(tmp_path) == []

@@ -491,3 +491,24 @@ async def test_at_warning_an_api_call_does_no_debug_logging_work(
             for _ in range(5):
                 await client.workflows.find(execution.id)
             assert debug.call_count == 0
+
+
+async def test_the_end_of_a_watch_is_logged_at_info(
+    fake_transactionlink: FakeTransactionLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """watch() logs how it ended: the terminal status, or giving up at its timeout."""
+    fake = fake_transactionlink
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    done = fake.add_definition("done", statuses=["RUNNING", "COMPLETED"])
+    stuck = fake.add_definition("stuck", statuses=["RUNNING"])
+    async with client_of(fake) as client:
+        finished = (await client.workflows.initialise(done)).id
+        seen = [e.status async for e in client.workflows.watch(finished, **FAST)]
+        waiting = (await client.workflows.initialise(stuck)).id
+        with pytest.raises(WaitTimeoutError):
+            async for _ in client.workflows.watch(waiting, timeout=0.1, **FAST):
+                pass
+    assert seen[-1] == "COMPLETED"
+    lines = messages(caplog, logging.INFO)
+    assert f"execution {finished} ended COMPLETED" in lines
+    assert any(line.startswith(f"gave up waiting for execution {waiting}") for line in lines)
