@@ -164,9 +164,13 @@ def check_destination(path: str | os.PathLike[str]) -> Path:
     """
     if not isinstance(path, str | os.PathLike):
         raise ValueError(f"path must be a str or a path, got {type(path).__name__}")
-    destination = Path(path)
-    if "\0" in str(destination):
+    text = os.fspath(path)
+    if "\0" in text:
         raise ValueError("path must not contain a NUL character")
+    if text.endswith(("/", os.sep)):
+        # pathlib would drop the separator, and with it that a directory was meant.
+        raise ValueError(f"path ends with a separator, so it names a directory: {text}")
+    destination = Path(text)
     try:
         mode: int | None = os.lstat(destination).st_mode
     except OSError:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -37,19 +38,13 @@ from ._errors import (
     PermissionDeniedError,
     ResponseValidationError,
     ResultTooLargeError,
+    TransactionLinkError,
 )
 from ._models import DownloadedResult
-from ._redaction import mask_url, scrub_text, url_secrets
+from ._redaction import mask_url, scrub_text
 from ._results import redirect_target
 from ._retry import call_with_retries
-from ._transport import (
-    connection_error,
-    error_of_answer,
-    log_attempt,
-    parse_json,
-    read_up_to,
-    unusable_session,
-)
+from ._transport import parse_json, read_up_to
 
 if TYPE_CHECKING:
     from ._requester import Requester
@@ -71,7 +66,8 @@ REDIRECT_PROBE_BYTES = 64 * 1024
 # New pre-signed URLs asked for after storage refused one (403: expired); each new URL
 # gets the client's retry policy afresh.
 MAX_URL_REFRESHES = 3
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# ASCII digits only, and no more of them than a 64-bit length has.
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
 
 
 class _Incomplete(APIConnectionError):
@@ -95,15 +91,10 @@ class _Unusable(_Incomplete):
 
 @attrs.define
 class _Source:
-    """Where the bytes come from: the API itself (inline) or pre-signed storage.
+    """Where the bytes come from: the API itself (inline) or pre-signed storage."""
 
-    ``secrets`` are what an error body from there is scrubbed of: the token for the
-    API, the URL's signature for storage.
-    """
-
-    url: str
+    url: str = attrs.field(repr=mask_url)
     redirected: bool
-    secrets: tuple[str, ...] = attrs.field(repr=False)
 
 
 @attrs.define
@@ -138,8 +129,8 @@ class LineUp(NamedTuple):
     """How an answer lines up with the bytes already on disk (:func:`line_up`).
 
     ``restart``: the file is emptied before this body is written. ``total``: the
-    object's length, if announced; ``etag`` its ETag. ``problem``: set when the answer
-    cannot be used at all, saying why.
+    object's length, if known; ``etag`` the tag a resume may name it by (``None``: it
+    may not be resumed). ``problem``: set when the answer cannot be used at all.
     """
 
     restart: bool
@@ -159,20 +150,29 @@ def line_up(
     """Whether a successful answer continues the download, restarts it, or is unusable.
 
     ``offset`` is the bytes on disk (a ``Range`` was asked from there when it is not 0),
-    ``etag`` and ``total`` what the download's first answer said of the object. A
-    ``206`` is taken only if it is the same object (the ETag it started with), from
-    exactly ``offset`` to its end, with a known total that matches, and a length that
+    ``etag`` and ``total`` what earlier answers said of the object. A ``206`` is taken
+    only if it is the same object (the ETag it started with, when resuming), from
+    exactly ``offset`` to its end, with a known total that matches and a length that
     fits; anything else could splice two objects into one file. A ``200`` is the whole
-    object, afresh.
+    object afresh; under the ETag already seen it must keep that object's length.
+    Only a strong ETag of an unencoded body may be resumed by: a weak one does not
+    promise the same bytes (RFC 9110, 13.1.5), and ranges of an encoded body count
+    bytes that are not the ones written.
     """
-    length = _content_length(headers)
+    encoded = headers.get("Content-Encoding", "identity").strip().lower() != "identity"
+    length = None if encoded else _digits(headers.get("Content-Length"))
+    tag = headers.get("ETag")
+    resumable = None if encoded or tag is None or tag.startswith("W/") else tag
     if status != 206:
-        return LineUp(restart=offset > 0, total=length, etag=headers.get("ETag"))
-    if not offset:
-        return LineUp(False, None, None, "storage answered a range that was not asked for")
-    if etag is None or headers.get("ETag") != etag:
+        if offset == 0 or tag != etag or etag is None:
+            return LineUp(restart=offset > 0, total=length, etag=resumable)
+        # The same object again, whole: it may not be shorter (or longer) than it was.
+        if length is not None and total is not None and length != total:
+            return LineUp(False, None, None, "storage's length changed under the same ETag")
+        return LineUp(restart=True, total=total if length is None else length, etag=resumable)
+    if offset and (etag is None or tag != etag):
         return LineUp(False, None, None, "storage's ETag changed: the object is not the same")
-    parsed = content_range(headers.get("Content-Range"))
+    parsed = None if encoded else content_range(headers.get("Content-Range"))
     if parsed is None:
         return LineUp(False, None, None, "storage's Content-Range is missing or malformed")
     first, last, announced = parsed
@@ -182,15 +182,17 @@ def line_up(
         return LineUp(False, None, None, "storage's total length is unknown or changed")
     if last != announced - 1 or (length is not None and length != last - first + 1):
         return LineUp(False, None, None, "storage's range and length do not agree")
-    return LineUp(restart=False, total=announced, etag=etag)
+    return LineUp(restart=False, total=announced, etag=resumable if offset == 0 else etag)
 
 
-def _content_length(headers: Mapping[str, str]) -> int | None:
-    """The body's length in bytes as written to disk, if announced."""
-    if headers.get("Content-Encoding", "identity") != "identity":
-        return None  # Content-Length counts encoded bytes; we write decoded ones
-    value = headers.get("Content-Length")
-    return int(value) if value is not None and value.isdigit() else None
+_DIGITS = re.compile(r"[0-9]{1,19}")  # a length beyond 2**63 is no length
+
+
+def _digits(value: str | None) -> int | None:
+    """A header's non-negative whole number, or ``None`` when absent or malformed."""
+    if value is None or not _DIGITS.fullmatch(value.strip()):
+        return None
+    return int(value)
 
 
 class _DiskThread:
@@ -525,13 +527,11 @@ class Downloader:
         temp = _TempFile(self._destination)
         try:
             # The API answers the result itself, or a $redirect to pre-signed storage.
-            api = _Source(self._api_url, redirected=False, secrets=self._requester.secrets)
+            api = _Source(self._api_url, redirected=False)
             logger.debug("downloading the result from %s", self._api_url)
             storage_url = await self._fetch(api, temp, probe_redirect=True)
             if storage_url is not None:
-                # Storage never gets the token, but scrubbing it too costs nothing.
-                secrets = url_secrets(storage_url) + self._requester.secrets
-                storage = _Source(storage_url, redirected=True, secrets=secrets)
+                storage = _Source(storage_url, redirected=True)
                 logger.debug("the result is in storage: downloading %s", mask_url(storage_url))
                 await self._fetch(storage, temp)
             if temp.size == 0:
@@ -585,13 +585,19 @@ class Downloader:
                 )
                 # Our own error (scrubbed) is the worst context a failed refresh gets.
                 source.url = await self._fresh_url()
-                source.secrets = url_secrets(source.url) + self._requester.secrets
+                continue
             except _Unusable as error:
-                problem = str(error)
-                break
-        raise DownloadError(
-            f"storage never sent the result whole: {problem}", path=self._destination
-        )
+                failure: TransactionLinkError = DownloadError(
+                    f"storage never sent the result whole: {error.message}",
+                    path=self._destination,
+                )
+            except _Incomplete as error:
+                # Retries ran out on a body short of its length: a lost connection.
+                failure = APIConnectionError(
+                    error.message, method="GET", url=error.url, request_sent=True
+                )
+            # Raised out here, not as the context of a private error of ours.
+            raise failure
 
     async def _fresh_url(self) -> str:
         """Ask the API for the result again, for a new pre-signed URL."""
@@ -643,38 +649,19 @@ class Downloader:
             assert self._etag is not None  # else restarted just above
             headers["Range"] = f"bytes={temp.size}-"
             headers["If-Range"] = self._etag
-        display_url = mask_url(source.url)
-        route = "storage" if source.redirected else "/workflows/{id}/result"
-        started = time.perf_counter()
-        failure: Exception
-        try:
-            async with self._requester.stream(
-                source.url, storage=source.redirected, headers=headers
-            ) as response:
-                log_attempt("GET", route, display_url, attempt_number, started, response.status)
-                if response.status >= 300:
-                    raise await error_of_answer(
-                        response, method="GET", display_url=display_url, secrets=source.secrets
-                    )
-                return await self._stream(response, source, temp, probe_redirect)
-        except aiohttp.ClientPayloadError:
-            failure = _Incomplete(f"connection lost after byte {temp.size}", url=display_url)
-        except aiohttp.ClientError as exc:
-            failure = connection_error(exc, "GET", display_url)
-        except TimeoutError as exc:
-            failure = connection_error(exc, "GET", display_url)
-        except RuntimeError as exc:  # the session was closed, or is of another loop
-            closed = self._requester.session_closed(storage=source.redirected)
-            failure = unusable_session(exc, closed=closed, method="GET", display_url=display_url)
-        if not isinstance(failure, _Incomplete):
-            log_attempt("GET", route, display_url, attempt_number, started, failure)
-        # Raised out here: raised in a handler, the aiohttp error (whose request
-        # information holds the headers) would ride along as __context__.
-        raise failure
+        return await self._requester.stream(
+            source.url,
+            storage=source.redirected,
+            headers=headers,
+            route="storage" if source.redirected else "/workflows/{id}/result",
+            attempt_number=attempt_number,
+            consume=partial(self._stream, source=source, temp=temp, probe_redirect=probe_redirect),
+        )
 
     async def _stream(
         self,
         response: aiohttp.ClientResponse,
+        *,
         source: _Source,
         temp: _TempFile,
         probe_redirect: bool,

@@ -18,19 +18,37 @@ that scrubbing, bounds and ``max_retries`` cannot be lost in a copy.
 from __future__ import annotations
 
 import json
+import time
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import attrs
 from yarl import URL
 
-from ._errors import ClientClosedError, ResponseTooLargeError
+from ._errors import (
+    APIConnectionError,
+    ClientClosedError,
+    ResponseTooLargeError,
+    TransactionLinkError,
+)
 from ._polling import Fetch, Poller
 from ._redaction import mask_url, url_secrets
 from ._retry import RetryPolicy, call_with_retries
-from ._transport import Request, Response, api_url, closed_session, send
+from ._transport import (
+    Request,
+    Response,
+    api_url,
+    closed_session,
+    connection_error,
+    error_of_answer,
+    log_attempt,
+    send,
+    unusable_session,
+)
+
+T = TypeVar("T")
 
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 
@@ -175,38 +193,71 @@ class Requester:
         """The shared poll loops of every view with these options (see Sessions.poller)."""
         return self._sessions.poller(self._options, fetch)
 
-    def session_closed(self, *, storage: bool) -> bool:
-        """Whether the session a request would go out on is closed (the caller's too).
-
-        Opens nothing and raises nothing: asked while handling aiohttp's refusal.
-        """
-        return self._sessions.cannot_send(storage=storage)
-
-    def stream(
-        self, url: str, *, storage: bool, headers: Mapping[str, str]
-    ) -> aiohttp.client._RequestContextManager:
-        """One raw GET of ``url``, its body to be read as a stream (results to disk).
+    async def stream(
+        self,
+        url: str,
+        *,
+        storage: bool,
+        headers: Mapping[str, str],
+        route: str,
+        attempt_number: int,
+        consume: Callable[[aiohttp.ClientResponse], Awaitable[T]],
+    ) -> T:
+        """One raw GET of ``url`` whose successful answer ``consume`` reads as a stream.
 
         To storage (``storage=True``): on a session with no credential of ours, only
-        ``headers``, following redirects. To the API: with auth and the default
-        headers, never following a redirect. Reads time out per read, never in total.
-        A session that cannot send raises as :func:`send` says; statuses are left to
-        the caller (``raise_for_status`` off, whatever a caller's session says).
+        ``headers``, following redirects, and an error body scrubbed of the URL's
+        signature. To the API: with auth and the default headers, never following a
+        redirect. Reads time out per read, never in total. An error status raises its
+        :class:`APIError`; what aiohttp raises, inside ``consume`` too, becomes our
+        error as :func:`send` makes it (a body cut short: an APIConnectionError). One
+        attempt: retries are the caller's, through ``_retry``, as for every call.
         """
         if storage:
             session, sent = self._sessions.storage(), dict(headers)
+            display_url = mask_url(url)
+            # Storage never gets the token, but scrubbing it too costs nothing.
+            secrets = url_secrets(url) + self.secrets
         else:
             session, sent = self._sessions.api(), {**self._get_headers, **headers}
+            display_url, secrets = url, self.secrets
         if session.closed:
             raise closed_session()
-        return session.get(
-            URL(url, encoded=True),
-            headers=sent,
-            timeout=self._options.storage_timeout,
-            allow_redirects=storage,
-            raise_for_status=False,
-            read_bufsize=READ_BUFFER_BYTES,
-        )
+        started = time.perf_counter()
+        failure: TransactionLinkError
+        try:
+            async with session.get(
+                URL(url, encoded=True),
+                headers=sent,
+                timeout=self._options.storage_timeout,
+                allow_redirects=storage,
+                raise_for_status=False,  # a caller's session may say True: statuses are ours
+                read_bufsize=READ_BUFFER_BYTES,
+            ) as response:
+                log_attempt("GET", route, display_url, attempt_number, started, response.status)
+                if response.status >= 300:
+                    raise await error_of_answer(
+                        response, method="GET", display_url=display_url, secrets=secrets
+                    )
+                return await consume(response)
+        except aiohttp.ClientPayloadError as exc:
+            failure = APIConnectionError(
+                f"connection lost mid-body ({type(exc).__name__})",
+                method="GET",
+                url=display_url,
+                request_sent=True,
+            )
+        except aiohttp.ClientError as exc:
+            failure = connection_error(exc, "GET", display_url)
+        except TimeoutError as exc:
+            failure = connection_error(exc, "GET", display_url)
+        except RuntimeError as exc:  # the session was closed, or is of another loop
+            closed = self._sessions.cannot_send(storage=storage)
+            failure = unusable_session(exc, closed=closed, method="GET", display_url=display_url)
+        log_attempt("GET", route, display_url, attempt_number, started, failure)
+        # Raised out here: raised in a handler, the aiohttp error (whose request
+        # information holds the headers) would ride along as __context__.
+        raise failure
 
     async def call(
         self,

@@ -415,7 +415,7 @@ class Workflows:
         raise_on_failure: bool = True,
         cancel_on_timeout: bool = False,
         cancel_remote_on_cancel: bool = False,
-        max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_bytes: int | None = None,
         download_to: str | os.PathLike[str] | None = None,
         on_progress: OnProgress | None = None,
     ) -> RunResult:
@@ -426,6 +426,9 @@ class Workflows:
         JSON, or with ``download_to=path`` the :class:`DownloadedResult` of
         :meth:`download_result` (for results too large to hold in memory); ``None``
         when the execution did not complete and ``raise_on_failure=False``.
+        ``max_bytes`` bounds the result as :meth:`get_result`'s and
+        :meth:`download_result`'s do; ``None`` (the default) means their defaults: 100
+        MiB in memory, no cap on disk.
 
         Raises:
             WaitTimeoutError: past ``timeout`` in any phase (``.execution`` is ``None``
@@ -434,7 +437,8 @@ class Workflows:
         """
         poll_schedule(poll_interval, max_poll_interval, poll_factor)
         timeout = check_seconds("timeout", timeout, allow_none=True)
-        check_count("max_bytes", max_bytes, minimum=1)
+        if max_bytes is not None:
+            check_count("max_bytes", max_bytes, minimum=1)
         check_callable("on_status", on_status)
         check_callable("on_progress", on_progress)
         for name, flag in (
@@ -472,10 +476,12 @@ class Workflows:
                 return RunResult(execution, None)
             async with asyncio.timeout_at(deadline) as phase:
                 if download_to is None:
-                    result = await self.get_result(execution.id, max_bytes=max_bytes)
+                    result = await self.get_result(
+                        execution.id, max_bytes=max_bytes or DEFAULT_MAX_RESULT_BYTES
+                    )
                 else:
                     result = await self.download_result(
-                        execution.id, download_to, on_progress=on_progress
+                        execution.id, download_to, on_progress=on_progress, max_bytes=max_bytes
                     )
         except WaitTimeoutError as timed_out:
             assert timeout is not None  # the wait had the rest of run's own deadline

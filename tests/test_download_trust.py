@@ -100,7 +100,10 @@ def honest_range(first: int, total: int) -> str:
 
 
 def test_a_resume_is_taken_only_for_the_same_object_from_where_asked() -> None:
-    """line_up: a 206 continues only with the same ETag, offset, total and length."""
+    """line_up: a 206 continues only with the same ETag, offset, total and length.
+
+    Each case breaks one rule and keeps the others, so that each check alone refuses it.
+    """
     good = {"ETag": '"v1"', "Content-Range": "bytes 100-999/1000", "Content-Length": "900"}
 
     def decide(changes: Mapping[str, str | None], **kwargs: Any) -> str | None:
@@ -113,13 +116,37 @@ def test_a_resume_is_taken_only_for_the_same_object_from_where_asked() -> None:
     assert decide({"ETag": '"v2"'}) is not None
     assert decide({"ETag": None}) is not None
     assert decide({}, etag=None) is not None  # never resumed without an ETag
-    assert decide({"Content-Range": "bytes 50-999/1000"}) is not None
+    # From elsewhere, with a length that fits what it claims:
+    assert decide({"Content-Range": "bytes 50-999/1000", "Content-Length": "950"}) is not None
     assert decide({"Content-Range": "bytes 100-999/*"}) is not None
-    assert decide({"Content-Range": "bytes 100-1099/1100"}) is not None  # total changed
-    assert decide({"Content-Range": "bytes 100-499/1000"}) is not None  # not to the end
-    assert decide({"Content-Length": "400"}) is not None  # length disagrees
+    assert decide({"Content-Range": "bytes 100-1099/1100", "Content-Length": "1000"}) is not None
+    grown = {"Content-Range": "bytes 100-1099/1100", "Content-Length": "1000"}
+    assert decide(grown, total=None) is None  # no total seen before: nothing to differ from
+    assert decide({"Content-Range": "bytes 100-499/1000", "Content-Length": "400"}) is not None
+    assert decide({"Content-Length": "400"}) is not None  # length disagrees with the range
     assert decide({"Content-Range": None}) is not None
-    assert decide({}, offset=0) is not None  # a range nobody asked for
+    assert decide({"Content-Range": "bytes 100-999/" + "9" * 5000}) is not None  # no int()
+    assert decide({"Content-Encoding": "gzip"}) is not None  # ranges of encoded bytes
+
+
+def test_what_an_answer_may_be_resumed_by() -> None:
+    """line_up: only a strong ETag of an unencoded whole answer names a resumable object."""
+    assert line_up(200, {"ETag": '"v1"'}, offset=0, etag=None, total=None).etag == '"v1"'
+    assert line_up(200, {"ETag": 'W/"v1"'}, offset=0, etag=None, total=None).etag is None
+    encoded = {"ETag": '"v1"', "Content-Encoding": "gzip", "Content-Length": "10"}
+    decision = line_up(200, encoded, offset=0, etag=None, total=None)
+    assert (decision.etag, decision.total) == (None, None)
+    whole = {"ETag": '"v1"', "Content-Range": "bytes 0-9/10", "Content-Length": "10"}
+    assert line_up(206, whole, offset=0, etag=None, total=None) == (False, 10, '"v1"', None)
+
+
+def test_the_same_object_again_keeps_its_length() -> None:
+    """line_up: a 200 under the ETag already seen keeps that object's length."""
+    same = {"ETag": '"v1"'}
+    assert line_up(200, same, offset=5, etag='"v1"', total=10).total == 10
+    assert line_up(200, {**same, "Content-Length": "7"}, offset=5, etag='"v1"', total=10).problem
+    other = {"ETag": '"v2"', "Content-Length": "7"}
+    assert line_up(200, other, offset=5, etag='"v1"', total=10) == (True, 7, '"v2"', None)
 
 
 def test_a_whole_answer_restarts_a_resumed_download() -> None:
@@ -184,7 +211,9 @@ async def test_a_range_that_runs_past_its_announced_end_is_not_kept(
     async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
         await client.workflows.download_result(EXECUTION_ID, target)
     assert target.read_bytes() == V1
-    assert len(storage.requests_to(*OBJECT)) == 3
+    # Refused as it ran past its end: the next read starts over, it does not resume.
+    ranges = [seen.headers.get("Range") for seen in storage.requests_to(*OBJECT)]
+    assert ranges == [None, f"bytes={CUT}-", None]
 
 
 async def test_an_object_changed_between_attempts_is_written_as_the_new_one_whole(
@@ -445,3 +474,130 @@ async def test_a_retry_after_over_the_cap_ends_the_download_at_once(
     assert caught.value.retry_after == 120
     assert len(storage.requests_to(*OBJECT)) == 1
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_range_that_ends_early_is_never_a_success(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A chunked 206 that ends cleanly short of its end: resumed again, the file whole."""
+
+    async def short(request: web.Request) -> web.StreamResponse:
+        asked = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        headers = {"ETag": '"v1"', "Content-Range": honest_range(asked, len(V1))}
+        response = web.StreamResponse(status=206, headers=headers)
+        response.enable_chunked_encoding()  # no Content-Length: only the range tells
+        await response.prepare(request)
+        await response.write(V1[asked : asked + 1000])
+        return response
+
+    redirect_to(server, storage)
+    storage.script(
+        *OBJECT, dropped(V1, '"v1"'), short, partial(V1, etag='"v1"', content_range=honest_range)
+    )
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V1
+    ranges = [seen.headers.get("Range") for seen in storage.requests_to(*OBJECT)]
+    assert ranges == [None, f"bytes={CUT}-", f"bytes={CUT + 1000}-"]
+
+
+async def test_a_weak_etag_is_never_resumed_by(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A weak ETag does not promise the same bytes: a drop starts over, no Range."""
+    redirect_to(server, storage)
+    storage.script(
+        *OBJECT,
+        dropped(V1, 'W/"v1"'),
+        partial(V2, etag='W/"v1"', content_range=honest_range),
+        whole(V2, 'W/"v1"'),
+    )
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() in (V1, V2)
+    assert all("Range" not in seen.headers for seen in storage.requests_to(*OBJECT))
+
+
+async def test_the_same_etag_answered_short_is_not_a_success(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Dropped, then a 200 of the same ETag with no length that ends early: retried."""
+
+    async def cut_clean(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"ETag": '"v1"'})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(V1[:CUT])
+        return response
+
+    redirect_to(server, storage)
+    storage.script(*OBJECT, dropped(V1, '"v1"'), cut_clean, whole(V1, '"v1"'))
+    storage_ignores_range = storage  # every answer above is a 200: storage ignores Range
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V1
+    assert len(storage_ignores_range.requests_to(*OBJECT)) == 3
+
+
+async def test_an_encoded_storage_answer_is_never_resumed(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Storage that gzips despite Accept-Encoding: identity: a drop starts over, decoded."""
+    import gzip
+
+    packed = gzip.compress(V1)
+
+    async def gzipped(request: web.Request) -> web.StreamResponse:
+        headers = {"ETag": '"v1"', "Content-Encoding": "gzip", "Content-Length": str(len(packed))}
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        if storage.requests_to(*OBJECT).__len__() == 1:
+            await response.write(packed[: len(packed) // 2])
+            assert request.transport is not None
+            request.transport.close()
+        else:
+            await response.write(packed)
+        return response
+
+    redirect_to(server, storage)
+    storage.script(*OBJECT, gzipped)
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V1
+    assert all("Range" not in seen.headers for seen in storage.requests_to(*OBJECT))
+
+
+async def test_run_passes_its_cap_to_the_download(server: ScriptedServer, tmp_path: Path) -> None:
+    """run(download_to=..., max_bytes=...) caps the file as download_result does."""
+    from .conftest import execution_body
+
+    server.script("POST", "/workflows", reply(200, execution_body(status="COMPLETED")))
+    server.script(
+        "GET", f"/workflows/{EXECUTION_ID}", reply(200, execution_body(status="COMPLETED"))
+    )
+    server.script(*RESULT, reply(200, {"blob": "x" * 10_000}))
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ResultTooLargeError, match="max_bytes=1000"):
+            await client.workflows.run(
+                "definition", download_to=tmp_path / "r.json", max_bytes=1000
+            )
+        run = await client.workflows.run("definition", download_to=tmp_path / "r.json")
+    assert run.result.size > 10_000
+
+
+async def test_a_path_ending_in_a_separator_is_refused(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """``"link/"`` names a directory, even where pathlib would drop the slash."""
+    (tmp_path / "folder").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "folder")
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ValueError, match="separator"):
+            await client.workflows.download_result(EXECUTION_ID, f"{link}/")
+    assert link.is_symlink()
+    assert server.seen == []

@@ -12,10 +12,13 @@ from aiotlink import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
+    DownloadError,
     ErrorDetail,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    ResponseTooLargeError,
     ResponseValidationError,
     ResultTooLargeError,
     ServerError,
@@ -129,8 +132,11 @@ def test_retry_after_is_parsed_onto_the_error() -> None:
 def test_error_tree() -> None:
     """Every error is a TransactionLinkError; timeouts are also builtin TimeoutErrors."""
     for cls in (APIError, APIConnectionError, ResponseValidationError, ResultTooLargeError,
-                WorkflowFailedError, WaitTimeoutError):  # fmt: skip
+                WorkflowFailedError, WaitTimeoutError, DownloadError, ClientClosedError,
+                ResponseTooLargeError):  # fmt: skip
         assert issubclass(cls, TransactionLinkError)
+        assert cls.__module__ == "aiotlink._errors"
+    assert issubclass(ResultTooLargeError, ResponseTooLargeError)
     assert issubclass(APITimeoutError, APIConnectionError)
     assert issubclass(APITimeoutError, TimeoutError)
     assert issubclass(WaitTimeoutError, TimeoutError)
