@@ -24,7 +24,7 @@ from ._arguments import (
     check_count,
     check_seconds,
 )
-from ._requester import Requester, RequestOptions, Sessions
+from ._requester import DEFAULT_DOWNLOAD_BUFFER_BYTES, Requester, RequestOptions, Sessions
 from ._retry import RetryPolicy
 from ._transport import authorization_value
 from ._workflows import Workflows
@@ -145,7 +145,8 @@ class TransactionLinkClient:
     API version), never to storage. ``connection_limit`` caps the connections of the
     client's own session. ``max_response_bytes`` bounds every API answer read (results
     have ``get_result``'s ``max_bytes``): past it a call raises
-    :class:`ResponseTooLargeError` having read no more.
+    :class:`ResponseTooLargeError` having read no more. ``download_buffer_bytes``
+    (default 32 MiB) is what all downloads of the client buffer at once, together.
 
     One client is meant to be shared by all tasks of an event loop. Closing it ends
     every wait on it at once with :class:`ClientClosedError`.
@@ -169,10 +170,12 @@ class TransactionLinkClient:
         default_headers: Mapping[str, str] | None = None,
         connection_limit: int = 100,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        download_buffer_bytes: int = DEFAULT_DOWNLOAD_BUFFER_BYTES,
     ) -> None:
         token = _check_token(token)
         _check_options(timeout, max_retries, retry_backoff)
         check_count("connection_limit", connection_limit, minimum=1)
+        check_count("download_buffer_bytes", download_buffer_bytes, minimum=1)
         self.max_response_bytes = check_count("max_response_bytes", max_response_bytes, minimum=1)
         _check_session(session)
         headers = _check_default_headers(default_headers)
@@ -181,7 +184,7 @@ class TransactionLinkClient:
             base_url=_check_base_url(base_url),
             default_headers=headers,
             max_response_bytes=max_response_bytes,
-            sessions=Sessions(session, connection_limit),
+            sessions=Sessions(session, connection_limit, download_buffer_bytes),
             options=RequestOptions(timeout, RetryPolicy(max_retries, retry_backoff)),
             owns_lifecycle=True,
         )

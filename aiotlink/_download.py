@@ -5,8 +5,13 @@ only once it is whole (its length checked) and on disk (fsynced), so the destina
 either keeps what it had or holds the complete result. Dropped connections resume
 from the bytes already written; an expired pre-signed URL (403) is replaced by asking
 the API for the result again. Reads time out per read, never in total, so a large
-healthy download is never cut short. Where the filesystem allows, the bytes bypass the
-page cache on their way to disk.
+healthy download is never cut short.
+
+The bytes go through the page cache from a few disk threads shared by every download
+(DISK_THREADS), and a client's downloads share one budget of buffered bytes
+(``download_buffer_bytes``): memory and threads are bounded by the client, not by the
+number of downloads. ``direct_io=True`` bypasses the page cache instead, from buffers
+taken from the same budget (README.md, "Large results to disk").
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 import attrs
 
+from ._budget import ByteBudget
 from ._callbacks import OnProgress, notify
 from ._errors import (
     APIConnectionError,
@@ -51,6 +57,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aiotlink")
 
+# Whether downloads bypass the page cache unless told (download_result's direct_io).
+DIRECT_IO = False
+# What one download may have queued for the disk at once, at most: enough to keep a
+# disk thread busy while the loop reads on.
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+# Chunks are gathered into writes of up to a quarter of this (fewer when many share).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+# A download's socket reads: large for one download (page faults, not HTTP, set the
+# pace), smaller as more share the client's budget, so that what aiohttp holds for all
+# their connections stays within it.
+MAX_READ_BUFFER_BYTES = 1024 * 1024
+MIN_READ_BUFFER_BYTES = 64 * 1024
 # Direct writes go through up to this many buffers of this size (a multiple of
 # DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 DIRECT_BUFFERS = 3
@@ -58,8 +76,6 @@ DIRECT_BUFFER_BYTES = 4 * 1024 * 1024
 # O_DIRECT wants buffers, offsets and lengths aligned to the device's logical block size:
 # 4096 is a multiple of every common one.
 DIRECT_ALIGNMENT = 4096
-# Through the page cache, a write slower than this moves the later ones off the loop.
-SLOW_WRITE_SECONDS = 0.005
 PROGRESS_INTERVAL = 0.1  # seconds between two on_progress calls, at the most
 # A redirect answer is a few hundred bytes; anything longer is the result itself.
 REDIRECT_PROBE_BYTES = 64 * 1024
@@ -195,74 +211,155 @@ def _digits(value: str | None) -> int | None:
     return int(value)
 
 
-class _DiskThread:
-    """One thread for a file's work off the event loop, in order; then one last action.
+class _DiskPool:
+    """A few threads for every file's disk work in the process; idle ones end.
 
-    :meth:`stop` runs the last action (closing the file) at once if no work is running,
-    or right after the work that is; queued work is dropped. It never depends on the
-    thread still being there: at interpreter or event-loop shutdown the garbage
-    collector may end the thread before it discards the download.
+    Bounded, whatever the number of downloads: 100 at once share these threads. A
+    thread waits IDLE_SECONDS for more work before it ends, so a download's stream of
+    writes does not start a thread per write, and none lingers once all are done.
     """
 
-    def __init__(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "aiotlink-disk")
+    IDLE_SECONDS = 0.5
+
+    def __init__(self, max_threads: int) -> None:
+        self._max_threads = max_threads
+        self._work: deque[Callable[[], None]] = deque()
+        self._ready = threading.Condition()
+        self._threads = self._idle = 0
+        self._names = iter(range(1, 2**62))
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on one of the threads, after the work submitted before it."""
+        with self._ready:
+            self._work.append(work)
+            if self._idle:
+                self._ready.notify()
+                return
+            if self._threads >= self._max_threads:
+                return
+            self._threads += 1
+            name = f"aiotlink-disk-{next(self._names)}"
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                if not self._work:
+                    self._idle += 1
+                    self._ready.wait(self.IDLE_SECONDS)
+                    self._idle -= 1
+                    if not self._work:
+                        self._threads -= 1
+                        return
+                work = self._work.popleft()
+            work()  # never raises: _DiskQueue keeps each item's outcome in its future
+
+
+DISK_THREADS = 4
+_DISK_POOL = _DiskPool(DISK_THREADS)
+
+
+class _DiskQueue:
+    """One file's work off the event loop, in order, on the shared disk threads.
+
+    One item at a time, then back to the end of the pool's queue, so that no file holds
+    a thread while others wait. :meth:`stop` drops the queued work and runs a last
+    action (closing the file) at once if none is running, or right after the one that
+    is: a descriptor is never closed under a write, where a file opened meanwhile could
+    get its number and the bytes meant for this one.
+    """
+
+    def __init__(self, pool: _DiskPool = _DISK_POOL) -> None:
+        self._pool = pool
         self._lock = threading.Lock()
-        self._running = self._stopped = False
+        self._pending: deque[
+            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+        ] = deque()
+        self._scheduled = self._running = self._stopped = False
         self._last: Callable[[], None] | None = None
 
-    def submit(self, work: Callable[..., object], *args: Any) -> concurrent.futures.Future[None]:
-        return self._executor.submit(self._run, work, *args)
-
-    async def run(self, work: Callable[..., object], *args: Any) -> None:
-        """Run ``work`` on the thread, after the work queued before it, and wait for it."""
-        await asyncio.wrap_future(self.submit(work, *args))
-
-    def _run(self, work: Callable[..., object], *args: Any) -> None:
+    def submit(self, work: Callable[..., object], *args: Any) -> concurrent.futures.Future[Any]:
+        """Queue ``work(*args)``; its future holds its outcome (cancelled if dropped)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._stopped:
-                return  # taken off the queue just as it was stopped
-            self._running = True
-        try:
-            work(*args)
-        finally:
-            with self._lock:
-                self._running = False
-                last, self._last = self._last, None
-                self._stopped = self._stopped or last is not None
-            if last is not None:
-                last()
+                future.cancel()
+                return future
+            self._pending.append((future, work, args))
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self._pool.submit(self._step)
+        return future
+
+    async def run(self, work: Callable[..., object], *args: Any) -> None:
+        """Run ``work`` after the work queued before it, and wait for it."""
+        await asyncio.wrap_future(self.submit(work, *args))
+
+    def _step(self) -> None:
+        with self._lock:
+            if self._stopped or not self._pending:
+                self._scheduled = False
+                return
+            future, work, args = self._pending.popleft()
+            if not future.set_running_or_notify_cancel():
+                item = None
+            else:
+                item = (future, work, args)
+                self._running = True
+        if item is not None:
+            outcome: Any = None
+            failure: BaseException | None = None
+            try:
+                outcome = work(*args)
+            except BaseException as error:
+                failure = error
+            finally:
+                with self._lock:
+                    self._running = False
+                    last, self._last = self._last, None
+                    self._stopped = self._stopped or last is not None
+                if last is not None:
+                    last()
+            # Settled after the last action: whoever awaits it finds the file closed.
+            if failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(outcome)
+        with self._lock:
+            again = bool(self._pending) and not self._stopped
+            self._scheduled = again
+        if again:
+            self._pool.submit(self._step)
 
     def stop(self, last: Callable[[], None]) -> None:
         """Drop the queued work; run ``last`` now, or once the running work is done."""
         with self._lock:
             run_now = not self._running
-            if run_now:
-                self._stopped = True
-            else:
+            self._stopped = True
+            if not run_now:
                 self._last = last
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            dropped, self._pending = self._pending, deque()
+        for future, _, _ in dropped:
+            future.cancel()
         if run_now:
             last()
-
-    def shutdown(self) -> None:
-        """Let the thread end once its work is done."""
-        self._executor.shutdown(wait=False)
 
 
 class _TempFile:
     """The temporary file beside the destination, renamed over it once whole.
 
-    Its bytes go straight to the device where the filesystem allows it
-    (:class:`_DirectWriter`), and through the page cache where not
-    (:class:`_PageCacheWriter`). Either way they are synced once, before the rename.
+    Its bytes go through the page cache (:class:`_PageCacheWriter`), or with
+    ``direct_io`` straight to the device where the filesystem allows it
+    (:class:`_DirectWriter`). Either way they are synced once, before the rename.
 
-    Whatever touches the file off the event loop runs on one thread of the file's own,
-    in order, and the file is closed only once none of that work runs: a task cancelled
-    while the thread works must not close the descriptor under it, or a file opened
-    meanwhile could get its number, and the bytes or the truncation meant for this one.
+    Whatever touches the file off the event loop runs on its disk queue, in order, and
+    the file is closed only once none of that work runs: a task cancelled while a disk
+    thread works must not close the descriptor under it, or a file opened meanwhile
+    could get its number, and the bytes or the truncation meant for this one.
     """
 
-    def __init__(self, destination: Path) -> None:
+    def __init__(self, destination: Path, budget: ByteBudget, *, direct_io: bool) -> None:
         self.destination = destination
         # The name cut short: a destination's name near the system's limit (255 bytes)
         # must still leave room for the temporary file's.
@@ -272,13 +369,13 @@ class _TempFile:
             # Not mkstemp: its 0600 would survive the rename. Mode 0666 less the umask
             # is what a file created by any other program gets.
             descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        self._disk = _DiskThread()
+        self._disk = _DiskQueue()
         try:
             with self._disk_errors("could not write"):  # no memory, say
                 self._writer: _DirectWriter | _PageCacheWriter = (
-                    _DirectWriter(descriptor, self._disk)
-                    if _bypass_page_cache(descriptor)
-                    else _PageCacheWriter(descriptor, self._disk)
+                    _DirectWriter(descriptor, self._disk, budget)
+                    if direct_io and _bypass_page_cache(descriptor)
+                    else _PageCacheWriter(descriptor, self._disk, budget)
                 )
         except BaseException:
             os.close(descriptor)
@@ -302,7 +399,6 @@ class _TempFile:
         with self._disk_errors("could not finish writing"):
             await self._writer.settle()
             await self._disk.run(self._commit)
-        self._disk.shutdown()
 
     def _commit(self) -> None:
         self._writer.finish()
@@ -374,6 +470,17 @@ def _stop_bypassing_page_cache(descriptor: int) -> bool:
 _DIRECT_WRITE_REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
+def _write_gathered(descriptor: int, chunks: list[bytes], offset: int) -> None:
+    """Write ``chunks`` one after another from ``offset`` (on a disk thread).
+
+    A call per chunk: off the loop, they cost only the disk thread; what gathering saves
+    is the loop's hand-over per chunk.
+    """
+    for chunk in chunks:
+        _write_all(descriptor, memoryview(chunk), offset)
+        offset += len(chunk)
+
+
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` (on the disk thread)."""
     while data:
@@ -401,9 +508,11 @@ class _DirectWriter:
     benchmarks/NOTES.md, under the download.
     """
 
-    def __init__(self, descriptor: int, disk: _DiskThread) -> None:
+    def __init__(self, descriptor: int, disk: _DiskQueue, budget: ByteBudget) -> None:
         self.descriptor = descriptor
         self._disk = disk
+        self._budget = budget
+        self._loop = asyncio.get_running_loop()
         # Mapped as the result grows: a small one needs one buffer, not all of them.
         self._buffers: list[memoryview] = []
         self._current = 0
@@ -416,8 +525,14 @@ class _DirectWriter:
         data = memoryview(chunk)
         while data:
             if self._current == len(self._buffers):
-                # Anonymous maps are page-aligned; their pages are touched as they fill.
-                mapped = mmap.mmap(-1, DIRECT_BUFFER_BYTES, flags=mmap.MAP_PRIVATE)
+                # Taken from the client's budget, then mapped; anonymous maps are
+                # page-aligned, and their pages are touched as they fill.
+                await self._budget.take(DIRECT_BUFFER_BYTES)
+                try:
+                    mapped = mmap.mmap(-1, DIRECT_BUFFER_BYTES, flags=mmap.MAP_PRIVATE)
+                except BaseException:
+                    self._budget.give(DIRECT_BUFFER_BYTES)
+                    raise
                 self._buffers.append(memoryview(mapped))
             buffer = self._buffers[self._current]
             taken = min(len(data), len(buffer) - self._filled)
@@ -462,44 +577,97 @@ class _DirectWriter:
     def close(self) -> None:
         if not self._closed:  # a failed rename closes it twice: after the commit, on discard
             self._closed = True
-            os.close(self.descriptor)
-            self._buffers = []  # unmapped now, even if a traceback keeps this writer
+            try:
+                os.close(self.descriptor)
+            finally:
+                mapped, self._buffers = len(self._buffers), []  # unmapped, whatever keeps us
+                _give_back(self._loop, self._budget, mapped * DIRECT_BUFFER_BYTES)
 
 
 class _PageCacheWriter:
-    """Writes through the page cache, where the filesystem has no direct I/O.
+    """Writes through the page cache, every one off the event loop: the default writer.
 
-    Writes of a chunk to the page cache take well under a millisecond, so they run on
-    the event loop (a worker thread per chunk halves the throughput); once a write turns
-    out slow (a congested or network disk), later ones move to the disk thread.
+    Each chunk is handed to the file's disk queue as it arrives, and the loop goes on
+    reading while the disk threads write. Until a chunk is written its bytes count
+    against this download's share (at most MAX_QUEUED_BYTES, less when many downloads
+    share the client's budget) and against the budget itself. What the page cache
+    holds is the OS's to flush; the fsync before the rename makes the file durable.
     """
 
-    def __init__(self, descriptor: int, disk: _DiskThread) -> None:
+    def __init__(self, descriptor: int, disk: _DiskQueue, budget: ByteBudget) -> None:
         self.descriptor = descriptor
         self._disk = disk
-        self._file: IO[bytes] = os.fdopen(descriptor, "wb")
-        self._write_on_disk_thread = False
+        self._budget = budget
+        self._loop = asyncio.get_running_loop()
+        self._queued: deque[tuple[concurrent.futures.Future[Any], int]] = deque()
+        self._queued_bytes = 0
+        # Chunks gathered into one write: a write per chunk as it arrives (often 64 KiB)
+        # costs the loop more in hand-overs than the copy it saves.
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._offset = 0
+        self._closed = False
 
     async def write(self, chunk: bytes) -> None:
-        if self._write_on_disk_thread:
-            await self._disk.run(self._file.write, chunk)
-        else:
-            started = time.perf_counter()
-            self._file.write(chunk)
-            self._write_on_disk_thread = time.perf_counter() - started > SLOW_WRITE_SECONDS
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= self._budget.share(MAX_BATCH_BYTES, MIN_READ_BUFFER_BYTES) // 4:
+            await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        """Queue the gathered chunks as one write, within this download's share."""
+        if not self._batch:
+            return
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        # This download's share first, then the client's budget: one fast download does
+        # not hold all of it, and many together never hold more than all of it.
+        share = self._budget.share(MAX_QUEUED_BYTES, size)
+        while self._queued and self._queued_bytes + size > share:
+            await asyncio.wrap_future(self._queued[0][0])
+            self._land_oldest()
+        await self._budget.take(size)
+        future = self._disk.submit(_write_gathered, self.descriptor, batch, self._offset)
+        future.add_done_callback(partial(_give_back, self._loop, self._budget, size))
+        self._offset += size
+        self._queued_bytes += size
+        self._queued.append((future, size))
+        while self._queued and self._queued[0][0].done():
+            self._land_oldest()
+
+    def _land_oldest(self) -> None:
+        """Forget the oldest queued write, done; raises its OSError if it failed."""
+        future, size = self._queued.popleft()
+        self._queued_bytes -= size
+        future.result()
 
     async def settle(self) -> None:
-        """Nothing is queued between two writes."""
+        """Write what is gathered and wait for every queued write; raises the first error."""
+        await self._hand_over()
+        while self._queued:
+            await asyncio.wrap_future(self._queued[0][0])
+            self._land_oldest()
 
+    # The rest runs on the disk queue, after every write handed over.
     def truncate(self) -> None:
-        self._file.seek(0)
-        self._file.truncate()
+        os.ftruncate(self.descriptor, 0)
+        self._offset = 0
 
     def finish(self) -> None:
-        self._file.flush()
+        """Nothing is held back: every chunk went to the file as it came."""
 
     def close(self) -> None:
-        self._file.close()
+        if not self._closed:  # a failed rename closes it twice: after the commit, on discard
+            self._closed = True
+            os.close(self.descriptor)
+
+
+def _give_back(
+    loop: asyncio.AbstractEventLoop, budget: ByteBudget, size: int, _: object = None
+) -> None:
+    """Return ``size`` bytes to ``budget`` on its loop (from a disk thread, or the loop)."""
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+        loop.call_soon_threadsafe(budget.give, size)
 
 
 class Downloader:
@@ -512,8 +680,12 @@ class Downloader:
         destination: Path,
         on_progress: OnProgress | None,
         max_bytes: int | None = None,
+        *,
+        direct_io: bool | None = None,
     ) -> None:
         self._requester = requester
+        self._direct_io = direct_io
+        self._budget = requester.download_budget()
         self._result_path = result_path
         self._destination = destination
         self._progress = _Progress(on_progress)
@@ -524,7 +696,12 @@ class Downloader:
         self._total: int | None = None
 
     async def run(self) -> DownloadedResult:
-        temp = _TempFile(self._destination)
+        temp = _TempFile(
+            self._destination,
+            self._budget,
+            direct_io=DIRECT_IO if self._direct_io is None else self._direct_io,
+        )
+        self._budget.users += 1
         try:
             # The API answers the result itself, or a $redirect to pre-signed storage.
             api = _Source(self._api_url, redirected=False)
@@ -546,6 +723,8 @@ class Downloader:
         except BaseException:
             temp.discard()
             raise
+        finally:
+            self._budget.users -= 1
         logger.debug("the result is at %s (%d bytes)", self._destination, temp.size)
         return DownloadedResult(self._destination, temp.size, storage_url is not None)
 
@@ -655,6 +834,7 @@ class Downloader:
             headers=headers,
             route="storage" if source.redirected else "/workflows/{id}/result",
             attempt_number=attempt_number,
+            read_bufsize=self._budget.share(MAX_READ_BUFFER_BYTES, MIN_READ_BUFFER_BYTES) // 4,
             consume=partial(self._stream, source=source, temp=temp, probe_redirect=probe_redirect),
         )
 

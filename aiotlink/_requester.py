@@ -27,6 +27,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from ._budget import ByteBudget
 from ._errors import (
     APIConnectionError,
     ClientClosedError,
@@ -49,10 +50,10 @@ from ._transport import (
 )
 
 T = TypeVar("T")
+# What a client's downloads may buffer at once, all of them together.
+DEFAULT_DOWNLOAD_BUFFER_BYTES = 32 * 2**20
 
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
-
-READ_BUFFER_BYTES = 1024 * 1024  # large socket reads for streams: page faults set the pace
 
 
 @attrs.frozen
@@ -84,9 +85,16 @@ class Sessions:
     second one of ours, because a caller's session may add credentials of its own.
     """
 
-    def __init__(self, session: aiohttp.ClientSession | None, connection_limit: int) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None,
+        connection_limit: int,
+        download_buffer_bytes: int = DEFAULT_DOWNLOAD_BUFFER_BYTES,
+    ) -> None:
         self._caller_session = session
         self.connection_limit = connection_limit
+        # Every download of the client and its views shares this many buffered bytes.
+        self.download_budget = ByteBudget(download_buffer_bytes)
         self._own_sessions: list[aiohttp.ClientSession] = []
         self._pollers: dict[RequestOptions, Poller] = {}
         self.closed = False
@@ -189,6 +197,10 @@ class Requester:
         """The client's retry policy (``max_retries``, backoff)."""
         return self._options.retry_policy
 
+    def download_budget(self) -> ByteBudget:
+        """The bytes every download of the client (and of its views) may buffer at once."""
+        return self._sessions.download_budget
+
     def poller(self, fetch: Fetch) -> Poller:
         """The shared poll loops of every view with these options (see Sessions.poller)."""
         return self._sessions.poller(self._options, fetch)
@@ -201,6 +213,7 @@ class Requester:
         headers: Mapping[str, str],
         route: str,
         attempt_number: int,
+        read_bufsize: int,
         consume: Callable[[aiohttp.ClientResponse], Awaitable[T]],
     ) -> T:
         """One raw GET of ``url`` whose successful answer ``consume`` reads as a stream.
@@ -208,7 +221,8 @@ class Requester:
         To storage (``storage=True``): on a session with no credential of ours, only
         ``headers``, following redirects, and an error body scrubbed of the URL's
         signature. To the API: with auth and the default headers, never following a
-        redirect. Reads time out per read, never in total. An error status raises its
+        redirect. Reads time out per read, never in total; aiohttp holds up to twice
+        ``read_bufsize`` of the body before it stops reading. An error status raises its
         :class:`APIError`; what aiohttp raises, inside ``consume`` too, becomes our
         error as :func:`send` makes it (a body cut short: an APIConnectionError). One
         attempt: retries are the caller's, through ``_retry``, as for every call.
@@ -232,7 +246,7 @@ class Requester:
                 timeout=self._options.storage_timeout,
                 allow_redirects=storage,
                 raise_for_status=False,  # a caller's session may say True: statuses are ours
-                read_bufsize=READ_BUFFER_BYTES,
+                read_bufsize=read_bufsize,
             ) as response:
                 log_attempt("GET", route, display_url, attempt_number, started, response.status)
                 if response.status >= 300:

@@ -178,6 +178,7 @@ class Workflows:
         *,
         on_progress: OnProgress | None = None,
         max_bytes: int | None = None,
+        direct_io: bool | None = None,
     ) -> DownloadedResult:
         """Stream the result's raw JSON bytes to ``path``, inline or from a ``$redirect``.
 
@@ -192,7 +193,10 @@ class Workflows:
         ``on_progress(done_bytes, total_bytes)`` (a function or a coroutine function;
         ``total_bytes`` ``None`` when unknown) is called as bytes arrive, at most ten
         times a second, and at the end. A symbolic link at ``path`` is replaced by the
-        file, not written through.
+        file, not written through. The bytes go through the page cache from a few
+        shared disk threads, buffered within the client's ``download_buffer_bytes``;
+        ``direct_io=True`` bypasses the page cache where the filesystem allows it
+        (``None``: the module's default, off).
 
         Raises:
             ValueError: ``execution_id`` is not a UUID, ``path``'s folder does not
@@ -207,7 +211,10 @@ class Workflows:
         check_callable("on_progress", on_progress)
         if max_bytes is not None:
             check_count("max_bytes", max_bytes, minimum=1)
-        downloader = Downloader(self._requester, path_in_api, destination, on_progress, max_bytes)
+        direct = None if direct_io is None else check_flag("direct_io", direct_io)
+        downloader = Downloader(
+            self._requester, path_in_api, destination, on_progress, max_bytes, direct_io=direct
+        )
         return await downloader.run()
 
     async def watch(

@@ -11,7 +11,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from aiotlink import (
     ServerError,
     TransactionLinkClient,
 )
-from aiotlink._download import _DiskThread, content_range
+from aiotlink._download import _DiskPool, _DiskQueue, content_range
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
 from .conftest import EXECUTION_ID, TOKEN
@@ -61,10 +61,11 @@ def refuse_direct_io(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(params=["direct", "page cache"])
 def disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """Either way of writing: straight to the device, or through the page cache."""
+    """Either way of writing: through the page cache (the default), or straight to the device."""
     if request.param == "page cache":
         refuse_direct_io(monkeypatch)
     else:
+        monkeypatch.setattr("aiotlink._download.DIRECT_IO", True)
         probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
         try:
             flags = fcntl.fcntl(probe, fcntl.F_GETFL)
@@ -367,31 +368,11 @@ async def test_existing_file_is_replaced_whole_on_success(
     assert sha256(target) == BIG.sha256()
 
 
-class _FullDisk:
-    """A file object whose writes fail with ENOSPC once ``room`` bytes are written."""
+def fill_disk_after(room: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make writes of the temporary file fail with ENOSPC once ``room`` bytes are written.
 
-    def __init__(self, real: Any, room: int) -> None:
-        self._real = real
-        self._room = room
-
-    def write(self, data: bytes) -> int:
-        if len(data) > self._room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._room -= len(data)
-        return int(self._real.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-def fill_disk_after(room: int, disk: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make writes of the temporary file fail with ENOSPC once ``room`` bytes are written."""
-    if disk == "page cache":
-        real_fdopen = os.fdopen
-        monkeypatch.setattr(
-            "aiotlink._download.os.fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k), room)
-        )
-        return
+    Both writers write with ``os.pwrite``, from the disk threads.
+    """
     real_pwrite = os.pwrite
     left = [room]
 
@@ -416,7 +397,7 @@ async def test_disk_full_gives_a_clear_error_and_no_partial_file(
     room: int,
 ) -> None:
     """Running out of disk raises DownloadError naming the path; nothing is left behind."""
-    fill_disk_after(room, disk, monkeypatch)
+    fill_disk_after(room, monkeypatch)
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     target.write_bytes(b"keep me")
@@ -455,7 +436,8 @@ async def test_large_results_bypass_the_page_cache_from_a_worker_thread(
     monkeypatch: pytest.MonkeyPatch,
     result: GeneratedResult,
 ) -> None:
-    """Where the filesystem allows, writes are direct, aligned and off the event loop."""
+    """With direct_io, where the filesystem allows, writes are direct, aligned, off the loop."""
+    monkeypatch.setattr("aiotlink._download.DIRECT_IO", True)
     writes = record_writes(monkeypatch)
     execution_id = await completed(fake, client, result)
     target = tmp_path / "r.json"
@@ -476,14 +458,23 @@ async def test_without_o_direct_writes_go_through_the_page_cache(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Where the OS has no O_DIRECT (macOS), the result is written through the cache."""
+    """Where the OS has no O_DIRECT (macOS), direct_io falls back to the page cache."""
+    monkeypatch.setattr("aiotlink._download.DIRECT_IO", True)
     monkeypatch.delattr(os, "O_DIRECT")
-    writes = record_writes(monkeypatch)
+    real_pwrite = os.pwrite
+    writers: set[str] = set()
+
+    def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        writers.add(threading.current_thread().name)
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     await client.workflows.download_result(execution_id, target)
     assert sha256(target) == BIG.sha256()
-    assert writes == []  # no positioned writes: the page-cache writer's file object
+    assert writers
+    assert all(name.startswith("aiotlink-disk") for name in writers)
 
 
 # BIG ends in a partial buffer at this offset: 45 whole buffers of 64 KiB come first.
@@ -508,6 +499,7 @@ async def test_a_filesystem_refusing_direct_writes_gets_them_through_the_cache(
     From the first write, or only from the last, padded one.
     """
     caplog.set_level(logging.INFO, logger="aiotlink")
+    monkeypatch.setattr("aiotlink._download.DIRECT_IO", True)
     real_pwrite = os.pwrite
     refused: list[int] = []
 
@@ -531,13 +523,13 @@ async def test_no_memory_for_the_writer_leaves_nothing_behind(
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    disk: str,
 ) -> None:
-    """If a write buffer or the file object cannot be made, DownloadError; nothing left.
+    """If a direct write buffer cannot be mapped, DownloadError; nothing left.
 
-    A direct writer maps its buffers as the result grows; a page-cache writer makes its
-    file object at once, before any request.
+    A direct writer maps its buffers as the result grows (the page-cache writer maps
+    none: it hands the chunks as they came to the disk threads).
     """
+    monkeypatch.setattr("aiotlink._download.DIRECT_IO", True)
 
     def no_memory(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
@@ -545,8 +537,7 @@ async def test_no_memory_for_the_writer_leaves_nothing_behind(
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     target.write_bytes(b"old")
-    making = "mmap.mmap" if disk == "direct" else "os.fdopen"
-    monkeypatch.setattr(f"aiotlink._download.{making}", no_memory)
+    monkeypatch.setattr("aiotlink._download.mmap.mmap", no_memory)
     with pytest.raises(DownloadError, match="Cannot allocate memory"):
         await client.workflows.download_result(execution_id, target)
     assert target.read_bytes() == b"old"
@@ -574,6 +565,8 @@ async def test_a_failed_write_fails_the_download_cleanly(
     Refused with EINVAL with and without direct I/O, or failing once, where the file
     would otherwise be renamed into place with a hole in it. Nothing is left behind.
     """
+    # Buffers at known offsets are the direct writer's; EINVAL fails either writer.
+    monkeypatch.setattr("aiotlink._download.DIRECT_IO", failing_offset is not None)
     real_pwrite = os.pwrite
 
     def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
@@ -590,34 +583,18 @@ async def test_a_failed_write_fails_the_download_cleanly(
     assert leftovers(tmp_path) == []
 
 
-class _HeldFile:
-    """A file object whose first write off the event loop waits in ``hold``."""
-
-    def __init__(self, real: Any, hold: Callable[[int], None]) -> None:
-        self._real = real
-        self._hold: Callable[[int], None] | None = hold
-
-    def write(self, data: bytes) -> int:
-        if self._hold is not None and threading.current_thread() is not threading.main_thread():
-            hold, self._hold = self._hold, None
-            hold(self._real.fileno())
-        return int(self._real.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
 def block_disk_work(
     moment: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[threading.Event, threading.Event, list[tuple[int, str]]]:
     """Hold the disk thread at ``moment``: (started, release, the descriptor and thread).
 
     The moments: a direct write of a whole buffer, the commit's write of the last one,
-    the truncation that restarts a file, and a slow write through the page cache.
+    the truncation that restarts a file, and a write through the page cache.
     """
     started, release = threading.Event(), threading.Event()
     held: list[tuple[int, str]] = []
-    real_pwrite, real_ftruncate, real_fdopen = os.pwrite, os.ftruncate, os.fdopen
+    real_pwrite, real_ftruncate = os.pwrite, os.ftruncate
+    monkeypatch.setattr("aiotlink._download.DIRECT_IO", moment in {"a write", "the commit"})
 
     def hold(descriptor: int) -> None:
         held.append((descriptor, threading.current_thread().name))
@@ -626,7 +603,9 @@ def block_disk_work(
 
     def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
         whole_buffer = len(data) == 65_536
-        if (moment, whole_buffer) in {("a write", True), ("the commit", False)}:
+        if (moment, whole_buffer) in {("a write", True), ("the commit", False)} or (
+            moment == "a page-cache write" and not held
+        ):
             hold(descriptor)
         return real_pwrite(descriptor, data, offset)
 
@@ -637,12 +616,6 @@ def block_disk_work(
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
     monkeypatch.setattr("aiotlink._download.os.ftruncate", ftruncate)
-    if moment == "a page-cache write":
-        refuse_direct_io(monkeypatch)
-        monkeypatch.setattr("aiotlink._download.SLOW_WRITE_SECONDS", 0.0)
-        monkeypatch.setattr(
-            "aiotlink._download.os.fdopen", lambda *a, **k: _HeldFile(real_fdopen(*a, **k), hold)
-        )
     return started, release, held
 
 
@@ -689,22 +662,21 @@ async def test_cancelling_while_the_disk_thread_works_closes_the_file_after_it(
     assert not target.exists()
 
 
-def test_the_disk_thread_runs_work_in_order_and_then_the_last_action() -> None:
-    """Work runs in order on one thread; stopped while idle, the last action runs at once."""
-    disk = _DiskThread()
+def test_a_disk_queue_runs_work_in_order_and_then_the_last_action() -> None:
+    """Work runs in order on a disk thread; stopped while idle, the last action runs at once."""
+    disk = _DiskQueue()
     done: list[tuple[int, str]] = []
     for number in range(3):
         disk.submit(lambda n: done.append((n, threading.current_thread().name)), number).result()
     disk.stop(lambda: done.append((-1, threading.current_thread().name)))
     assert [number for number, _ in done] == [0, 1, 2, -1]
-    assert len({thread for _, thread in done[:3]}) == 1
-    assert done[0][1].startswith("aiotlink-disk")
+    assert all(thread.startswith("aiotlink-disk") for _, thread in done[:3])
     assert done[-1][1] == threading.current_thread().name
 
 
-def test_stopping_the_disk_thread_mid_work_drops_the_queue_and_runs_last_after() -> None:
+def test_stopping_a_disk_queue_mid_work_drops_the_queue_and_runs_last_after() -> None:
     """Stopped while work runs, queued work never runs and the last action follows the work."""
-    disk = _DiskThread()
+    disk = _DiskQueue()
     running, release = threading.Event(), threading.Event()
     order: list[str] = []
 
@@ -718,6 +690,7 @@ def test_stopping_the_disk_thread_mid_work_drops_the_queue_and_runs_last_after()
     assert running.wait(10)
     disk.stop(lambda: order.append("last"))
     assert order == []  # not before the running work is done
+    late = disk.submit(lambda: order.append("late"))  # after the stop: never runs
     release.set()
     first.result(10)
     for _ in range(200):
@@ -726,17 +699,42 @@ def test_stopping_the_disk_thread_mid_work_drops_the_queue_and_runs_last_after()
         time.sleep(0.01)
     assert order == ["running work", "last"]
     assert queued.cancelled()
-    disk._run(lambda: order.append("late"))  # taken off the queue just as it stopped
-    assert order == ["running work", "last"]
+    assert late.cancelled()
 
 
-def test_the_last_action_runs_even_if_the_thread_has_ended() -> None:
-    """At interpreter or loop shutdown the thread may be gone: the file is closed anyway."""
-    disk = _DiskThread()
-    disk.submit(lambda: None).result()
-    disk._executor.shutdown(wait=True)  # what the garbage collector may do first
+def test_many_disk_queues_share_a_few_threads_in_turn() -> None:
+    """Twenty files' work runs on at most the pool's threads, each file's in order."""
+    pool = _DiskPool(max_threads=2)
+    queues = [_DiskQueue(pool) for _ in range(20)]
+    seen: dict[int, list[int]] = {n: [] for n in range(20)}
+    threads: set[str] = set()
+
+    def work(file: int, step: int) -> None:
+        threads.add(threading.current_thread().name)
+        seen[file].append(step)
+        time.sleep(0.001)
+
+    futures = [
+        queue.submit(work, file, step) for step in range(5) for file, queue in enumerate(queues)
+    ]
+    for future in futures:
+        future.result(10)
+    assert all(steps == [0, 1, 2, 3, 4] for steps in seen.values())
+    assert 1 <= len(threads) <= 2
+
+
+def test_idle_disk_threads_end() -> None:
+    """A disk thread with nothing to do ends after a short wait: none lingers."""
+    pool = _DiskPool(max_threads=1)
+    queue = _DiskQueue(pool)
+    queue.submit(lambda: None).result(10)
+    for _ in range(300):
+        if not pool._threads:
+            break
+        time.sleep(0.01)
+    assert pool._threads == 0
     closed: list[bool] = []
-    disk.stop(lambda: closed.append(True))
+    queue.stop(lambda: closed.append(True))  # with no thread left, at once
     assert closed == [True]
 
 
@@ -1129,38 +1127,28 @@ async def test_a_failed_folder_sync_after_the_rename_only_warns(
     assert "could not sync the folder" in caplog.text
 
 
-async def test_slow_disk_writes_move_to_a_thread(
+async def test_page_cache_writes_are_made_off_the_event_loop(
     fake: FakeTransactionLink,
     client: TransactionLinkClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Through the page cache, once a write is slow, the later ones leave the event loop."""
-    refuse_direct_io(monkeypatch)
-    monkeypatch.setattr("aiotlink._download.SLOW_WRITE_SECONDS", 0.0)
+    """The default writer writes every byte from the disk threads, never on the loop."""
     writer_threads: set[str] = set()
-    real_fdopen = os.fdopen
+    real_pwrite = os.pwrite
 
-    class Recording:
-        def __init__(self, real: Any) -> None:
-            self._real = real
+    def pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        writer_threads.add(threading.current_thread().name)
+        assert not is_direct(descriptor)
+        return real_pwrite(descriptor, data, offset)
 
-        def write(self, data: bytes) -> int:
-            writer_threads.add(threading.current_thread().name)
-            return int(self._real.write(data))
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._real, name)
-
-    monkeypatch.setattr(
-        "aiotlink._download.os.fdopen", lambda *a, **k: Recording(real_fdopen(*a, **k))
-    )
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
     await client.workflows.download_result(execution_id, target)
     assert sha256(target) == BIG.sha256()
-    assert threading.main_thread().name in writer_threads  # the first write, on the loop
-    assert len(writer_threads) > 1  # the later ones, in a worker thread
+    assert writer_threads
+    assert all(name.startswith("aiotlink-disk") for name in writer_threads)
 
 
 async def test_refusing_a_large_result_costs_the_fake_no_error(

@@ -601,3 +601,89 @@ async def test_a_path_ending_in_a_separator_is_refused(
             await client.workflows.download_result(EXECUTION_ID, f"{link}/")
     assert link.is_symlink()
     assert server.seen == []
+
+
+# --- memory and threads bounded by the client ----------------------------------------
+
+
+async def test_many_downloads_share_the_clients_budget_and_a_few_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve downloads at once: never more buffered than the budget, nor more threads."""
+    import threading
+
+    from aiotlink._budget import ByteBudget
+    from aiotlink._download import DISK_THREADS
+    from aiotlink.testing import FakeTransactionLink, GeneratedResult
+
+    most = [0]
+    real_take = ByteBudget.take
+    threads: set[str] = set()
+    real_pwrite = os.pwrite
+
+    async def take(self: ByteBudget, size: int) -> None:
+        await real_take(self, size)
+        most[0] = max(most[0], self.used)
+
+    def pwrite(descriptor: int, data: Any, offset: int) -> int:
+        threads.add(threading.current_thread().name)
+        alive = [t for t in threading.enumerate() if t.name.startswith("aiotlink-disk")]
+        assert len(alive) <= DISK_THREADS
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr(ByteBudget, "take", take)
+    monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
+    budget = 512 * 1024
+    result = GeneratedResult(2_000_000, seed=5)
+    async with FakeTransactionLink(redirect_threshold=100_000) as fake:
+        definition = fake.add_definition(statuses=["COMPLETED"], result=result)
+        client = TransactionLinkClient(fake.token, base_url=fake.url, download_buffer_bytes=budget)
+        async with client:
+            ids = [(await client.workflows.initialise(definition)).id for _ in range(12)]
+            downloads = await asyncio.gather(
+                *(
+                    client.workflows.download_result(i, tmp_path / f"{n}.json")
+                    for n, i in enumerate(ids)
+                )
+            )
+            assert client._sessions.download_budget.used == 0  # all given back
+    assert all(d.size == result.size for d in downloads)
+    assert 0 < most[0] <= budget
+    assert threads  # written from the disk threads, never more alive than DISK_THREADS
+
+
+async def test_budget_waits_in_turn_and_gives_back_on_cancel() -> None:
+    """take() waits for room in order; a waiter cancelled leaves nothing taken."""
+    from aiotlink._budget import ByteBudget
+
+    budget = ByteBudget(100)
+    await budget.take(60)
+    await budget.take(40)  # fits exactly
+    first = asyncio.create_task(budget.take(50))
+    second = asyncio.create_task(budget.take(10))
+    await asyncio.sleep(0)
+    assert not first.done()
+    assert not second.done()
+    second.cancel()
+    budget.give(60)
+    await first
+    assert budget.used == 90
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    budget.give(90)
+    await budget.take(1000)  # larger than the whole budget: let through alone
+    assert budget.used == 1000
+
+
+async def test_direct_io_is_asked_for_and_checked(server: ScriptedServer, tmp_path: Path) -> None:
+    """direct_io must be True, False or None; download_buffer_bytes a whole number."""
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(TypeError, match="direct_io"):
+            await client.workflows.download_result(
+                EXECUTION_ID,
+                tmp_path / "r.json",
+                direct_io="yes",  # type: ignore[arg-type]
+            )
+    with pytest.raises(ValueError, match="download_buffer_bytes"):
+        TransactionLinkClient(TOKEN, download_buffer_bytes=0)
+    assert server.seen == []

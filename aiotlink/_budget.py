@@ -1,0 +1,52 @@
+"""A budget of bytes that many tasks draw on and give back: a client's download buffers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class ByteBudget:
+    """Bytes of download buffers a client may hold at once, shared by all its downloads.
+
+    A download takes bytes before it hands a chunk (or maps a buffer) for the disk, and
+    they come back once the disk has it; when none are left it waits, rather than
+    allocate more. One chunk larger than the whole budget is let through alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.users = 0  # downloads drawing on it now: each may buffer a share
+
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def take(self, size: int) -> None:
+        if not self._waiting and (self.used + size <= self.limit or self.used == 0):
+            self.used += size
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append((size, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.give(size)  # granted just as the download was cancelled
+            raise
+
+    def share(self, most: int, least: int) -> int:
+        """A fair share of the budget for one of its users, between ``least`` and ``most``."""
+        return max(least, min(most, self.limit // max(1, self.users)))
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        while self._waiting:
+            size, turn = self._waiting[0]
+            if turn.done():  # cancelled while waiting
+                self._waiting.popleft()
+                continue
+            if self.used + size > self.limit and self.used > 0:
+                return
+            self._waiting.popleft()
+            self.used += size
+            turn.set_result(None)
