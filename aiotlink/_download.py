@@ -239,7 +239,12 @@ class _DiskPool:
                 return
             self._threads += 1
             name = f"aiotlink-disk-{next(self._names)}"
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
+        try:
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
+        except BaseException:  # no thread to be had: the work waits for a running one
+            with self._ready:
+                self._threads -= 1
+            raise
 
     def _serve(self) -> None:
         while True:
@@ -252,11 +257,22 @@ class _DiskPool:
                         self._threads -= 1
                         return
                 work = self._work.popleft()
-            work()  # never raises: _DiskQueue keeps each item's outcome in its future
+            try:
+                work()  # _DiskQueue keeps each item's outcome in its future
+            except Exception:  # a thread lost would leave its slot counted for ever
+                logger.exception("disk work failed outside its future")
+
+    def reset_after_fork(self) -> None:
+        """Forget the threads of the parent process: a child has none of them."""
+        self._work = deque()
+        self._ready = threading.Condition()
+        self._threads = self._idle = 0
 
 
 DISK_THREADS = 4
 _DISK_POOL = _DiskPool(DISK_THREADS)
+if hasattr(os, "register_at_fork"):  # a child forked while disk work ran starts afresh
+    os.register_at_fork(after_in_child=_DISK_POOL.reset_after_fork)
 
 
 class _DiskQueue:
@@ -320,7 +336,10 @@ class _DiskQueue:
                     last, self._last = self._last, None
                     self._stopped = self._stopped or last is not None
                 if last is not None:
-                    last()
+                    try:
+                        last()
+                    except OSError as error:  # closing failed (EIO on NFS): nobody to tell
+                        logger.warning("could not close a download's temporary file: %s", error)
             # Settled after the last action: whoever awaits it finds the file closed.
             if failure is not None:
                 future.set_exception(failure)
@@ -513,6 +532,10 @@ class _DirectWriter:
         self._disk = disk
         self._budget = budget
         self._loop = asyncio.get_running_loop()
+        # How many buffers this download may use, reserved from the budget at its first
+        # write, all at once: a download that had to come back for another buffer
+        # could wait for ever on downloads that wait for theirs.
+        self._count = 0
         # Mapped as the result grows: a small one needs one buffer, not all of them.
         self._buffers: list[memoryview] = []
         self._current = 0
@@ -524,15 +547,14 @@ class _DirectWriter:
     async def write(self, chunk: bytes) -> None:
         data = memoryview(chunk)
         while data:
+            if not self._count:
+                fit = self._budget.limit // DIRECT_BUFFER_BYTES // max(1, self._budget.users)
+                count = max(1, min(DIRECT_BUFFERS, fit))
+                await self._budget.take(count * DIRECT_BUFFER_BYTES)
+                self._count = count
             if self._current == len(self._buffers):
-                # Taken from the client's budget, then mapped; anonymous maps are
-                # page-aligned, and their pages are touched as they fill.
-                await self._budget.take(DIRECT_BUFFER_BYTES)
-                try:
-                    mapped = mmap.mmap(-1, DIRECT_BUFFER_BYTES, flags=mmap.MAP_PRIVATE)
-                except BaseException:
-                    self._budget.give(DIRECT_BUFFER_BYTES)
-                    raise
+                # Anonymous maps are page-aligned; their pages are touched as they fill.
+                mapped = mmap.mmap(-1, DIRECT_BUFFER_BYTES, flags=mmap.MAP_PRIVATE)
                 self._buffers.append(memoryview(mapped))
             buffer = self._buffers[self._current]
             taken = min(len(data), len(buffer) - self._filled)
@@ -546,8 +568,8 @@ class _DirectWriter:
         self._queued.append(self._disk.submit(_write_all, self.descriptor, buffer, self._written))
         self._written += len(buffer)
         self._filled = 0
-        self._current = (self._current + 1) % DIRECT_BUFFERS
-        if len(self._queued) == DIRECT_BUFFERS:
+        self._current = (self._current + 1) % self._count
+        if len(self._queued) == self._count:
             await self._land_oldest()  # it holds the buffer to fill next
 
     async def _land_oldest(self) -> None:
@@ -580,8 +602,8 @@ class _DirectWriter:
             try:
                 os.close(self.descriptor)
             finally:
-                mapped, self._buffers = len(self._buffers), []  # unmapped, whatever keeps us
-                _give_back(self._loop, self._budget, mapped * DIRECT_BUFFER_BYTES)
+                self._buffers = []  # unmapped now, whatever keeps this writer
+                _give_back(self._loop, self._budget, self._count * DIRECT_BUFFER_BYTES)
 
 
 class _PageCacheWriter:

@@ -687,3 +687,76 @@ async def test_direct_io_is_asked_for_and_checked(server: ScriptedServer, tmp_pa
     with pytest.raises(ValueError, match="download_buffer_bytes"):
         TransactionLinkClient(TOKEN, download_buffer_bytes=0)
     assert server.seen == []
+
+
+async def test_direct_downloads_reserve_their_buffers_at_once_and_never_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nine direct downloads on a 32 MiB budget, and one on 6 MiB: all finish.
+
+    A direct download that took its 4 MiB buffers one by one could wait for its second
+    on others that wait for theirs, with the whole budget held.
+    """
+    from aiotlink._download import DIRECT_BUFFER_BYTES
+    from aiotlink.testing import FakeTransactionLink, GeneratedResult
+
+    assert DIRECT_BUFFER_BYTES == 4 * 2**20  # the real size: the deadlock needs it
+    monkeypatch.setattr("aiotlink._download.DIRECT_IO", True)
+    result = GeneratedResult(10_000_000, seed=9)
+    async with FakeTransactionLink(redirect_threshold=100_000) as fake:
+        definition = fake.add_definition(statuses=["COMPLETED"], result=result)
+        for budget, count in ((32 * 2**20, 9), (6 * 2**20, 1)):
+            client = TransactionLinkClient(
+                fake.token, base_url=fake.url, download_buffer_bytes=budget
+            )
+            async with client, asyncio.timeout(60):
+                ids = [(await client.workflows.initialise(definition)).id for _ in range(count)]
+                downloads = await asyncio.gather(
+                    *(
+                        client.workflows.download_result(i, tmp_path / f"{budget}-{n}.json")
+                        for n, i in enumerate(ids)
+                    )
+                )
+                assert client._sessions.download_budget.used == 0
+            assert all(d.size == result.size for d in downloads)
+
+
+def test_a_failing_last_action_keeps_the_disk_thread() -> None:
+    """Closing that fails after a stop mid-write: logged, and the pool's thread lives on."""
+    import threading
+
+    from aiotlink._download import _DiskPool, _DiskQueue
+
+    pool = _DiskPool(max_threads=1)
+    stuck, other = _DiskQueue(pool), _DiskQueue(pool)
+    running, release = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        running.set()
+        release.wait(10)
+
+    def failing_close() -> None:
+        raise OSError(5, "Input/output error")
+
+    work = stuck.submit(slow)
+    assert running.wait(10)
+    stuck.stop(failing_close)
+    release.set()
+    assert work.result(10) is None
+    assert other.submit(lambda: "ran").result(10) == "ran"
+
+
+def test_a_child_forked_after_disk_work_gets_threads_of_its_own() -> None:
+    """A process forked while a disk thread idles starts its pool afresh: work runs."""
+    from aiotlink._download import _DiskQueue
+
+    _DiskQueue().submit(lambda: None).result(10)  # a disk thread now idles
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports by its exit status
+        try:
+            _DiskQueue().submit(lambda: None).result(5)
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
