@@ -92,6 +92,14 @@ def partial(
     return handler
 
 
+async def download(server: ScriptedServer, tmp_path: Path) -> Path:
+    """download_result of the scripted execution to ``tmp_path``, retrying without sleeps."""
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    return target
+
+
 def honest_range(first: int, total: int) -> str:
     return f"bytes {first}-{total - 1}/{total}"
 
@@ -207,9 +215,7 @@ async def test_a_range_that_runs_past_its_announced_end_is_not_kept(
 
     redirect_to(server, storage)
     storage.script(*OBJECT, dropped(V1, '"v1"'), overlong, whole(V1, '"v1"'))
-    target = tmp_path / "r.json"
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
+    target = await download(server, tmp_path)
     assert target.read_bytes() == V1
     # Refused as it ran past its end: the next read starts over, it does not resume.
     ranges = [seen.headers.get("Range") for seen in storage.requests_to(*OBJECT)]
@@ -227,9 +233,7 @@ async def test_an_object_changed_between_attempts_is_written_as_the_new_one_whol
         partial(V2, etag='"v2"', content_range=honest_range),
         whole(V2, '"v2"'),
     )
-    target = tmp_path / "r.json"
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
+    target = await download(server, tmp_path)
     assert target.read_bytes() == V2
 
 
@@ -239,9 +243,7 @@ async def test_without_an_etag_a_dropped_download_starts_over(
     """Storage that names no ETag is never asked for a Range: nothing could check it."""
     redirect_to(server, storage)
     storage.script(*OBJECT, dropped(V1, None), whole(V1, None))
-    target = tmp_path / "r.json"
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
+    target = await download(server, tmp_path)
     assert target.read_bytes() == V1
     assert all("Range" not in seen.headers for seen in storage.requests_to(*OBJECT))
 
@@ -494,9 +496,7 @@ async def test_a_range_that_ends_early_is_never_a_success(
     storage.script(
         *OBJECT, dropped(V1, '"v1"'), short, partial(V1, etag='"v1"', content_range=honest_range)
     )
-    target = tmp_path / "r.json"
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
+    target = await download(server, tmp_path)
     assert target.read_bytes() == V1
     ranges = [seen.headers.get("Range") for seen in storage.requests_to(*OBJECT)]
     assert ranges == [None, f"bytes={CUT}-", f"bytes={CUT + 1000}-"]
@@ -513,9 +513,7 @@ async def test_a_weak_etag_is_never_resumed_by(
         partial(V2, etag='W/"v1"', content_range=honest_range),
         whole(V2, 'W/"v1"'),
     )
-    target = tmp_path / "r.json"
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
+    target = await download(server, tmp_path)
     assert target.read_bytes() in (V1, V2)
     assert all("Range" not in seen.headers for seen in storage.requests_to(*OBJECT))
 
@@ -535,9 +533,7 @@ async def test_the_same_etag_answered_short_is_not_a_success(
     redirect_to(server, storage)
     storage.script(*OBJECT, dropped(V1, '"v1"'), cut_clean, whole(V1, '"v1"'))
     storage_ignores_range = storage  # every answer above is a 200: storage ignores Range
-    target = tmp_path / "r.json"
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
+    target = await download(server, tmp_path)
     assert target.read_bytes() == V1
     assert len(storage_ignores_range.requests_to(*OBJECT)) == 3
 
@@ -564,9 +560,7 @@ async def test_an_encoded_storage_answer_is_never_resumed(
 
     redirect_to(server, storage)
     storage.script(*OBJECT, gzipped)
-    target = tmp_path / "r.json"
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        await client.workflows.download_result(EXECUTION_ID, target)
+    target = await download(server, tmp_path)
     assert target.read_bytes() == V1
     assert all("Range" not in seen.headers for seen in storage.requests_to(*OBJECT))
 
@@ -682,7 +676,7 @@ async def test_direct_io_is_asked_for_and_checked(server: ScriptedServer, tmp_pa
             await client.workflows.download_result(
                 EXECUTION_ID,
                 tmp_path / "r.json",
-                direct_io="yes",  # type: ignore[arg-type]
+                direct_io="yes",  # type: ignore[arg-type]  # wrong on purpose: refused
             )
     with pytest.raises(ValueError, match="download_buffer_bytes"):
         TransactionLinkClient(TOKEN, download_buffer_bytes=0)

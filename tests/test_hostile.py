@@ -175,8 +175,8 @@ def html_named(text: str) -> str:
     return text.replace("_", "&lowbar;")
 
 
-def endless(total: int, *, announce: bool) -> Any:
-    """A body of ``total`` bytes, sent lazily; the bytes actually sent are counted."""
+def endless(total: int, *, announce: bool) -> tuple[Any, list[int]]:
+    """A body of ``total`` bytes, sent lazily, and the count of bytes actually sent."""
     sent: list[int] = [0]
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -195,8 +195,7 @@ def endless(total: int, *, announce: bool) -> Any:
             pass  # the client stopped reading and went away: as it should
         return response
 
-    handler.sent = sent  # type: ignore[attr-defined]
-    return handler
+    return handler, sent
 
 
 DEEP = b'{"a":' * 1000 + b"1" + b"}" * 1000
@@ -434,7 +433,7 @@ async def test_absurd_retry_after_on_an_error_gives_our_error(
 
 
 async def test_a_long_retry_after_between_polls_never_ends_the_wait(
-    hostile: ScriptedServer,
+    hostile: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """503s asking for ten minutes, then for a year: the wait goes on and ends COMPLETED."""
     hostile.script(
@@ -459,7 +458,7 @@ async def test_a_long_retry_after_between_polls_never_ends_the_wait(
             poll.due = loop.time()
             poller._due_polls.add(poll)
 
-        poller._schedule = schedule_quickly  # type: ignore[method-assign]
+        monkeypatch.setattr(poller, "_schedule", schedule_quickly)
         async with asyncio.timeout(10):
             execution = await client.workflows.wait_for_completion(EXECUTION_ID, timeout=60)
     assert execution.status == "COMPLETED"
@@ -529,7 +528,7 @@ async def test_huge_answers_are_refused_having_read_little(
     hostile: ScriptedServer, announce: bool
 ) -> None:
     """A 400 MiB answer to find, initialise, cancel or a poll: refused, not read whole."""
-    handler = endless(HUGE, announce=announce)
+    handler, sent = endless(HUGE, announce=announce)
     script_every_endpoint(hostile, handler)
     async with TransactionLinkClient(TOKEN, base_url=hostile.url, max_retries=0) as client:
         workflows = client.workflows
@@ -546,7 +545,7 @@ async def test_huge_answers_are_refused_having_read_little(
             assert not isinstance(caught.value, ResultTooLargeError)
             assert caught.value.max_bytes == client.max_response_bytes
     # Each of the four stopped reading within a few MiB of the bound (socket buffers).
-    assert handler.sent[0] < 4 * (client.max_response_bytes + 16 * 2**20)
+    assert sent[0] < 4 * (client.max_response_bytes + 16 * 2**20)
 
 
 async def test_the_response_bound_is_configurable(hostile: ScriptedServer) -> None:
@@ -573,12 +572,12 @@ async def test_a_result_keeps_its_own_bound(hostile: ScriptedServer) -> None:
 
 async def test_a_result_body_that_never_ends_is_refused(hostile: ScriptedServer) -> None:
     """A chunked result that goes on forever: ResultTooLargeError once past ``max_bytes``."""
-    handler = endless(HUGE, announce=False)
+    handler, sent = endless(HUGE, announce=False)
     hostile.script(*RESULT, handler)
     async with TransactionLinkClient(TOKEN, base_url=hostile.url) as client:
         with pytest.raises(ResultTooLargeError):
             await client.workflows.get_result(EXECUTION_ID, max_bytes=2**20)
-    assert handler.sent[0] < 32 * 2**20
+    assert sent[0] < 32 * 2**20
 
 
 async def test_a_compressed_bomb_is_refused_with_memory_bounded(hostile: ScriptedServer) -> None:
