@@ -21,9 +21,17 @@ from ._errors import (
     ServerError,
     TransactionLinkError,
     WaitTimeoutError,
+    WebhookVerificationError,
     WorkflowFailedError,
 )
-from ._models import DownloadedResult, Origin, RunResult, WorkflowExecution, WorkflowStatus
+from ._models import (
+    DownloadedResult,
+    Origin,
+    RunResult,
+    WebhookEvent,
+    WorkflowExecution,
+    WorkflowStatus,
+)
 
 __version__ = _version("aiotlink")
 
@@ -49,6 +57,8 @@ __all__ = [
     "TransactionLinkClient",
     "TransactionLinkError",
     "WaitTimeoutError",
+    "WebhookEvent",
+    "WebhookVerificationError",
     "WorkflowExecution",
     "WorkflowFailedError",
     "WorkflowStatus",

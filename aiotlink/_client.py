@@ -27,6 +27,7 @@ from ._arguments import (
 from ._requester import DEFAULT_DOWNLOAD_BUFFER_BYTES, Requester, RequestOptions, Sessions
 from ._retry import RetryPolicy
 from ._transport import authorization_value
+from ._webhooks import WebhookKeys, Webhooks
 from ._workflows import Workflows
 
 # API answers are a few kilobytes; a bound this far above them stops a broken or hostile
@@ -157,6 +158,7 @@ class TransactionLinkClient:
     """
 
     workflows: Workflows
+    webhooks: Webhooks
 
     def __init__(
         self,
@@ -186,6 +188,7 @@ class TransactionLinkClient:
             max_response_bytes=max_response_bytes,
             sessions=Sessions(session, connection_limit, download_buffer_bytes),
             options=RequestOptions(timeout, RetryPolicy(max_retries, retry_backoff)),
+            webhook_keys=WebhookKeys(),
             owns_lifecycle=True,
         )
 
@@ -198,6 +201,7 @@ class TransactionLinkClient:
         max_response_bytes: int,
         sessions: Sessions,
         options: RequestOptions,
+        webhook_keys: WebhookKeys,
         owns_lifecycle: bool,
     ) -> None:
         """Set every attribute of a client or a view, from checked settings: one path.
@@ -212,6 +216,7 @@ class TransactionLinkClient:
         self._sessions = sessions
         self._options = options
         self._owns_lifecycle = owns_lifecycle
+        self._webhook_keys = webhook_keys  # shared by the client and its views
         self._requester = Requester(
             sessions,
             options,
@@ -226,6 +231,7 @@ class TransactionLinkClient:
             max_response_bytes=max_response_bytes,
         )
         self.workflows = Workflows(self._requester)
+        self.webhooks = Webhooks(self._requester, webhook_keys, nudge=self.workflows.nudge)
 
     def with_options(
         self,
@@ -254,6 +260,7 @@ class TransactionLinkClient:
             max_response_bytes=self.max_response_bytes,
             sessions=self._sessions,
             options=RequestOptions(new_timeout, new_policy),
+            webhook_keys=self._webhook_keys,
             owns_lifecycle=False,
         )
         return view

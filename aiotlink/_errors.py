@@ -17,6 +17,7 @@
     │   └── ResultTooLargeError      a result over max_bytes: use download_result
     ├── ClientClosedError            the client was closed (waits end with it at once)
     ├── DownloadError                (download_result) the file could not be written whole
+    ├── WebhookVerificationError     (webhooks) a delivery that is not a verified, signed event
     ├── WorkflowFailedError          (waiting) the execution ended other than COMPLETED
     └── WaitTimeoutError             (waiting) the deadline passed first
 
@@ -254,6 +255,19 @@ class DownloadError(TransactionLinkError):
     def __init__(self, message: str, *, path: Path) -> None:
         super().__init__(message)
         self.path = path
+
+
+class WebhookVerificationError(TransactionLinkError):
+    """A webhook delivery that is not a verified event.
+
+    Malformed, unsigned, wrongly signed, or signed with a key that could not be had.
+    ``reason`` is short and generic (never the body, the signature or the key), so that
+    it is safe to log and to answer with.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ClientClosedError(TransactionLinkError):

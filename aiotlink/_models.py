@@ -141,3 +141,24 @@ class InitialiseRequest:
     parameters: Mapping[str, Any]
     expires_at: datetime | None = None
     record_id: UUID | None = None
+
+
+@attrs.frozen(eq=False)
+class WebhookEvent:
+    """A verified webhook delivery (``client.webhooks.verify``).
+
+    ``payload`` is the signed JSON object as sent, every field kept. The provider does
+    not publish its field names, so the rest is read leniently (README.md, "Webhooks"):
+    ``execution_id`` is the first UUID among the payload's ``workflowExecutionId``,
+    ``executionId``, ``workflowId`` and ``id``; ``status`` its ``status``; ``event_type``
+    its ``eventType`` (else ``event``, else ``type``); each ``None`` when absent.
+    ``key_id`` names the key that signed it. ``delivery_key`` is a digest of the signed
+    body, the same on every redelivery of it: the receiver's key for de-duplication.
+    """
+
+    payload: dict[str, Any] = attrs.field(repr=False)  # it may hold personal data
+    key_id: str
+    execution_id: UUID | None
+    status: WorkflowStatus | None
+    event_type: str | None
+    delivery_key: str

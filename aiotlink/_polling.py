@@ -12,6 +12,7 @@ by turns, a batch per event-loop iteration (:meth:`Poller.admission`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import heapq
 import logging
@@ -356,6 +357,7 @@ class _SharedPoll:
         "last_body",
         "last_status",
         "not_before",
+        "nudged",
         "scheduled",
         "stopped",
         "task",
@@ -376,6 +378,9 @@ class _SharedPoll:
         self.due = 0.0
         self.scheduled = False
         self.not_before = 0.0
+        # A nudge came while a lookup was in flight: that answer may predate what the
+        # nudge announced, so the next lookup follows it at once.
+        self.nudged = False
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
 
@@ -444,6 +449,8 @@ class Poller:
         # empty one of its own: a shared poll serves many waiters, so none of their
         # context variables may leak into it.
         self._context = contextvars.Context()
+        # The loop the polls run on, from the first wait: nudges from elsewhere go to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Set by close(): what a wait that comes later fails with.
         self.closed: Callable[[], TransactionLinkError] | None = None
         # The next poll of every execution, and the deadline of every waiter that has one.
@@ -552,6 +559,7 @@ class Poller:
             if deadline <= now:  # the wait's turn took all of its time
                 raise WaitTimeoutError(None if poll is None else poll.last_seen(), timeout)
         if poll is None:
+            self._loop = asyncio.get_running_loop()
             poll = self._polls[execution_id] = _SharedPoll(execution_id)
             poll.interval = schedule.poll_interval
             if self._queued:
@@ -620,8 +628,11 @@ class Poller:
     def _schedule(self, poll: _SharedPoll, retry_after: float | None) -> None:
         delay = poll_delay(poll.interval, retry_after=retry_after, random_fraction=random.random())
         now = asyncio.get_running_loop().time()
-        poll.due = now + delay
         poll.not_before = now + honoured(retry_after)
+        if poll.nudged:  # nudged while this lookup was in flight
+            poll.nudged = False
+            delay = honoured(retry_after)
+        poll.due = now + delay
         poll.scheduled = True
         self._due_polls.add(poll)
 
@@ -647,6 +658,48 @@ class Poller:
                 poll.due = due
 
             self._due_polls.move_earlier(poll, set_due)
+
+    def nudge(self, execution_id: str, status: WorkflowStatus | None = None) -> bool:
+        """Look ``execution_id`` up now rather than at its next poll; whether it is waited on.
+
+        ``status`` is what a webhook announced, if anything: a lookup is spent only where
+        a waiter can learn from it, so a non-terminal status already seen, or one that
+        no waiter wants (waits that only want the end), costs nothing. A burst of nudges
+        costs one lookup: those that come while a lookup is in flight, one more right
+        after it. The last answer's Retry-After is still honoured. From another thread
+        or event loop (a receiver served elsewhere), the nudge is handed to the loop the
+        polls run on.
+        """
+        loop = self._loop
+        if loop is not None and not _running_in(loop):
+            if execution_id not in self._polls:
+                return False
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nothing to wake
+                loop.call_soon_threadsafe(self._nudge, execution_id, status, context=self._context)
+            return True
+        return self._nudge(execution_id, status)
+
+    def _nudge(self, execution_id: str, status: WorkflowStatus | None) -> bool:
+        poll = self._polls.get(execution_id)
+        if poll is None:
+            return False
+        if status is not None and not status.is_terminal:
+            wanted = any(subscription.every_change for subscription in poll.subscribers())
+            if status == poll.last_status or not wanted:
+                return True
+        if poll.task is not None:
+            poll.nudged = True
+        elif poll.scheduled:
+            due = max(asyncio.get_running_loop().time(), poll.not_before)
+            if due < poll.due:
+
+                def set_due() -> None:
+                    poll.due = due
+
+                # A pass over the heap: fine for webhook rates, one per status change.
+                self._due_polls.move_earlier(poll, set_due)
+        # Else it is queued for a connection or held for admission: it comes soon.
+        return True
 
     async def _poll_once(self, poll: _SharedPoll) -> None:
         try:
@@ -700,6 +753,14 @@ class Poller:
             del self._polls[poll.execution_id]
             return
         self._schedule(poll, lookup.retry_after)
+
+
+def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running ``loop`` now."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _is_transient(error: Exception) -> bool:

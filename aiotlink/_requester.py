@@ -7,10 +7,12 @@
     │   │                                  storage GETs without credentials; streams
     │   ├── Sessions                       the aiohttp sessions, opened lazily, closed once
     │   └── send (_transport.py)           one HTTP attempt: the answer, or our error
-    └── Workflows (_workflows.py)          the endpoints, on a Requester only
-        └── Downloader (_download.py)      results to disk, on the same Requester
+    ├── Workflows (_workflows.py)          the endpoints, on a Requester only
+    │   └── Downloader (_download.py)      results to disk, on the same Requester
+    └── Webhooks (_webhooks.py)            verified events and receivers; keys fetched
+                                           on the Requester, waits nudged through it
 
-Resources (``Workflows``, ``Downloader``, later webhooks) get a :class:`Requester` and
+Resources (``Workflows``, ``Downloader``, ``Webhooks``) get a :class:`Requester` and
 use only its public methods: one request path and one retry loop for all of them, so
 that scrubbing, bounds and ``max_retries`` cannot be lost in a copy.
 """
@@ -34,6 +36,7 @@ from ._errors import (
     ResponseTooLargeError,
     TransactionLinkError,
 )
+from ._models import WorkflowStatus
 from ._polling import Fetch, Poller
 from ._redaction import mask_url, url_secrets
 from ._retry import RetryPolicy, call_with_retries
@@ -109,6 +112,13 @@ class Sessions:
         if options not in self._pollers:
             self._pollers[options] = Poller(fetch, max_in_flight=self.connection_limit)
         return self._pollers[options]
+
+    def nudge(self, execution_id: str, status: WorkflowStatus | None) -> bool:
+        """Nudge the polls of ``execution_id`` in every view's poller (Poller.nudge)."""
+        woke = False
+        for poller in self._pollers.values():
+            woke = poller.nudge(execution_id, status) or woke
+        return woke
 
     def _open(self) -> aiohttp.ClientSession:
         session = aiohttp.ClientSession(
@@ -204,6 +214,10 @@ class Requester:
     def poller(self, fetch: Fetch) -> Poller:
         """The shared poll loops of every view with these options (see Sessions.poller)."""
         return self._sessions.poller(self._options, fetch)
+
+    def nudge(self, execution_id: str, status: WorkflowStatus | None) -> bool:
+        """Look ``execution_id`` up now in every wait of the client and its views."""
+        return self._sessions.nudge(execution_id, status)
 
     async def stream(
         self,

@@ -500,6 +500,30 @@ class Workflows:
             raise WaitTimeoutError(execution, timeout) from exc
         return RunResult(execution, result)
 
+    def nudge(
+        self, execution_id: str | UUID, *, status: WorkflowStatus | str | None = None
+    ) -> bool:
+        """Make every wait, watch and run on this execution look it up now; whether any is on.
+
+        For a webhook (or any other signal) that says the execution changed: the waits
+        then finish within a lookup of it, however rarely they poll. The lookup decides,
+        never the signal: a forged or stale one costs at most one early GET. A burst of
+        nudges costs one lookup; nudges for executions nobody waits on cost nothing.
+        ``status`` is the status the signal announced, if any: a non-terminal one wakes
+        only watches and waits with ``on_status``, not waits that only want the end.
+        ``client.webhooks`` receivers call this for every verified event. It may be called
+        from any thread (a receiver of another framework): the nudge is handed to the
+        event loop the waits run on.
+        """
+        key = check_execution_id(execution_id)
+        hint = None if status is None else WorkflowStatus(check_text("status", status))
+        woke = self._requester.nudge(key, hint)
+        try:  # a wait started with the id's text in another case or form
+            canonical = str(UUID(key))
+        except ValueError:
+            return woke
+        return self._requester.nudge(canonical, hint) or woke if canonical != key else woke
+
     async def cancel(self, execution_id: str | UUID) -> None:
         """Cancel an execution that has not ended (``POST /workflows/{id}/cancel``).
 

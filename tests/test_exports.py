@@ -22,6 +22,7 @@ def test_api_contract_names_are_exported() -> None:
         "AuthenticationError", "PermissionDeniedError", "NotFoundError", "RateLimitError",
         "ServerError", "APIConnectionError", "APITimeoutError", "ResponseValidationError",
         "WorkflowFailedError", "WaitTimeoutError", "ResultTooLargeError",
+        "WebhookEvent", "WebhookVerificationError",
     }  # fmt: skip
     assert promised <= set(aiotlink.__all__)
 

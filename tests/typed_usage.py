@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
+
+from aiohttp import web
 
 from aiotlink import (
     APIError,
     NotFoundError,
     TransactionLinkClient,
+    WebhookEvent,
+    WebhookVerificationError,
     WorkflowExecution,
     WorkflowStatus,
 )
@@ -38,6 +43,28 @@ async def start_and_check(client: TransactionLinkClient) -> WorkflowExecution:
         codes: list[str] = [detail.code for detail in error.errors]
         assert codes is not None
     return found
+
+
+async def receive_webhooks(client: TransactionLinkClient, body: bytes, signature: str) -> None:
+    async def on_event(event: WebhookEvent) -> None:
+        execution_id: UUID | None = event.execution_id
+        status: WorkflowStatus | None = event.status
+        key: str = event.delivery_key
+        assert execution_id is None or status is None or key
+
+    try:
+        event = await client.webhooks.verify(body, signature)
+    except WebhookVerificationError as error:
+        reason: str = error.reason
+        assert reason
+    else:
+        await on_event(event)
+    client.webhooks.add_key("7d0c1a3e-5b2f-4c8e-9a61-3f2b8d4e6a10", "-----BEGIN PUBLIC KEY-----")
+    mounted = client.webhooks.asgi_app(on_event, max_body_bytes=2**20, handler_timeout=5.0)
+    app = web.Application()
+    app.router.add_post("/hooks", client.webhooks.aiohttp_handler(lambda event: None))
+    woke: bool = client.workflows.nudge(UUID(int=1), status=WorkflowStatus.COMPLETED)
+    print(mounted, woke)
 
 
 async def main() -> None:

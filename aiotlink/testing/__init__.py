@@ -18,7 +18,9 @@ Or ``await fake.start()`` / ``await fake.close()``. ``fake.url`` is the base URL
 Constructor keywords: ``port`` and ``storage_port`` (0: free ports),
 ``redirect_threshold`` (bytes, default 9,000,000), ``url_ttl`` (seconds, default
 300), ``clock`` (seconds since the epoch, default ``time.time``),
-``record_requests`` (default True) and ``token`` (a fixed ``tot_`` token).
+``record_requests`` (default True), ``token`` (a fixed ``tot_`` token), and
+``webhook_url``, ``webhook_timeout`` (10.0) and ``webhook_retry_seconds`` (5.0), for
+webhooks (below).
 
 Definitions
 -----------
@@ -128,8 +130,8 @@ streamed from the result's generator, so a 1 GiB result costs a few MiB.
 Faults
 ------
 Faults are planned per route (``"initialise"``, ``"find"``, ``"cancel"``,
-``"result"``, ``"storage"``) for the next ``times`` requests, and consumed in
-order, one per request::
+``"result"``, ``"storage"``, ``"webhook_key"``) for the next ``times`` requests,
+and consumed in order, one per request::
 
     fake.fail_next("find", 503, times=2, retry_after=5, body="html")
     fake.fail_next("initialise", 429, retry_after=datetime(..., tzinfo=UTC))
@@ -163,10 +165,62 @@ case-insensitive headers, body bytes. Its repr shows header names and the body
 size, never values, so credentials stay in memory. ``fake.requests_for("find")``
 filters by route; ``record_requests=False`` turns recording off.
 
+Webhooks
+--------
+``FakeTransactionLink(webhook_url=...)``, or ``fake.set_webhook_url(url)`` later
+(``None`` stops), POSTs one event per status change of every execution to that
+URL, as the provider does: the first status on initialise, each step (by find, or
+by time, noticed by a timer or a ``ManualClock``'s ``advance``; a clock jumping
+several steps sends each, dated by its step), cancel, expiry. It needs the
+``webhooks`` extra (``pip install "aiotlink[webhooks]"``); without it, setting a
+URL raises ``ImportError`` saying so. The body is compact JSON, our documented
+assumption of the provider's (it publishes none)::
+
+    {"eventType": "WORKFLOW_STATUS_UPDATED", "workflowExecutionId": "<uuid>",
+     "workflowDefinitionId": "...", "status": "RUNNING", "recordId": null,
+     "occurredAt": "2027-01-15T08:00:00Z"}
+
+``eventType`` is ``WORKFLOW_AWAITING`` for ``AWAITING``, ``WORKFLOW_COMPLETED`` for
+a terminal status, else ``WORKFLOW_STATUS_UPDATED``; ``occurredAt`` comes from the
+fake's clock. The ``JWS-SIGNATURE`` header is a detached compact JWS
+(``<header>..<signature>``, RS256, header ``{"alg":"RS256","kid":"<uuid>"}``) over
+the exact body bytes. ``GET /auth/webhooks/key/{kid}`` (any valid credential;
+``pem=true``, the default, is the only form) answers the public key as a PEM in
+``text/plain``; an unknown kid is 404 ``WEBHOOK_KEY_NOT_FOUND``.
+``fake.webhook_key_id`` is the current kid; ``fake.rotate_webhook_key()`` makes a
+new key and returns its kid, old kids staying served. RSA keys are generated on
+first use and shared by the fakes of a process (the n-th key of every fake is the
+same key, under its own kid): test keys, not secrets.
+
+An attempt without a 2xx answer within ``webhook_timeout`` seconds (a refused
+connection, a 3xx, a timeout) is retried up to 5 times, ``webhook_retry_seconds``
+apart, with the same body and header. First attempts go out one at a time in the
+order of the changes; retries and delays do not hold up the others. Deliveries
+run in background tasks; ``close()`` cancels those not done.
+
+Faults, consumed one per webhook in the order planned:
+``drop_next_webhook(*, times=1)`` (never sent), ``duplicate_next_webhook(*,
+times=1)`` (sent twice, same body and signature), ``reorder_next_webhooks(count=2)``
+(hold the next ``count``, send them last first), ``delay_next_webhook(seconds, *,
+times=1)``, ``corrupt_next_webhook_signature(*, times=1)`` (a byte of the signature
+flipped), ``sign_next_webhook_with_unknown_key(*, times=1)`` (valid, under a kid
+the key endpoint answers 404 for); ``pending_webhook_faults()`` and
+``clear_webhook_faults()`` (which also sends webhooks held for a reorder).
+
+``fake.webhook_deliveries`` lists a ``WebhookDelivery`` per webhook made:
+``payload``, ``body``, ``signature``, ``kid``, ``url``, ``fault``, ``outcome``
+(``pending``, ``delivered``, ``failed``, ``dropped``, ``cancelled``) and
+``attempts``, each a ``WebhookAttempt(status, error, at)``: the HTTP status, or the
+name of the error that stood for none (``"TimeoutError"``,
+``"ClientConnectorError"``), and ``time.monotonic()`` when sent.
+``await fake.webhooks_settled(timeout=10.0)`` waits until none is pending or in
+flight (held and retried ones count), else raises ``TimeoutError``.
+
 Process and pytest
 ------------------
 ``python -m aiotlink.testing [--port 8080] [--token tot_...] [--step-seconds 1]
-[--storage-port 0] [--large-result-mib 64] [--redirect-threshold N] [--url-ttl S]``
+[--storage-port 0] [--large-result-mib 64] [--redirect-threshold N] [--url-ttl S]
+[--webhook-url URL]``
 serves the fake on 127.0.0.1 with four ready definitions (``kyc-background``
 completes, ``kyc-failing`` fails, ``kyc-interactive`` has a link and passes
 through ``AWAITING``, ``large-report`` has a 64 MiB redirected result; their ids
@@ -182,7 +236,14 @@ pytest-asyncio; without it they fail with a message saying so.
 
 from aiotlink.testing._clock import ManualClock
 from aiotlink.testing._fake import FakeTransactionLink
-from aiotlink.testing._records import RecordedRequest
+from aiotlink.testing._records import RecordedRequest, WebhookAttempt, WebhookDelivery
 from aiotlink.testing._results import GeneratedResult
 
-__all__ = ["FakeTransactionLink", "GeneratedResult", "ManualClock", "RecordedRequest"]
+__all__ = [
+    "FakeTransactionLink",
+    "GeneratedResult",
+    "ManualClock",
+    "RecordedRequest",
+    "WebhookAttempt",
+    "WebhookDelivery",
+]

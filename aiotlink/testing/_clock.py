@@ -19,6 +19,7 @@ class ManualClock:
     def __init__(self, start: float | None = None) -> None:
         """Start at ``start`` (seconds since the epoch), or at the current wall time."""
         self.now = time.time() if start is None else start
+        self._listeners: list[Callable[[], None]] = []
 
     def __call__(self) -> float:
         """Return the current time of this clock, in seconds since the epoch."""
@@ -29,6 +30,23 @@ class ManualClock:
         if seconds < 0:
             raise ValueError("a ManualClock only moves forward")
         self.now += seconds
+        for listener in tuple(self._listeners):
+            listener()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every ``advance``.
+
+        A started fake listens, so the webhooks of the time steps and expiries that
+        an advance passes are sent at once: no wall-clock timer can see this clock
+        move. (Setting ``now`` directly is not announced; the fake then notices at
+        its next request or ``webhooks_settled``.)
+        """
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener``; one that was not subscribed is ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self.now!r})"

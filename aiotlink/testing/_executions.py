@@ -1,7 +1,9 @@
 """Workflow definitions, executions, and the rules that move an execution's status.
 
 The rules are pure functions over counts and times, so tests can reason about them
-exactly: see ``scheduled_status`` and ``status_at``.
+exactly: see ``scheduled_status`` and ``status_at``. ``changes_since`` and
+``next_change_at`` derive from the same rules when each status was entered, for the
+webhooks the fake sends on every change.
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ class Definition:
     ui_options: Mapping[str, Any]
 
 
+def scheduled_index(length: int, step_seconds: float, polls: int, elapsed: float) -> int:
+    """Return where a walk of ``length`` statuses stands, as an index (see ``scheduled_status``)."""
+    if step_seconds == 0:
+        index = polls
+    else:
+        index = math.floor(max(elapsed + TIME_TOLERANCE, 0.0) / step_seconds)
+    return min(index, length - 1)
+
+
 def scheduled_status(
     statuses: Sequence[str], step_seconds: float, polls: int, elapsed: float
 ) -> str:
@@ -104,11 +115,7 @@ def scheduled_status(
     far); otherwise one status per ``step_seconds`` of ``elapsed`` seconds since the
     execution began. It stays at the last status.
     """
-    if step_seconds == 0:
-        index = polls
-    else:
-        index = math.floor(max(elapsed + TIME_TOLERANCE, 0.0) / step_seconds)
-    return statuses[min(index, len(statuses) - 1)]
+    return statuses[scheduled_index(len(statuses), step_seconds, polls, elapsed)]
 
 
 def status_at(
@@ -185,3 +192,67 @@ class Execution:
             return "already_finished"
         self.settled = "CANCELLED"
         return "cancelled"
+
+
+@attrs.frozen
+class StatusChange:
+    """An execution entering ``status`` at ``at`` (seconds since the epoch).
+
+    ``index`` is where the walk stands after it: for ``EXPIRED``, where it stood at
+    the expiry instant.
+    """
+
+    status: str
+    at: float
+    index: int
+
+
+def changes_since(execution: Execution, index: int, now: float) -> list[StatusChange]:
+    """Return the statuses ``execution`` entered after walk index ``index``, up to ``now``.
+
+    ``index`` -1 means none was seen yet, so the first status comes first. With time
+    steps each status is dated by its step, so a clock that jumps over several steps
+    still yields every one of them; in poll mode a status is dated ``now`` (the find
+    that moved it), the first one by the creation. An expiry comes last, dated by
+    ``expiresAt``. Cancellation is not a rule of the walk: the caller announces it.
+    Statuses repeated in the walk come once per step; the caller skips repeats.
+    """
+    definition = execution.definition
+    statuses, step = definition.statuses, definition.step_seconds
+    created_at = execution.created_at
+    expires_at = None if execution.expires_at is None else execution.expires_at.timestamp()
+    end, expired = now, False
+    if expires_at is not None and now + TIME_TOLERANCE >= expires_at:
+        at_expiry = scheduled_index(len(statuses), step, execution.polls, expires_at - created_at)
+        if statuses[at_expiry] not in TERMINAL_STATUSES:
+            end, expired = expires_at, True
+    reached = scheduled_index(len(statuses), step, execution.polls, end - created_at)
+    changes = [
+        StatusChange(
+            statuses[entered],
+            created_at if entered == 0 else (created_at + entered * step if step else now),
+            entered,
+        )
+        for entered in range(index + 1, reached + 1)
+    ]
+    if expired and expires_at is not None:
+        changes.append(StatusChange("EXPIRED", expires_at, reached))
+    return changes
+
+
+def next_change_at(execution: Execution, index: int) -> float | None:
+    """Return when time alone next changes an execution standing at walk ``index``.
+
+    That is its next time step or its expiry, whichever comes first (seconds since
+    the epoch), or ``None`` when only a find can move it, or nothing will.
+    """
+    definition = execution.definition
+    statuses, step = definition.statuses, definition.step_seconds
+    if index >= 0 and statuses[index] in TERMINAL_STATUSES:
+        return None
+    candidates = []
+    if step and index + 1 < len(statuses):
+        candidates.append(execution.created_at + (index + 1) * step)
+    if execution.expires_at is not None:
+        candidates.append(execution.expires_at.timestamp())
+    return min(candidates, default=None)

@@ -1,8 +1,11 @@
-"""The fake TransactionLink server: the four Workflows endpoints on loopback.
+"""The fake TransactionLink server: the four Workflows endpoints on loopback, and webhooks.
 
 Handlers are thin: they check credentials, call the pure rules of the sibling
 modules, and return an ``Answer``; ``_serve`` records the request, applies a
-planned fault, and streams the answer.
+planned fault, and streams the answer. With a webhook URL, every status change is
+announced to it: handlers announce the changes they cause, and one timer (or a
+``ManualClock``'s advance) those that time alone causes; ``WebhookSender`` posts
+them in the background.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import secrets
 import time
 import uuid
@@ -19,6 +23,7 @@ from html import escape
 from types import TracebackType
 from typing import Any, Literal, Self
 
+import yarl
 from aiohttp import web
 
 from aiotlink.testing._answers import Answer, hang_up, send
@@ -30,7 +35,13 @@ from aiotlink.testing._auth import (
     new_jwt,
     new_org_token,
 )
-from aiotlink.testing._clock import Clock
+from aiotlink.testing._clock import Clock, ManualClock
+from aiotlink.testing._deliveries import (
+    DEFAULT_WEBHOOK_RETRY_SECONDS,
+    DEFAULT_WEBHOOK_TIMEOUT,
+    WebhookSender,
+)
+from aiotlink.testing._events import webhook_payload
 from aiotlink.testing._executions import (
     DEFAULT_STATUSES,
     Definition,
@@ -45,15 +56,24 @@ from aiotlink.testing._faults import (
     Route,
     SlowFault,
     StatusFault,
+    WebhookCorruptSignature,
+    WebhookDelay,
+    WebhookDrop,
+    WebhookDuplicate,
+    WebhookReorder,
+    WebhookUnknownKey,
     check_after_bytes,
+    check_reorder_count,
     check_seconds,
     fault_answer,
     status_fault,
 )
-from aiotlink.testing._records import RecordedRequest
+from aiotlink.testing._records import RecordedRequest, WebhookDelivery
 from aiotlink.testing._results import GeneratedResult, InlineResult, ResultBody
+from aiotlink.testing._signing import require_joserfc
 from aiotlink.testing._storage import Storage
 from aiotlink.testing._validation import canonical_uuid, parse_initialise_body
+from aiotlink.testing._watch import StatusWatch
 from aiotlink.testing._wire import (
     JSON_CONTENT_TYPE,
     ApiProblem,
@@ -76,6 +96,9 @@ DEFAULT_URL_TTL = 300
 
 _SHUTDOWN_SECONDS = 2.0
 """Longest wait for answers in flight when the fake closes, in seconds."""
+
+PEM_CONTENT_TYPE = "text/plain;charset=UTF-8"
+"""Content type of the webhook key endpoint's PEM answer."""
 
 _Handler = Callable[[web.Request, bytes], Answer]
 _Permission = Literal["can_run", "can_view_workspace"]
@@ -104,6 +127,11 @@ class FakeTransactionLink:
     time by hand. ``record_requests=False`` keeps ``requests`` empty, for long
     benchmarks. ``token`` fixes the all-permission ``tot_`` token (e.g. for a demo)
     instead of a random one.
+
+    ``webhook_url`` (or ``set_webhook_url`` later) has every status change of every
+    execution POSTed there, signed like the provider's webhooks (needs the
+    ``webhooks`` extra); an attempt without a 2xx answer within ``webhook_timeout``
+    seconds is retried up to 5 times, ``webhook_retry_seconds`` apart.
     """
 
     def __init__(
@@ -116,14 +144,24 @@ class FakeTransactionLink:
         clock: Clock = time.time,
         record_requests: bool = True,
         token: str | None = None,
+        webhook_url: str | None = None,
+        webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
+        webhook_retry_seconds: float = DEFAULT_WEBHOOK_RETRY_SECONDS,
     ) -> None:
-        """Prepare the fake, with one all-permission token and JWT; nothing listens yet."""
+        """Prepare the fake, with one all-permission token and JWT; nothing listens yet.
+
+        Raises ``ImportError`` when ``webhook_url`` is given without the ``webhooks``
+        extra installed, ``ValueError`` for a bad argument.
+        """
         if token is not None and not token.startswith(ORG_TOKEN_PREFIX):
             raise ValueError("token must be an organization token, starting with tot_")
         if redirect_threshold < 0:
             raise ValueError("redirect_threshold must be 0 or more bytes")
         if url_ttl < 1:
             raise ValueError("url_ttl must be 1 second or more")
+        if not math.isfinite(webhook_timeout) or webhook_timeout <= 0:
+            raise ValueError("webhook_timeout must be a finite number of seconds, more than 0")
+        check_seconds(webhook_retry_seconds)
         self._port = port
         self._storage_port = storage_port
         self._redirect_threshold = redirect_threshold
@@ -139,6 +177,13 @@ class FakeTransactionLink:
         self._closing = asyncio.Event()
         self._url: str | None = None
         self._storage_host: str | None = None
+        self._webhooks = WebhookSender(
+            timeout=float(webhook_timeout), retry_seconds=float(webhook_retry_seconds)
+        )
+        self._webhook_url: str | None = None
+        self._watch = StatusWatch()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
         self.workspace_id = str(uuid.uuid4())
         """The workspace of every execution (``workspaceId``)."""
         self.requests: list[RecordedRequest] = []
@@ -147,6 +192,7 @@ class FakeTransactionLink:
         """An organization token (``tot_...``) with every permission: ``token`` if given."""
         self.jwt = self.add_token(legacy_jwt=True)
         """A legacy JWT with every permission, to send as ``Bearer <jwt>``."""
+        self.set_webhook_url(webhook_url)
 
     def __repr__(self) -> str:
         return (
@@ -172,13 +218,25 @@ class FakeTransactionLink:
             raise
         self._url = f"http://{HOST}:{api_port}"
         self._storage_host = f"{HOST}:{storage_port}"
+        self._webhooks.loop = asyncio.get_running_loop()
+        if isinstance(self._clock, ManualClock):
+            self._clock.subscribe(self._announce_due)
+        self._arm()
 
     async def close(self) -> None:
-        """Stop listening; answers in flight are cut short. Closing twice is harmless."""
+        """Stop listening; answers in flight are cut short. Closing twice is harmless.
+
+        Webhook deliveries not yet done, a POST in flight included, are cancelled
+        (their ``outcome`` becomes ``"cancelled"``) and the fake's session is closed.
+        """
         self._closing.set()
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
+        if isinstance(self._clock, ManualClock):
+            self._clock.unsubscribe(self._announce_due)
+        self._disarm()
+        await self._webhooks.close()
 
     async def __aenter__(self) -> Self:
         """Start the fake and return it."""
@@ -281,14 +339,18 @@ class FakeTransactionLink:
 
         Raises ``KeyError`` for an unknown execution.
         """
-        self._execution(execution_id).expires_at = datetime.fromtimestamp(self._clock(), UTC)
+        execution = self._execution(execution_id)
+        execution.expires_at = datetime.fromtimestamp(self._clock(), UTC)
+        self._announce(execution)
 
     def status_of(self, execution_id: str) -> str:
         """Return an execution's current status without counting a poll.
 
         Raises ``KeyError`` for an unknown execution.
         """
-        return self._execution(execution_id).status(self._clock())
+        execution = self._execution(execution_id)
+        self._announce(execution)
+        return execution.status(self._clock())
 
     def requests_for(self, route: str) -> list[RecordedRequest]:
         """Return the recorded requests of one route, in order."""
@@ -338,8 +400,167 @@ class FakeTransactionLink:
         return self._faults.pending(route)
 
     def clear_faults(self) -> None:
-        """Forget every planned fault."""
+        """Forget every planned fault of the routes (webhook faults: ``clear_webhook_faults``)."""
         self._faults.clear()
+
+    # Webhooks
+
+    @property
+    def webhook_url(self) -> str | None:
+        """Where status changes are POSTed, or ``None`` when the fake sends no webhooks."""
+        return self._webhook_url
+
+    def set_webhook_url(self, url: str | None) -> None:
+        """Send the webhooks of the changes from now on to ``url``; ``None`` stops sending.
+
+        Executions that already exist are announced from their next change on. A
+        delivery already made keeps its URL for its retries. Raises ``ImportError``
+        without the ``webhooks`` extra (``pip install "aiotlink[webhooks]"``), and
+        ``ValueError`` for a URL that is not absolute http(s).
+        """
+        if url is None:
+            self._webhook_url = None
+            self._watch = StatusWatch()
+            self._disarm()
+            return
+        parsed = yarl.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"webhook_url must be an absolute http(s) URL, not {url!r}")
+        require_joserfc()
+        was_off = self._webhook_url is None
+        self._webhook_url = url
+        if was_off:
+            now = self._clock()
+            for execution in self._executions.values():
+                self._watch.changes(execution, now)  # where it stands now: not a change
+            self._arm()
+
+    @property
+    def webhook_key_id(self) -> str:
+        """The ``kid`` that signs the next webhooks (a UUID), served by the key endpoint."""
+        return self._webhooks.keys.current.kid
+
+    def rotate_webhook_key(self) -> str:
+        """Sign the next webhooks with a new RSA key under a new ``kid``, and return the kid.
+
+        The old kids stay served by ``GET /auth/webhooks/key/{kid}``; a delivery being
+        retried keeps the signature it was made with.
+        """
+        return self._webhooks.keys.rotate().kid
+
+    @property
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Every webhook made so far, in the order made: the event, bytes, header, attempts."""
+        return self._webhooks.deliveries
+
+    async def webhooks_settled(self, timeout: float | None = 10.0) -> None:
+        """Wait until no webhook delivery is pending or in flight.
+
+        Changes that the clock has already reached are announced first. Retries
+        count as pending, and so do webhooks held by ``reorder_next_webhooks`` until
+        the last of them arrives. Raises ``TimeoutError`` after ``timeout`` seconds
+        (``None``: no limit).
+        """
+        self._announce_due()
+        await self._webhooks.settled(timeout)
+
+    def drop_next_webhook(self, *, times: int = 1) -> None:
+        """Never deliver the next ``times`` webhooks (each is recorded as ``"dropped"``)."""
+        self._webhooks.faults.add(WebhookDrop(), times)
+
+    def duplicate_next_webhook(self, *, times: int = 1) -> None:
+        """Deliver each of the next ``times`` webhooks twice, the same body and signature.
+
+        Each copy is a record of its own in ``webhook_deliveries``, with its own attempts.
+        """
+        self._webhooks.faults.add(WebhookDuplicate(), times)
+
+    def reorder_next_webhooks(self, count: int = 2) -> None:
+        """Hold the next ``count`` webhooks, then deliver them in reverse order.
+
+        The webhooks held take no other planned fault. Until the last arrives they
+        stay pending; ``clear_webhook_faults`` sends those held at once.
+        """
+        self._webhooks.faults.add(WebhookReorder(check_reorder_count(count)), 1)
+
+    def delay_next_webhook(self, seconds: float, *, times: int = 1) -> None:
+        """Deliver the next ``times`` webhooks ``seconds`` late; later ones may overtake them.
+
+        Closing the fake cancels the wait.
+        """
+        self._webhooks.faults.add(WebhookDelay(check_seconds(seconds)), times)
+
+    def corrupt_next_webhook_signature(self, *, times: int = 1) -> None:
+        """Send the next ``times`` webhooks with one byte of the signature flipped."""
+        self._webhooks.faults.add(WebhookCorruptSignature(), times)
+
+    def sign_next_webhook_with_unknown_key(self, *, times: int = 1) -> None:
+        """Sign the next ``times`` webhooks validly, with a key whose ``kid`` is not served.
+
+        Fetching that kid from the key endpoint answers 404.
+        """
+        self._webhooks.faults.add(WebhookUnknownKey(), times)
+
+    def pending_webhook_faults(self) -> int:
+        """Count the webhook faults planned and not yet used (a reorder counts once)."""
+        return self._webhooks.faults.pending()
+
+    def clear_webhook_faults(self) -> None:
+        """Forget every planned webhook fault, and send any webhooks held for a reorder."""
+        self._webhooks.faults.clear()
+        self._webhooks.release_held()
+
+    def _announce(self, execution: Execution) -> None:
+        """Send the webhooks of ``execution``'s changes not yet announced."""
+        url = self._webhook_url
+        if url is None or not self._runners:
+            return
+        for change in self._watch.changes(execution, self._clock()):
+            self._webhooks.send(url, webhook_payload(execution, change.status, change.at))
+        self._arm()
+
+    def _announce_cancel(self, execution: Execution) -> None:
+        url = self._webhook_url
+        if url is None or not self._runners:
+            return
+        self._watch.finish(execution.id, "CANCELLED")
+        self._webhooks.send(url, webhook_payload(execution, "CANCELLED", self._clock()))
+
+    def _announce_due(self) -> None:
+        """Announce the executions whose next time step or expiry the clock has reached."""
+        if self._webhook_url is None or not self._runners:
+            return
+        for execution_id in self._watch.pop_due(self._clock()):
+            self._announce(self._executions[execution_id])
+        self._arm()
+
+    def _arm(self) -> None:
+        """Set the one timer for the earliest change that time alone will cause.
+
+        A ``ManualClock`` does not move with wall time: its ``advance`` announces instead.
+        """
+        loop = self._webhooks.loop
+        if self._webhook_url is None or not self._runners or loop is None:
+            return
+        if isinstance(self._clock, ManualClock):
+            return
+        due = self._watch.next_due()
+        if due == self._timer_due and self._timer is not None:
+            return
+        self._disarm()
+        if due is not None:
+            delay = max(due - self._clock(), 0.0)
+            self._timer = loop.call_later(delay, self._on_timer)
+            self._timer_due = due
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_due = None, None
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_due = None, None
+        self._announce_due()
 
     # Serving
 
@@ -369,6 +590,11 @@ class FakeTransactionLink:
         router.add_get(
             "/hosted/{workflow_id:[^/]+}", self._handler("hosted", self._hosted), allow_head=False
         )
+        router.add_get(
+            "/auth/webhooks/key/{kid:[^/]+}",
+            self._handler("webhook_key", self._webhook_key),
+            allow_head=False,
+        )
         # Last, so it only takes what no endpoint does (wrong paths and methods).
         router.add_route("*", "/{tail:.*}", self._handler("unmatched", self._unmatched))
         return app
@@ -389,6 +615,7 @@ class FakeTransactionLink:
     async def _serve(
         self, route: str, handler: _Handler, request: web.Request
     ) -> web.StreamResponse:
+        self._announce_due()
         try:
             body: bytes | None = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -420,7 +647,7 @@ class FakeTransactionLink:
                 answer = problem_answer(problem)
         return await send(request, answer, closing=self._closing, cut_after=cut_after)
 
-    def _grant(self, request: web.Request, permission: _Permission) -> Grant:
+    def _authenticate(self, request: web.Request) -> Grant:
         grant = authorise(request.headers.get("Authorization"), self._grants)
         if grant is None:
             raise ApiProblem.of(
@@ -429,6 +656,10 @@ class FakeTransactionLink:
                 "missing or invalid Authorization: send a tot_ token as the whole value,"
                 " or a legacy JWT as Bearer <jwt>",
             )
+        return grant
+
+    def _grant(self, request: web.Request, permission: _Permission) -> Grant:
+        grant = self._authenticate(request)
         allowed = grant.can_run if permission == "can_run" else grant.can_view_workspace
         if not allowed:
             raise ApiProblem.of(403, "ACCESS_DENIED", f"the credential lacks {permission}")
@@ -482,23 +713,30 @@ class FakeTransactionLink:
             origin={"type": "API", "tokenId": grant.token_id},
         )
         self._executions[execution_id] = execution
+        self._announce(execution)
         return self._body(execution, execution.status(now))
 
     def _find(self, request: web.Request, body: bytes) -> Answer:
         self._grant(request, "can_view_workspace")
         execution = self._lookup(request)
-        return self._body(execution, execution.poll(self._clock()))
+        status = execution.poll(self._clock())
+        self._announce(execution)
+        return self._body(execution, status)
 
     def _cancel(self, request: web.Request, body: bytes) -> Answer:
         self._grant(request, "can_view_workspace")
         execution = self._lookup(request)
+        self._announce(execution)  # what came before the cancel, first
         now = self._clock()
-        if execution.cancel(now) == "already_finished":
+        outcome = execution.cancel(now)
+        if outcome == "already_finished":
             raise ApiProblem.of(
                 400,
                 "WORKFLOW_ALREADY_FINISHED",
                 f"workflow execution {execution.id} is already {execution.status(now)}",
             )
+        if outcome == "cancelled":
+            self._announce_cancel(execution)
         return Answer.of_bytes(200, {}, b"")
 
     def _result(self, request: web.Request, body: bytes) -> Answer:
@@ -544,6 +782,23 @@ class FakeTransactionLink:
             f"<p>Execution {execution.id}: {status}</p>"
         )
         return Answer.of_bytes(200, {"Content-Type": "text/html;charset=UTF-8"}, page.encode())
+
+    def _webhook_key(self, request: web.Request, body: bytes) -> Answer:
+        # Any valid credential may fetch a key: the reference names no permission for it.
+        self._authenticate(request)
+        if request.query.get("pem", "true").lower() != "true":
+            raise ApiProblem.of(
+                400, "INVALID_REQUEST", "the fake serves webhook keys as PEM only (pem=true)"
+            )
+        kid = request.match_info["kid"]
+        key = self._webhooks.keys.served(kid)
+        if key is None:
+            raise ApiProblem.of(404, "WEBHOOK_KEY_NOT_FOUND", f"no webhook key {kid!r}")
+        try:
+            pem = key.public_pem()
+        except ImportError as exc:
+            raise ApiProblem.of(500, "INTERNAL_SERVER_ERROR", str(exc)) from None
+        return Answer.of_bytes(200, {"Content-Type": PEM_CONTENT_TYPE}, pem)
 
     def _unmatched(self, request: web.Request, body: bytes) -> Answer:
         raise ApiProblem.of(404, "NOT_FOUND", f"no endpoint {request.method} {request.path}")

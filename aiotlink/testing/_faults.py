@@ -1,7 +1,8 @@
-"""Fault injection: planned failures for the next answers of a route.
+"""Fault injection: planned failures for the next answers of a route, and for webhooks.
 
 Each route keeps a queue; a request takes at most one fault from the front of its
-route's queue, so faults are consumed in the order they were planned.
+route's queue, so faults are consumed in the order they were planned. Webhooks
+keep one queue of their own, consumed the same way, one fault per event.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiotlink.testing._presign import Denial
 from aiotlink.testing._storage import s3_error
 from aiotlink.testing._wire import ErrorDetail, error_answer, status_code_name
 
-Route = Literal["initialise", "find", "cancel", "result", "storage"]
+Route = Literal["initialise", "find", "cancel", "result", "storage", "webhook_key"]
 """The routes faults can be planned for."""
 
 ROUTES: tuple[Route, ...] = get_args(Route)
@@ -146,9 +147,7 @@ class FaultPlan:
     def add(self, route: str, fault: Fault, times: int) -> None:
         """Plan ``fault`` for the next ``times`` answers of ``route`` after those planned."""
         known = check_route(route)
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            raise ValueError("times must be an integer, 1 or more")
-        self._queues[known].extend([fault] * times)
+        self._queues[known].extend([fault] * check_times(times))
 
     def take(self, route: str) -> Fault | None:
         """Remove and return the next fault of ``route``, if any."""
@@ -163,3 +162,85 @@ class FaultPlan:
         """Forget every planned fault."""
         for queue in self._queues.values():
             queue.clear()
+
+
+@attrs.frozen
+class WebhookDrop:
+    """Never deliver the webhook (it is recorded, with no attempt)."""
+
+
+@attrs.frozen
+class WebhookDuplicate:
+    """Deliver the webhook twice: the same body and signature, one after the other."""
+
+
+@attrs.frozen
+class WebhookReorder:
+    """Hold this webhook and the ``count - 1`` after it, then deliver all ``count`` reversed."""
+
+    count: int
+
+
+@attrs.frozen
+class WebhookDelay:
+    """Deliver the webhook ``seconds`` late; later ones may overtake it."""
+
+    seconds: float
+
+
+@attrs.frozen
+class WebhookCorruptSignature:
+    """Send the webhook with one byte of its signature flipped."""
+
+
+@attrs.frozen
+class WebhookUnknownKey:
+    """Sign the webhook with a key whose ``kid`` the key endpoint does not know."""
+
+
+WebhookFaultKind = (
+    WebhookDrop
+    | WebhookDuplicate
+    | WebhookReorder
+    | WebhookDelay
+    | WebhookCorruptSignature
+    | WebhookUnknownKey
+)
+
+
+def check_times(times: int) -> int:
+    """Validate how many times a fault applies: an integer, 1 or more."""
+    if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+        raise ValueError("times must be an integer, 1 or more")
+    return times
+
+
+def check_reorder_count(count: int) -> int:
+    """Validate how many webhooks a reorder holds: an integer, 2 or more."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise ValueError("count must be an integer, 2 or more: one webhook has no order")
+    return count
+
+
+class WebhookFaultPlan:
+    """The queue of faults planned for the next webhooks, one per webhook."""
+
+    def __init__(self) -> None:
+        """Start with no fault planned."""
+        self._queue: collections.deque[WebhookFaultKind] = collections.deque()
+
+    def add(self, fault: WebhookFaultKind, times: int) -> None:
+        """Plan ``fault`` for the next ``times`` webhooks after those planned."""
+        self._queue.extend([fault] * check_times(times))
+
+    def take(self) -> WebhookFaultKind | None:
+        """Remove and return the next fault, if any."""
+        return self._queue.popleft() if self._queue else None
+
+    def pending(self) -> int:
+        """Count the faults still planned."""
+        return len(self._queue)
+
+    def clear(self) -> None:
+        """Forget every planned fault."""
+        self._queue.clear()

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url-ttl", type=int, default=DEFAULT_URL_TTL, help="pre-signed URL validity, seconds"
     )
+    parser.add_argument(
+        "--webhook-url",
+        help="POST a signed webhook for every status change here (needs aiotlink[webhooks])",
+    )
     return parser
 
 
@@ -108,6 +112,12 @@ def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
         f"  definitions by id (use the id, not the name; a status step every"
         f" {options.step_seconds} s, 0 means one per find):",
     ]
+    if fake.webhook_url is not None:
+        lines.insert(
+            4,
+            f"  webhooks {fake.webhook_url}  (key: {fake.url}/auth/webhooks/key/"
+            f"{fake.webhook_key_id})",
+        )
     for demo in DEMO_DEFINITIONS:
         notes = " > ".join(demo.statuses)
         if demo.interactive:
@@ -130,15 +140,21 @@ async def serve(
     """Run the fake with the demo definitions until ``stop`` is set; return the exit code.
 
     Prints the URL, the credentials and the definition ids to ``out``; a port that
-    cannot be bound is reported on ``err`` with exit code 1.
+    cannot be bound, or a webhook URL without the ``webhooks`` extra or not http(s),
+    is reported on ``err`` with exit code 1.
     """
-    fake = FakeTransactionLink(
-        port=options.port,
-        storage_port=options.storage_port,
-        redirect_threshold=options.redirect_threshold,
-        url_ttl=options.url_ttl,
-        token=options.token,
-    )
+    try:
+        fake = FakeTransactionLink(
+            port=options.port,
+            storage_port=options.storage_port,
+            redirect_threshold=options.redirect_threshold,
+            url_ttl=options.url_ttl,
+            token=options.token,
+            webhook_url=options.webhook_url,
+        )
+    except (ImportError, ValueError) as exc:
+        print(f"error: {exc}", file=err, flush=True)
+        return 1
     add_demo_definitions(
         fake,
         step_seconds=options.step_seconds,

@@ -12,10 +12,12 @@ def test_all_is_sorted_and_resolves() -> None:
 
 
 def test_the_documented_names_are_exported() -> None:
-    """The fake, its result generator, its clock and its request record are public."""
+    """The fake, its result generator, its clock and its records of requests and webhooks."""
     assert set(aiotlink.testing.__all__) == {
         "FakeTransactionLink",
         "GeneratedResult",
         "ManualClock",
         "RecordedRequest",
+        "WebhookAttempt",
+        "WebhookDelivery",
     }

@@ -1,0 +1,515 @@
+"""The webhook receivers, and the waits they wake.
+
+ASGI (under uvicorn, and mounted in Starlette) and aiohttp, served on 127.0.0.1 and
+posted to over real connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import aiohttp
+import pytest
+import uvicorn
+from aiohttp import web
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from aiotlink import TransactionLinkClient, WebhookEvent, WorkflowStatus
+
+from .conftest import EXECUTION_ID, TOKEN, execution_body
+from .servers import ScriptedServer, eventually, reply, stall
+from .webhook_signing import Signer, event_body, rsa_private_key
+
+OnEvent = Callable[[WebhookEvent], Any]
+Serve = Callable[..., contextlib.AbstractAsyncContextManager[str]]
+
+
+@pytest.fixture
+def signer(client: TransactionLinkClient) -> Signer:
+    signer = Signer(rsa_private_key())
+    client.webhooks.add_key(signer.kid, signer.public_pem)
+    return signer
+
+
+@contextlib.asynccontextmanager
+async def asgi_server(app: Any) -> AsyncIterator[str]:
+    """``app`` under uvicorn on a free port of 127.0.0.1: its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        await eventually(lambda: server.started)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await serving
+        listener.close()
+
+
+@contextlib.asynccontextmanager
+async def served_asgi(client: TransactionLinkClient, on_event: OnEvent, **options: Any) -> Any:
+    async with asgi_server(client.webhooks.asgi_app(on_event, **options)) as url:
+        yield f"{url}/"
+
+
+@contextlib.asynccontextmanager
+async def served_in_starlette(
+    client: TransactionLinkClient, on_event: OnEvent, **options: Any
+) -> Any:
+    app = Starlette(routes=[Mount("/hooks", client.webhooks.asgi_app(on_event, **options))])
+    async with asgi_server(app) as url:
+        yield f"{url}/hooks/"
+
+
+@contextlib.asynccontextmanager
+async def served_aiohttp(client: TransactionLinkClient, on_event: OnEvent, **options: Any) -> Any:
+    app = web.Application()
+    app.router.add_route("*", "/hooks", client.webhooks.aiohttp_handler(on_event, **options))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(params=[served_asgi, served_in_starlette, served_aiohttp])
+def serve(request: pytest.FixtureRequest) -> Serve:
+    return cast(Serve, request.param)
+
+
+async def post(
+    url: str, body: bytes, signature: str | None, method: str = "POST"
+) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["JWS-SIGNATURE"] = signature
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, data=body, headers=headers) as answer,
+    ):
+        return answer.status, await answer.text()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[WebhookEvent] = []
+
+    async def __call__(self, event: WebhookEvent) -> None:
+        self.events.append(event)
+
+
+async def test_a_signed_delivery_is_handed_over_and_answered_204(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    received = Recorder()
+    body = event_body(EXECUTION_ID)
+
+    async with serve(client, received) as url:
+        status, _ = await post(url, body, signer.sign(body))
+
+    assert status == 204
+    (event,) = received.events
+    assert event.payload == json.loads(body)
+    assert event.status is WorkflowStatus.COMPLETED
+
+
+async def test_a_plain_function_is_called_too(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    received: list[WebhookEvent] = []
+    body = event_body(EXECUTION_ID)
+
+    async with serve(client, received.append) as url:
+        assert (await post(url, body, signer.sign(body)))[0] == 204
+
+    assert [event.delivery_key for event in received] != []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_other_methods_are_answered_405(
+    client: TransactionLinkClient, signer: Signer, serve: Serve, method: str
+) -> None:
+    received = Recorder()
+    body = event_body(EXECUTION_ID)
+
+    async with serve(client, received) as url:
+        status, _ = await post(url, body, signer.sign(body), method=method)
+
+    assert status == 405
+    assert received.events == []
+
+
+async def test_a_missing_or_bad_signature_is_answered_401_and_logged_without_the_payload(
+    client: TransactionLinkClient,
+    signer: Signer,
+    serve: Serve,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiotlink")
+    received = Recorder()
+    body = event_body(EXECUTION_ID, secret="personal-data")
+    signature = signer.sign(body)
+
+    async with serve(client, received) as url:
+        answers = [
+            await post(url, body, None),
+            await post(url, body + b" ", signature),
+            await post(url, body, signature.replace(".", "")),
+        ]
+
+    assert [status for status, _ in answers] == [401, 401, 401]
+    assert all(text == "invalid or missing signature" for _, text in answers)
+    assert received.events == []
+    refusals = [r.getMessage() for r in caplog.records if "refused a webhook" in r.getMessage()]
+    assert len(refusals) == 3
+    assert not any("personal-data" in r.getMessage() for r in caplog.records)
+
+
+async def test_two_signature_headers_are_refused(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    received = Recorder()
+    body = event_body(EXECUTION_ID)
+    signature = signer.sign(body)
+
+    async with serve(client, received) as url, aiohttp.ClientSession() as session:
+        headers = [("JWS-SIGNATURE", signature), ("JWS-SIGNATURE", signature)]
+        async with session.post(url, data=body, headers=headers) as answer:
+            assert answer.status == 401
+
+    assert received.events == []
+
+
+async def test_a_body_over_the_limit_is_answered_413_without_reading_it(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    received = Recorder()
+    body = event_body(EXECUTION_ID)
+
+    async with serve(client, received, max_body_bytes=len(body) - 1) as url:
+        assert (await post(url, body, signer.sign(body)))[0] == 413
+        # A Content-Length of 1 GiB, and only a few bytes sent: the answer comes anyway.
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        path = "/" + url.split("//")[1].split("/", 1)[1]
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {2**30}\r\n"
+            f"JWS-SIGNATURE: {signer.sign(body)}\r\n\r\n{{".encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+        writer.close()
+        # And a chunked body with no length, over the limit: 413 once it passes.
+        async with aiohttp.ClientSession() as session:
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(3):
+                    yield body
+
+            async with session.post(
+                url, data=chunks(), headers={"JWS-SIGNATURE": signer.sign(body)}
+            ) as answer:
+                chunked_status = answer.status
+
+    assert status_line.split()[1] == b"413"
+    assert chunked_status == 413
+    assert received.events == []
+
+
+async def test_a_failing_handler_is_answered_500_and_logged(
+    client: TransactionLinkClient,
+    signer: Signer,
+    serve: Serve,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = event_body(EXECUTION_ID)
+
+    async def on_event(event: WebhookEvent) -> None:
+        raise RuntimeError("the queue is down")
+
+    async with serve(client, on_event) as url:
+        status, _ = await post(url, body, signer.sign(body))
+
+    assert status == 500
+    (record,) = [r for r in caplog.records if "handler failed" in r.getMessage()]
+    assert record.exc_info is not None
+    assert "the queue is down" in str(record.exc_info[1])
+
+
+async def test_a_slow_handler_is_cancelled_and_answered_503(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    body = event_body(EXECUTION_ID)
+    cancelled = asyncio.Event()
+
+    async def on_event(event: WebhookEvent) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with serve(client, on_event, handler_timeout=0.2) as url:
+        status, _ = await post(url, body, signer.sign(body))
+
+    assert status == 503
+    assert cancelled.is_set()
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"max_body_bytes": 0}, "max_body_bytes"),
+        ({"handler_timeout": -1}, "handler_timeout"),
+        ({"handler_timeout": None}, "handler_timeout"),
+    ],
+)
+def test_receiver_options_are_checked(
+    client: TransactionLinkClient, options: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=problem):
+        client.webhooks.asgi_app(print, **options)
+    for not_callable in ("print", None):
+        handler: Any = not_callable
+        with pytest.raises(ValueError, match="on_event"):
+            client.webhooks.aiohttp_handler(handler)
+
+
+# Waits woken by webhooks
+
+
+@pytest.fixture
+def lookups(server: ScriptedServer) -> Callable[[], int]:
+    return lambda: len(server.requests_to("GET", f"/workflows/{EXECUTION_ID}"))
+
+
+def script_statuses(server: ScriptedServer, *statuses: str) -> None:
+    server.script(
+        "GET",
+        f"/workflows/{EXECUTION_ID}",
+        *(reply(200, execution_body(status=status)) for status in statuses),
+    )
+
+
+async def test_a_delivery_ends_a_rare_polling_wait_at_once(
+    client: TransactionLinkClient,
+    server: ScriptedServer,
+    signer: Signer,
+    serve: Serve,
+    lookups: Callable[[], int],
+) -> None:
+    script_statuses(server, "RUNNING", "COMPLETED")
+    seen_by_handler: list[int] = []
+
+    async def on_event(event: WebhookEvent) -> None:
+        seen_by_handler.append(lookups())
+
+    async with serve(client, on_event) as url:
+        wait = asyncio.create_task(
+            client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60)
+        )
+        await eventually(lambda: lookups() == 1)
+        body = event_body(EXECUTION_ID, "COMPLETED")
+        assert (await post(url, body, signer.sign(body)))[0] == 204
+        async with asyncio.timeout(10):  # the next scheduled poll is a minute away
+            execution = await wait
+
+    assert execution.status is WorkflowStatus.COMPLETED
+    assert lookups() == 2
+    assert seen_by_handler == [1]  # the nudge came before on_event (its lookup in flight)
+
+
+async def test_nudge_without_a_wait_costs_nothing(
+    client: TransactionLinkClient, server: ScriptedServer
+) -> None:
+    assert client.workflows.nudge(EXECUTION_ID) is False
+    await asyncio.sleep(0.05)
+    assert server.seen == []
+
+
+async def test_a_burst_of_nudges_costs_one_lookup(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING")
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)
+    await asyncio.sleep(0.05)  # the first answer is in; the next poll a minute away
+
+    woke = [client.workflows.nudge(EXECUTION_ID) for _ in range(100)]
+    await asyncio.sleep(0.3)
+
+    assert all(woke)
+    assert lookups() == 2
+    wait.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
+
+
+async def test_nudges_during_a_lookup_cost_one_more_after_it(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    server.script(
+        "GET",
+        f"/workflows/{EXECUTION_ID}",
+        stall(0.3, reply(200, execution_body(status="RUNNING"))),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)  # in flight: its answer may predate the nudge
+    for _ in range(10):
+        client.workflows.nudge(EXECUTION_ID)
+    async with asyncio.timeout(10):
+        execution = await wait
+
+    assert execution.status is WorkflowStatus.COMPLETED
+    assert lookups() == 2
+
+
+async def test_a_non_terminal_status_wakes_only_waits_that_want_changes(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING", "AWAITING", "COMPLETED")
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)
+    await asyncio.sleep(0.05)
+
+    assert client.workflows.nudge(EXECUTION_ID, status="AWAITING") is True
+    await asyncio.sleep(0.2)
+    assert lookups() == 1  # only the end is wanted: nothing to learn from AWAITING
+
+    statuses: list[WorkflowStatus] = []
+    watching = asyncio.create_task(
+        client.workflows.wait_for_completion(
+            EXECUTION_ID, poll_interval=60, on_status=lambda e: statuses.append(e.status)
+        )
+    )
+    await eventually(lambda: statuses == [WorkflowStatus.RUNNING])
+    assert client.workflows.nudge(EXECUTION_ID, status=WorkflowStatus.RUNNING) is True
+    await asyncio.sleep(0.2)
+    assert lookups() == 1  # RUNNING is already known
+    client.workflows.nudge(EXECUTION_ID, status="AWAITING")
+    await eventually(lambda: statuses == [WorkflowStatus.RUNNING, WorkflowStatus.AWAITING])
+    assert lookups() == 2
+    client.workflows.nudge(uuid_upper(EXECUTION_ID), status="COMPLETED")
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(wait, watching)
+
+    assert [execution.status for execution in results] == [WorkflowStatus.COMPLETED] * 2
+    assert lookups() == 3
+
+
+def uuid_upper(text: str) -> str:
+    return text.upper()
+
+
+async def test_nudge_honours_retry_after(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    server.script(
+        "GET",
+        f"/workflows/{EXECUTION_ID}",
+        reply(200, execution_body(status="RUNNING"), headers={"Retry-After": "1"}),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    nudged_at = loop.time()
+
+    client.workflows.nudge(EXECUTION_ID)
+    async with asyncio.timeout(10):
+        await wait
+
+    assert loop.time() - nudged_at >= 0.9  # not before the second the server asked for
+    assert lookups() == 2
+
+
+async def test_a_nudge_from_another_thread_reaches_the_waits(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING", "COMPLETED")
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)
+    await asyncio.sleep(0.05)
+
+    woke = await asyncio.to_thread(client.workflows.nudge, EXECUTION_ID)
+    unknown = await asyncio.to_thread(client.workflows.nudge, "another-execution")
+    async with asyncio.timeout(10):
+        execution = await wait
+
+    assert (woke, unknown) == (True, False)
+    assert execution.status is WorkflowStatus.COMPLETED
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", None, 7])
+def test_nudge_checks_its_arguments(client: TransactionLinkClient, bad: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        client.workflows.nudge(bad)
+    with pytest.raises(ValueError, match="status"):
+        client.workflows.nudge(EXECUTION_ID, status="")
+
+
+async def test_views_share_keys_and_nudge_each_others_waits(
+    server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING", "COMPLETED")
+    signer = Signer(rsa_private_key())
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        client.webhooks.add_key(signer.kid, signer.public_pem)
+        view = client.with_options(timeout=5)
+        wait = asyncio.create_task(
+            view.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60)
+        )
+        await eventually(lambda: lookups() == 1)
+        await asyncio.sleep(0.05)
+        async with served_aiohttp(client, lambda event: None) as url:
+            body = event_body(EXECUTION_ID)
+            assert (await post(url, body, signer.sign(body)))[0] == 204
+            async with asyncio.timeout(10):
+                await wait
+        assert (await view.webhooks.verify(body, signer.sign(body))).key_id == signer.kid
+
+
+async def test_waits_on_the_fake_finish_on_its_webhooks() -> None:
+    from aiotlink.testing import FakeTransactionLink
+
+    received: list[WebhookEvent] = []
+    async with (
+        FakeTransactionLink(webhook_retry_seconds=0.05) as fake,
+        TransactionLinkClient(fake.token, base_url=fake.url) as client,
+        served_aiohttp(client, received.append) as url,
+    ):
+        fake.set_webhook_url(url)
+        kyc = fake.add_definition(
+            "kyc", statuses=["RUNNING", "AWAITING", "COMPLETED"], step_seconds=0.2
+        )
+        execution = await client.workflows.initialise(kyc)
+        async with asyncio.timeout(10):  # polling alone: a minute
+            done = await client.workflows.wait_for_completion(execution.id, poll_interval=60)
+        await fake.webhooks_settled(timeout=5)
+
+    assert done.status is WorkflowStatus.COMPLETED
+    assert [event.status for event in received] == [
+        WorkflowStatus.RUNNING,
+        WorkflowStatus.AWAITING,
+        WorkflowStatus.COMPLETED,
+    ]
+    assert {event.key_id for event in received} == {fake.webhook_key_id}
+    # The first lookup, and one for the completion: the other events wake no one.
+    assert len(fake.requests_for("find")) == 2
+    assert all(delivery.outcome == "delivered" for delivery in fake.webhook_deliveries)
