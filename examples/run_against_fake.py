@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,15 @@ HERE = Path(__file__).parent
 TOKEN = "tot_examples_000000000000000000"
 
 
-def start_fake() -> tuple[subprocess.Popen[str], dict[str, str]]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_fake(*options: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     command = [sys.executable, "-m", "aiotlink.testing", "--port", "0", "--token", TOKEN]
-    command += ["--step-seconds", "0.05", "--large-result-mib", "1"]
+    command += ["--step-seconds", "0.05", "--large-result-mib", "1", *options]
     fake = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert fake.stdout is not None
     banner = ""
@@ -73,12 +80,36 @@ def main() -> None:
             run(environment, resume, "start", background, "--count", "20", "--state", state)
             output = run(environment, resume, "resume", "--state", state, "--poll-interval", "0.05")
             assert "20 of 20 finished" in output, output
+        run_webhooks_example()
         print("all examples ran against the fake")
     finally:
-        fake.send_signal(signal.SIGINT)
-        fake.wait(timeout=30)
-        if fake.stdout is not None:
-            fake.stdout.close()
+        stop(fake)
+
+
+def run_webhooks_example() -> None:
+    """The FastAPI app, with a fake that sends its webhooks to it."""
+    port = free_port()
+    hooks = f"http://127.0.0.1:{port}/transactionlink/webhooks"
+    fake, fake_info = start_fake("--webhook-url", hooks)
+    try:
+        environment = {
+            **os.environ,
+            "TRANSACTIONLINK_BASE_URL": fake_info["url"],
+            "TRANSACTIONLINK_TOKEN": TOKEN,
+            "KYC_DEFINITION_ID": fake_info["kyc-background"],
+        }
+        output = run(environment, str(HERE / "fastapi_webhooks.py"), "--port", str(port))
+        assert "finished: COMPLETED" in output, output
+        assert "webhooks handled:" in output, output
+    finally:
+        stop(fake)
+
+
+def stop(fake: subprocess.Popen[str]) -> None:
+    fake.send_signal(signal.SIGINT)
+    fake.wait(timeout=30)
+    if fake.stdout is not None:
+        fake.stdout.close()
 
 
 if __name__ == "__main__":

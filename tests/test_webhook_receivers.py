@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from aiohttp import web
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
 from aiotlink import TransactionLinkClient, WebhookEvent, WorkflowStatus
 
@@ -65,9 +65,11 @@ async def served_asgi(client: TransactionLinkClient, on_event: OnEvent, **option
 async def served_in_starlette(
     client: TransactionLinkClient, on_event: OnEvent, **options: Any
 ) -> Any:
-    app = Starlette(routes=[Mount("/hooks", client.webhooks.asgi_app(on_event, **options))])
+    # As the README says to: a route for the exact path (a mount would redirect it).
+    receiver = client.webhooks.asgi_app(on_event, **options)
+    app = Starlette(routes=[Route("/hooks", receiver), Mount("/mounted", receiver)])
     async with asgi_server(app) as url:
-        yield f"{url}/hooks/"
+        yield f"{url}/hooks"
 
 
 @contextlib.asynccontextmanager
@@ -123,6 +125,19 @@ async def test_a_signed_delivery_is_handed_over_and_answered_204(
     (event,) = received.events
     assert event.payload == json.loads(body)
     assert event.status is WorkflowStatus.COMPLETED
+
+
+async def test_mounted_under_a_prefix_it_answers_the_slash_path(
+    client: TransactionLinkClient, signer: Signer
+) -> None:
+    received = Recorder()
+    body = event_body(EXECUTION_ID)
+
+    async with served_in_starlette(client, received) as url:
+        mounted = url.replace("/hooks", "/mounted/")
+        assert (await post(mounted, body, signer.sign(body)))[0] == 204
+
+    assert len(received.events) == 1
 
 
 async def test_a_plain_function_is_called_too(
