@@ -378,8 +378,9 @@ class _SharedPoll:
         self.due = 0.0
         self.scheduled = False
         self.not_before = 0.0
-        # A nudge came while a lookup was in flight: that answer may predate what the
-        # nudge announced, so the next lookup follows it at once.
+        # Nudged since its last lookup started: while in flight, that answer may predate
+        # what the nudge announced, so the next lookup follows it at once; while queued
+        # for a connection, it is first in line.
         self.nudged = False
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
@@ -440,6 +441,9 @@ class Poller:
         self._in_flight = 0
         self._polls: dict[str, _SharedPoll] = {}
         self._ready: deque[_SharedPoll] = deque()
+        # Nudged polls waiting for a connection: served before the others (a poll may
+        # then also be in _ready, and is skipped there once started).
+        self._urgent: deque[_SharedPoll] = deque()
         self._waiting = 0
         # The turns of waits not yet let in, and the first lookups held back meanwhile
         # (Poller.admission).
@@ -521,6 +525,7 @@ class Poller:
         self._queued.clear()
         self._held.clear()
         self._ready.clear()
+        self._urgent.clear()
         self._due_polls.clear()
         self._deadlines.clear()
         for poll in list(self._polls.values()):
@@ -615,6 +620,7 @@ class Poller:
             self._ready.append(poll)
             return
         self._in_flight += 1
+        poll.nudged = False  # this lookup answers every nudge so far
         # Not the timers' context: this may run inside it (a timer, or a poll task
         # starting the next), and an eager task factory would enter it a second time.
         poll.task = asyncio.get_running_loop().create_task(
@@ -622,8 +628,15 @@ class Poller:
         )
 
     def _start_ready(self) -> None:
-        while self._ready and self._in_flight < self._max_in_flight:
-            self._start(self._ready.popleft())
+        while self._in_flight < self._max_in_flight:
+            if self._urgent:
+                poll = self._urgent.popleft()
+            elif self._ready:
+                poll = self._ready.popleft()
+            else:
+                return
+            if poll.task is None and not poll.scheduled:  # else started from the other queue
+                self._start(poll)
 
     def _schedule(self, poll: _SharedPoll, retry_after: float | None) -> None:
         delay = poll_delay(poll.interval, retry_after=retry_after, random_fraction=random.random())
@@ -689,7 +702,12 @@ class Poller:
                 return True
         if poll.task is not None:
             poll.nudged = True
-        elif poll.scheduled:
+        elif not poll.scheduled:
+            # Queued for a connection (or held for admission): first in line, once.
+            if not poll.nudged:
+                poll.nudged = True
+                self._urgent.append(poll)
+        else:
             due = max(asyncio.get_running_loop().time(), poll.not_before)
             if due < poll.due:
 
@@ -698,7 +716,6 @@ class Poller:
 
                 # A pass over the heap: fine for webhook rates, one per status change.
                 self._due_polls.move_earlier(poll, set_due)
-        # Else it is queued for a connection or held for admission: it comes soon.
         return True
 
     async def _poll_once(self, poll: _SharedPoll) -> None:

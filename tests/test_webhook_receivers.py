@@ -528,3 +528,23 @@ async def test_waits_on_the_fake_finish_on_its_webhooks() -> None:
     # The first lookup, and one for the completion: the other events wake no one.
     assert len(fake.requests_for("find")) == 2
     assert all(delivery.outcome == "delivered" for delivery in fake.webhook_deliveries)
+
+
+async def test_a_nudged_lookup_waiting_for_a_connection_goes_first(server: ScriptedServer) -> None:
+    ids = [f"00000000-0000-4000-8000-00000000000{number}" for number in range(4)]
+    for number, execution_id in enumerate(ids):
+        answer = reply(200, execution_body(id=execution_id, status="COMPLETED"))
+        server.script(
+            "GET", f"/workflows/{execution_id}", stall(0.2, answer) if number == 0 else answer
+        )
+    async with TransactionLinkClient(TOKEN, base_url=server.url, connection_limit=1) as client:
+        waits = [asyncio.create_task(client.workflows.wait_for_completion(id_)) for id_ in ids]
+        await eventually(lambda: len(server.seen) == 1)  # the first holds the one connection
+
+        assert client.workflows.nudge(ids[3]) is True
+        assert client.workflows.nudge(ids[3]) is True  # once in line is enough
+        async with asyncio.timeout(10):
+            await asyncio.gather(*waits)
+
+    order = [seen.path.rsplit("/", 1)[1] for seen in server.seen]
+    assert order == [ids[0], ids[3], ids[1], ids[2]]  # no lookup twice
