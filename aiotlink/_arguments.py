@@ -23,6 +23,7 @@ MAX_EXPIRY = timedelta(days=30)
 # Ids go into the URL path as they are: only RFC 3986 unreserved characters, so an id
 # can never change the path (no "/", "..", "?" or "%").
 _PATH_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
+_UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def shown(value: object) -> str:
@@ -82,10 +83,17 @@ def check_text(name: str, value: object) -> str:
 
 
 def check_execution_id(value: object) -> str:
-    """An execution id safe to put in a URL path (``str`` or ``UUID``)."""
+    """An execution id safe to put in a URL path (``str`` or ``UUID``).
+
+    A UUID in any case comes back in lower case, as ``str(UUID)`` writes it: one
+    execution is then one key for the shared polls, whichever way it was written (a
+    wait started with the id in upper case, a webhook that names it in lower case).
+    """
     if isinstance(value, UUID):
         return str(value)
     text = check_text("execution_id", value)
+    if _UUID_PATTERN.fullmatch(text):
+        return text.lower()
     if not _PATH_ID_PATTERN.fullmatch(text) or text in (".", ".."):
         raise ValueError(f"execution_id has characters an id cannot have: {shown(text)}")
     return text

@@ -36,6 +36,10 @@ logger = logging.getLogger("aiotlink")
 # Each gap is shortened by up to this fraction at random, so that waiters started
 # together drift apart instead of polling in bursts.
 JITTER = 0.2
+# Lookups that nudges bring forward start at least this long after the one before, so
+# that a flood of nudges (a caller's loop, a provider's burst) costs at most a few
+# lookups a second per execution.
+NUDGE_MIN_GAP = 0.25
 # Waits started in one loop iteration are let in at most this many per later iteration
 # (a few milliseconds of work), so that starting 10,000 at once never stalls the event
 # loop for long; see Poller.admission.
@@ -359,6 +363,7 @@ class _SharedPoll:
         "not_before",
         "nudged",
         "scheduled",
+        "started_at",
         "stopped",
         "task",
     )
@@ -383,6 +388,7 @@ class _SharedPoll:
         # for a connection, it is first in line.
         self.nudged = False
         self.task: asyncio.Task[None] | None = None
+        self.started_at = -math.inf  # loop time the last lookup started
         self.stopped = False
 
     @property
@@ -621,6 +627,7 @@ class Poller:
             return
         self._in_flight += 1
         poll.nudged = False  # this lookup answers every nudge so far
+        poll.started_at = asyncio.get_running_loop().time()
         # Not the timers' context: this may run inside it (a timer, or a poll task
         # starting the next), and an eager task factory would enter it a second time.
         poll.task = asyncio.get_running_loop().create_task(
@@ -644,7 +651,7 @@ class Poller:
         poll.not_before = now + honoured(retry_after)
         if poll.nudged:  # nudged while this lookup was in flight
             poll.nudged = False
-            delay = honoured(retry_after)
+            delay = max(honoured(retry_after), poll.started_at + NUDGE_MIN_GAP - now)
         poll.due = now + delay
         poll.scheduled = True
         self._due_polls.add(poll)
@@ -708,7 +715,8 @@ class Poller:
                 poll.nudged = True
                 self._urgent.append(poll)
         else:
-            due = max(asyncio.get_running_loop().time(), poll.not_before)
+            now = asyncio.get_running_loop().time()
+            due = max(now, poll.not_before, poll.started_at + NUDGE_MIN_GAP)
             if due < poll.due:
 
                 def set_due() -> None:

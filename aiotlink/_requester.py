@@ -116,7 +116,8 @@ class Sessions:
     def nudge(self, execution_id: str, status: WorkflowStatus | None) -> bool:
         """Nudge the polls of ``execution_id`` in every view's poller (Poller.nudge)."""
         woke = False
-        for poller in self._pollers.values():
+        # A copy: a nudge from another thread may run while the loop adds a poller.
+        for poller in list(self._pollers.values()):
             woke = poller.nudge(execution_id, status) or woke
         return woke
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import inspect
 import logging
@@ -39,7 +40,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from ._arguments import check_callable, check_count, check_seconds, check_uuid
-from ._errors import NotFoundError, TransactionLinkError, WebhookVerificationError
+from ._errors import (
+    NotFoundError,
+    ResponseTooLargeError,
+    TransactionLinkError,
+    WebhookVerificationError,
+)
 from ._models import WebhookEvent, WorkflowStatus
 from ._transport import parse_json
 
@@ -61,15 +67,25 @@ MAX_KEY_BITS = 16384
 # characters: anything far longer is not a signature worth parsing.
 MAX_SIGNATURE_CHARS = 16 * 1024
 MAX_KEY_BYTES = 64 * 1024  # a PEM public key is under 1 KiB even at 4096 bits
-# A kid the API answered 404 for is not asked about again for this long.
-UNKNOWN_KEY_SECONDS = 300.0
+# A kid the API answered 404 for is not asked about again for this long: less than the
+# provider's five redeliveries, 5 s apart, take, so a key published a moment late
+# still verifies a redelivery.
+UNKNOWN_KEY_SECONDS = 20.0
 # Lookups of kids not seen before: a burst of this many, then one per this many
 # seconds. A real rotation needs one; a flood of random kids gets a handful.
 NEW_KEY_BURST = 5
 NEW_KEY_SECONDS = 1.0
-# What the caches hold at most; the oldest entry goes first.
+# What the caches hold at most; the oldest entry goes first. Pinned keys stay.
 MAX_CACHED_KEYS = 256
 MAX_UNKNOWN_KEYS = 4096
+# Deliveries already handed over, by delivery_key: a redelivery or a replay of one does
+# not nudge again. For this long, and this many at most.
+SEEN_DELIVERY_SECONDS = 600.0
+MAX_SEEN_DELIVERIES = 4096
+# Reading a body and verifying it (a key fetch included) must fit in these seconds: the
+# provider gives up after 10 s, and a slow sender must not hold a connection for long.
+RECEIVE_SECONDS = 5.0
+VERIFY_SECONDS = 5.0
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # Under the provider's 10 s: an answer after it counts as a failed delivery anyway.
@@ -95,6 +111,23 @@ def _joserfc() -> Any:
     else:
         return jws
     raise ImportError(problem)
+
+
+@functools.cache
+def _registry() -> Any:
+    """The rules joserfc applies to our signatures: RS256 only, and our own bounds.
+
+    Header parameters it does not know (the provider's are not published) are let
+    through: ``parse_signature`` has already refused ``crit`` and ``b64``, the ones
+    that change what a signature means. Its default payload bound (128,000 bytes) would
+    refuse a large, valid event as a bad signature; the receivers bound the body.
+    """
+    jws = _joserfc()
+    registry = jws.JWSRegistry(algorithms=[ALGORITHM], strict_check_header=False)
+    registry.max_payload_length = 2**62
+    registry.max_header_length = MAX_SIGNATURE_CHARS
+    registry.max_signature_length = MAX_KEY_BITS // 8
+    return registry
 
 
 class Signature(NamedTuple):
@@ -230,10 +263,16 @@ class WebhookKeys:
     """The webhook keys of one client and its views: pinned, fetched, known unknown."""
 
     def __init__(self) -> None:
-        self._keys: OrderedDict[str, RSAKey] = OrderedDict()
+        self._pinned: dict[str, RSAKey] = {}
+        self._keys: OrderedDict[str, RSAKey] = OrderedDict()  # fetched
         self._unknown: OrderedDict[str, float] = OrderedDict()  # kid: when to forget it
         self._fetching: dict[str, asyncio.Future[RSAKey]] = {}
         self._new_keys = _Limiter(NEW_KEY_BURST, NEW_KEY_SECONDS)
+        self._seen: OrderedDict[str, float] = OrderedDict()  # delivery_key: when to forget
+
+    def pin(self, key_id: str, key: RSAKey) -> None:
+        self._pinned[key_id] = key
+        self._unknown.pop(key_id, None)
 
     def add(self, key_id: str, key: RSAKey) -> None:
         self._keys[key_id] = key
@@ -242,9 +281,21 @@ class WebhookKeys:
         while len(self._keys) > MAX_CACHED_KEYS:
             self._keys.popitem(last=False)
 
+    def first_delivery(self, delivery_key: str) -> bool:
+        """Whether this delivery is new (not a redelivery or replay seen lately)."""
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values())) < now:
+            self._seen.popitem(last=False)
+        if delivery_key in self._seen:
+            return False
+        self._seen[delivery_key] = now + SEEN_DELIVERY_SECONDS
+        while len(self._seen) > MAX_SEEN_DELIVERIES:
+            self._seen.popitem(last=False)
+        return True
+
     async def get(self, key_id: str, requester: Requester) -> RSAKey:
         """The key named ``key_id``: cached, or fetched once for all who ask at once."""
-        key = self._keys.get(key_id)
+        key = self._pinned.get(key_id) or self._keys.get(key_id)
         if key is not None:
             return key
         forget_at = self._unknown.get(key_id)
@@ -253,6 +304,8 @@ class WebhookKeys:
                 raise WebhookVerificationError("unknown key id")
             del self._unknown[key_id]
         fetching = self._fetching.get(key_id)
+        if fetching is not None and fetching.get_loop() is not asyncio.get_running_loop():
+            raise WebhookVerificationError("the key is being fetched in another event loop")
         if fetching is None:
             if not self._new_keys.allow():
                 raise WebhookVerificationError("too many new key ids: not looked up now")
@@ -274,6 +327,9 @@ class WebhookKeys:
         except NotFoundError:
             self._remember_unknown(key_id)
             problem = "unknown key id"
+        except ResponseTooLargeError:  # no key is that long: a broken answer, not a blip
+            self._remember_unknown(key_id)
+            problem = f"the API's key answer is over {MAX_KEY_BYTES} bytes"
         except TransactionLinkError as error:
             # Our own error, scrubbed of the token: safe to say, and to chain.
             raise WebhookVerificationError(f"could not fetch the key: {error}") from error
@@ -308,7 +364,7 @@ def event_of(body: bytes, key_id: str) -> WebhookEvent:
         payload=payload,
         key_id=key_id,
         execution_id=_first_uuid(payload),
-        status=WorkflowStatus(status) if isinstance(status, str) and status else None,
+        status=WorkflowStatus(status) if isinstance(status, str) and status.strip() else None,
         event_type=next(
             (payload[key] for key in EVENT_TYPE_KEYS if isinstance(payload.get(key), str)), None
         ),
@@ -353,7 +409,7 @@ class Webhooks:
         parsed = parse_signature(signature)
         key = await self._keys.get(parsed.key_id, self._requester)
         try:
-            jws.deserialize_compact(parsed.compact, key, algorithms=[ALGORITHM], payload=body)
+            jws.deserialize_compact(parsed.compact, key, registry=_registry(), payload=body)
         except Exception:  # joserfc's JoseError, or cryptography's for a mangled signature
             problem = "the signature does not match the body"
         else:
@@ -374,7 +430,7 @@ class Webhooks:
         except ValueError as error:
             problem = f"public_key_pem: {error}"
         else:
-            self._keys.add(kid, key)
+            self._keys.pin(kid, key)
             return
         raise ValueError(problem)
 
@@ -409,29 +465,39 @@ class Webhooks:
     ) -> tuple[int, bytes]:
         """Verify one delivery, nudge its waits, hand it to ``on_event``: the answer."""
         try:
-            event = await self.verify(body, signature)
+            async with asyncio.timeout(VERIFY_SECONDS):
+                event = await self.verify(body, signature)
         except WebhookVerificationError as error:
             logger.warning("refused a webhook delivery: %s", error.reason)
             return 401, b"invalid or missing signature"
-        if event.execution_id is not None:
-            self._nudge(event.execution_id, status=event.status)
+        except TimeoutError:  # the key could not be had in time: the provider redelivers
+            logger.warning("could not verify a webhook delivery within %g s", VERIFY_SECONDS)
+            return 503, b"could not verify in time"
+        if event.execution_id is not None and self._keys.first_delivery(event.delivery_key):
+            # Before on_event, whatever it does; once per signed message, so that a
+            # replayed delivery costs no lookup.
+            try:
+                self._nudge(event.execution_id, status=event.status)
+            except Exception:  # the waits poll on regardless: the delivery is still good
+                logger.exception("could not nudge the waits on %s", event.execution_id)
         try:
-            async with asyncio.timeout(handler_timeout):
+            async with asyncio.timeout(handler_timeout) as deadline:
                 outcome = on_event(event)
                 if inspect.isawaitable(outcome):
                     await outcome
-        except TimeoutError:
+        except Exception:
+            if not deadline.expired():
+                logger.exception(
+                    "the webhook handler failed for delivery %s; answered 500",
+                    event.delivery_key,
+                )
+                return 500, b"event handler failed"
             logger.error(
                 "the webhook handler took over %g s for delivery %s; answered 503",
                 handler_timeout,
                 event.delivery_key,
             )
             return 503, b"event handler timed out"
-        except Exception:
-            logger.exception(
-                "the webhook handler failed for delivery %s; answered 500", event.delivery_key
-            )
-            return 500, b"event handler failed"
         return 204, b""
 
 
@@ -474,11 +540,15 @@ class Receiver:
             logger.warning("refused a webhook delivery: no signature")
             return 401, b"invalid or missing signature"
         if content_length is not None:
-            if not content_length.isdigit():
+            if not (content_length.isascii() and content_length.isdigit()):
                 return 400, b"bad Content-Length"
-            if int(content_length) > self._max_body_bytes:
+            if len(content_length) > 19 or int(content_length) > self._max_body_bytes:
                 return 413, b"body too large"
-        body = await read(self._max_body_bytes)
+        try:
+            async with asyncio.timeout(RECEIVE_SECONDS):
+                body = await read(self._max_body_bytes)
+        except TimeoutError:  # a sender that trickles its body holds no connection for long
+            return 408, b"body not received in time"
         if body is None:
             return 413, b"body too large"
         return await self._webhooks.receive(self._on_event, body, signature, self._handler_timeout)

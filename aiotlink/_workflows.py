@@ -517,12 +517,7 @@ class Workflows:
         """
         key = check_execution_id(execution_id)
         hint = None if status is None else WorkflowStatus(check_text("status", status))
-        woke = self._requester.nudge(key, hint)
-        try:  # a wait started with the id's text in another case or form
-            canonical = str(UUID(key))
-        except ValueError:
-            return woke
-        return self._requester.nudge(canonical, hint) or woke if canonical != key else woke
+        return self._requester.nudge(key, hint)
 
     async def cancel(self, execution_id: str | UUID) -> None:
         """Cancel an execution that has not ended (``POST /workflows/{id}/cancel``).

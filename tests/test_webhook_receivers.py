@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
@@ -22,6 +23,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from aiotlink import TransactionLinkClient, WebhookEvent, WorkflowStatus
+from aiotlink import _webhooks as webhooks_module
+from aiotlink._polling import NUDGE_MIN_GAP
 
 from .conftest import EXECUTION_ID, TOKEN, execution_body
 from .servers import ScriptedServer, eventually, reply, stall
@@ -43,7 +46,8 @@ async def asgi_server(app: Any) -> AsyncIterator[str]:
     """``app`` under uvicorn on a free port of 127.0.0.1: its URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    # A test's connection left open must not hold the server's shutdown.
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     try:
@@ -76,7 +80,7 @@ async def served_in_starlette(
 async def served_aiohttp(client: TransactionLinkClient, on_event: OnEvent, **options: Any) -> Any:
     app = web.Application()
     app.router.add_route("*", "/hooks", client.webhooks.aiohttp_handler(on_event, **options))
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -548,3 +552,263 @@ async def test_a_nudged_lookup_waiting_for_a_connection_goes_first(server: Scrip
 
     order = [seen.path.rsplit("/", 1)[1] for seen in server.seen]
     assert order == [ids[0], ids[3], ids[1], ids[2]]  # no lookup twice
+
+
+# What a review found: each of these failed, or no test caught its check.
+
+
+async def test_a_blank_status_is_no_status_and_the_delivery_is_handed_over(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    received = Recorder()
+    body = event_body(EXECUTION_ID, status="   ")
+
+    async with serve(client, received) as url:
+        status, _ = await post(url, body, signer.sign(body))
+
+    assert status == 204
+    (event,) = received.events
+    assert event.status is None
+
+
+async def test_a_handler_raising_its_own_timeout_error_is_a_failure(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    body = event_body(EXECUTION_ID)
+
+    async def on_event(event: WebhookEvent) -> None:
+        raise TimeoutError("the queue timed out")
+
+    async with serve(client, on_event) as url:
+        status, _ = await post(url, body, signer.sign(body))
+
+    assert status == 500
+
+
+async def test_a_wait_started_with_the_id_in_upper_case_is_woken(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING", "COMPLETED")
+    wait = asyncio.create_task(
+        client.workflows.wait_for_completion(EXECUTION_ID.upper(), poll_interval=60)
+    )
+    await eventually(lambda: lookups() == 1)
+    await asyncio.sleep(0.05)
+
+    assert client.workflows.nudge(uuid.UUID(EXECUTION_ID)) is True
+    async with asyncio.timeout(10):
+        assert (await wait).status is WorkflowStatus.COMPLETED
+
+
+async def test_a_flood_of_nudges_costs_a_few_lookups_a_second(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING")
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    while loop.time() - started < 1.0:
+        client.workflows.nudge(EXECUTION_ID)
+        await asyncio.sleep(0.005)
+
+    assert lookups() - 1 <= 1.0 / NUDGE_MIN_GAP + 1
+    wait.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
+
+
+async def test_a_replayed_delivery_costs_no_lookup(
+    client: TransactionLinkClient,
+    server: ScriptedServer,
+    signer: Signer,
+    lookups: Callable[[], int],
+) -> None:
+    script_statuses(server, "RUNNING")
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)
+    body = event_body(EXECUTION_ID)
+    received = Recorder()
+
+    async with served_aiohttp(client, received) as url:
+        for _ in range(5):
+            assert (await post(url, body, signer.sign(body)))[0] == 204
+            await asyncio.sleep(NUDGE_MIN_GAP)
+
+    assert lookups() == 2  # one for the first delivery; the replays are handed over only
+    assert len(received.events) == 5
+    wait.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
+
+
+async def test_waits_are_nudged_even_when_the_handler_fails(
+    client: TransactionLinkClient,
+    server: ScriptedServer,
+    signer: Signer,
+    lookups: Callable[[], int],
+) -> None:
+    script_statuses(server, "RUNNING", "COMPLETED")
+
+    async def on_event(event: WebhookEvent) -> None:
+        raise RuntimeError("down")
+
+    async with served_aiohttp(client, on_event) as url:
+        wait = asyncio.create_task(
+            client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60)
+        )
+        await eventually(lambda: lookups() == 1)
+        await asyncio.sleep(0.05)
+        body = event_body(EXECUTION_ID)
+        assert (await post(url, body, signer.sign(body)))[0] == 500
+        async with asyncio.timeout(10):
+            assert (await wait).status is WorkflowStatus.COMPLETED
+
+
+async def raw_post(url: str, head: str, part: bytes) -> tuple[bytes, bytes]:
+    """Send ``head`` and ``part`` of a body, and read the answer's head: status, headers."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + part)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(5):  # the rest of the body is never sent
+            status_line = await reader.readline()
+            headers = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    return status_line.split()[1], headers.lower()
+
+
+async def test_no_signature_is_refused_before_the_body_is_read(
+    client: TransactionLinkClient, serve: Serve
+) -> None:
+    async with serve(client, Recorder()) as url:
+        status, _ = await raw_post(url, "Content-Length: 1000\r\nConnection: close\r\n", b"{")
+
+    assert status == b"401"
+
+
+async def test_a_413_closes_the_connection(
+    client: TransactionLinkClient, signer: Signer, serve: Serve
+) -> None:
+    body = event_body(EXECUTION_ID)
+    async with serve(client, Recorder(), max_body_bytes=10) as url:
+        head = f"Content-Length: {2**30}\r\nJWS-SIGNATURE: {signer.sign(body)}\r\n"
+        status, headers = await raw_post(url, head, b"{")
+
+    assert status == b"413"
+    assert b"connection: close" in headers  # the rest of the body is not waited for
+
+
+async def test_a_body_that_trickles_in_is_answered_408(
+    client: TransactionLinkClient,
+    signer: Signer,
+    serve: Serve,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(webhooks_module, "RECEIVE_SECONDS", 0.2)
+    body = event_body(EXECUTION_ID)
+    async with serve(client, Recorder()) as url:
+        head = f"Content-Length: {len(body)}\r\nJWS-SIGNATURE: {signer.sign(body)}\r\n"
+        status, _ = await raw_post(url, head, body[:5])
+
+    assert status == b"408"
+
+
+async def test_a_key_that_takes_too_long_is_answered_503(
+    server: ScriptedServer, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks_module, "VERIFY_SECONDS", 0.2)
+    signer = Signer(rsa_private_key())
+    server.script("GET", f"/auth/webhooks/key/{signer.kid}", stall(2, reply(text="x")))
+    body = event_body(EXECUTION_ID)
+
+    async with (
+        TransactionLinkClient(TOKEN, base_url=server.url) as client,
+        serve(client, Recorder()) as url,
+    ):
+        status, _ = await post(url, body, signer.sign(body))
+
+    assert status == 503
+
+
+@pytest.mark.parametrize(("length", "status"), [("\u00b2", 400), ("9" * 5000, 413), ("-1", 400)])
+async def test_a_malformed_content_length_is_answered(
+    client: TransactionLinkClient, length: str, status: int
+) -> None:
+    app = client.webhooks.asgi_app(Recorder())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "headers": [(b"content-length", length.encode()), (b"jws-signature", b"a..b")],
+    }
+    await app(scope, receive, send)
+
+    assert sent[0]["status"] == status
+
+
+async def test_after_a_nudge_polls_keep_to_the_schedule(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING")
+    wait = asyncio.create_task(
+        client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=0.3, max_poll_interval=0.3)
+    )
+    await eventually(lambda: lookups() == 1)
+    await asyncio.sleep(0.05)
+
+    client.workflows.nudge(EXECUTION_ID)
+    await asyncio.sleep(1.0)
+
+    assert lookups() <= 1 + 1 + 1.0 / (0.3 * 0.8) + 1  # the first, the nudge, the schedule
+    wait.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
+
+
+async def test_a_nudge_during_a_lookup_honours_that_answers_retry_after(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    server.script(
+        "GET",
+        f"/workflows/{EXECUTION_ID}",
+        stall(0.2, reply(200, execution_body(status="RUNNING"), headers={"Retry-After": "1"})),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 1)
+    loop = asyncio.get_running_loop()
+    nudged_at = loop.time()
+
+    client.workflows.nudge(EXECUTION_ID)  # in flight: one more after it, but not before 1 s
+    async with asyncio.timeout(10):
+        await wait
+
+    assert lookups() == 2
+    assert loop.time() - nudged_at >= 0.9 + 0.2  # the stalled answer, then its Retry-After
+
+
+async def test_a_nudge_reaches_the_waits_of_every_view(
+    client: TransactionLinkClient, server: ScriptedServer, lookups: Callable[[], int]
+) -> None:
+    script_statuses(server, "RUNNING", "RUNNING", "COMPLETED")
+    view = client.with_options(timeout=7)
+    await client.workflows.find(EXECUTION_ID)  # the client's own poller exists, unused
+    wait = asyncio.create_task(view.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: lookups() == 2)
+    await asyncio.sleep(0.05)
+
+    assert client.workflows.nudge(EXECUTION_ID) is True
+    async with asyncio.timeout(10):
+        assert (await wait).status is WorkflowStatus.COMPLETED

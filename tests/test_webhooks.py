@@ -30,7 +30,7 @@ from aiotlink import (
 from aiotlink import _webhooks as webhooks_module
 
 from .conftest import EXECUTION_ID, TOKEN
-from .servers import ScriptedServer, reply, stall
+from .servers import ScriptedServer, eventually, reply, stall
 from .webhook_signing import Signer, b64url, event_body, rsa_private_key, weak_rsa_private_key
 
 
@@ -299,7 +299,7 @@ async def test_a_private_key_pinned_by_mistake_is_kept_public_only(
     event = await client.webhooks.verify(body, signer.sign(body))
 
     assert event.key_id == signer.kid
-    assert not client._webhook_keys._keys[signer.kid].is_private
+    assert not client._webhook_keys._pinned[signer.kid].is_private
 
 
 async def test_an_unknown_key_id_is_remembered(
@@ -494,3 +494,148 @@ asyncio.run(main())
     lines = done.stdout.splitlines()
     assert len(lines) == 3
     assert all('pip install "aiotlink[webhooks]"' in line for line in lines)
+
+
+# What a review found: each of these failed, or no test caught its check.
+
+
+async def test_a_key_just_under_2048_bits_is_refused(client: TransactionLinkClient) -> None:
+    short = Signer(rsa_private_key(2040))
+
+    with pytest.raises(ValueError, match="2040 bits"):
+        client.webhooks.add_key(short.kid, short.public_pem)
+
+
+async def test_header_parameters_we_do_not_know_are_let_through(
+    client: TransactionLinkClient, signer: Signer
+) -> None:
+    client.webhooks.add_key(signer.kid, signer.public_pem)
+    body = event_body(EXECUTION_ID)
+
+    signature = signer.sign(body, signer.header(iat=1764840000, x_provider="tl", typ="JOSE"))
+
+    assert (await client.webhooks.verify(body, signature)).key_id == signer.kid
+
+
+async def test_a_large_signed_body_verifies(client: TransactionLinkClient, signer: Signer) -> None:
+    client.webhooks.add_key(signer.kid, signer.public_pem)
+    body = event_body(EXECUTION_ID, padding="x" * 600_000)  # past joserfc's own 128,000
+
+    assert (await client.webhooks.verify(body, signer.sign(body))).key_id == signer.kid
+
+
+async def test_a_kid_in_upper_case_is_the_same_key(
+    client: TransactionLinkClient, server: ScriptedServer, signer: Signer
+) -> None:
+    serve_key(server, signer)
+    body = event_body(EXECUTION_ID)
+
+    upper = await client.webhooks.verify(
+        body, signer.sign(body, signer.header(kid=signer.kid.upper()))
+    )
+    lower = await client.webhooks.verify(body, signer.sign(body))
+
+    assert upper.key_id == lower.key_id == signer.kid
+    (request,) = key_requests(server)
+    assert request.path == key_path(signer.kid)
+
+
+async def test_an_unknown_kid_is_asked_about_again_later(
+    client: TransactionLinkClient,
+    server: ScriptedServer,
+    signer: Signer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(webhooks_module, "UNKNOWN_KEY_SECONDS", 0.1)
+    body = event_body(EXECUTION_ID)
+    with pytest.raises(WebhookVerificationError, match="unknown key id"):
+        await client.webhooks.verify(body, signer.sign(body))
+
+    serve_key(server, signer)  # published a moment late
+    with pytest.raises(WebhookVerificationError, match="unknown key id"):
+        await client.webhooks.verify(body, signer.sign(body))  # still remembered
+    await asyncio.sleep(0.15)
+
+    assert (await client.webhooks.verify(body, signer.sign(body))).key_id == signer.kid
+    assert len(key_requests(server)) == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(reply(200, {"a": "-----BEGIN x", "b": "-----BEGIN y"}), id="two PEMs"),
+        pytest.param(reply(text="-----BEGIN PUBLIC KEY-----\nnope\n"), id="a bad PEM"),
+        pytest.param(reply(text="-----BEGIN " + "A" * 100_000), id="over the bound"),
+    ],
+)
+async def test_an_unusable_key_answer_is_refused_and_remembered(
+    client: TransactionLinkClient, server: ScriptedServer, signer: Signer, answer: Any
+) -> None:
+    server.script("GET", key_path(signer.kid), answer)
+    body = event_body(EXECUTION_ID)
+
+    for _ in range(3):
+        with pytest.raises(WebhookVerificationError):
+            await client.webhooks.verify(body, signer.sign(body))
+
+    assert len(key_requests(server)) == 1
+
+
+async def test_a_cancelled_verification_leaves_the_shared_fetch_to_the_others(
+    client: TransactionLinkClient, server: ScriptedServer, signer: Signer
+) -> None:
+    server.script("GET", key_path(signer.kid), stall(0.2, reply(text=signer.public_pem)))
+    body = event_body(EXECUTION_ID)
+
+    first = asyncio.create_task(client.webhooks.verify(body, signer.sign(body)))
+    second = asyncio.create_task(client.webhooks.verify(body, signer.sign(body)))
+    await eventually(lambda: len(key_requests(server)) == 1)
+    first.cancel()
+
+    assert (await second).key_id == signer.kid
+    assert first.cancelled()
+    assert len(key_requests(server)) == 1
+
+
+async def test_the_caches_stay_bounded(
+    client: TransactionLinkClient, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks_module, "MAX_UNKNOWN_KEYS", 3)
+    monkeypatch.setattr(webhooks_module, "MAX_CACHED_KEYS", 2)
+    monkeypatch.setattr(webhooks_module, "NEW_KEY_BURST", 100)
+    body = event_body(EXECUTION_ID)
+    forged = b64url(bytes(256))
+    for _ in range(10):  # the scripted server knows no key: each is unknown
+        with pytest.raises(WebhookVerificationError):
+            await client.webhooks.verify(body, f"{header_with_kid(signer, uuid.uuid4())}..{forged}")
+    keys = client._webhook_keys
+    key = webhooks_module.rsa_key(signer.public_pem)
+    for _ in range(5):  # as if fetched
+        keys.add(str(uuid.uuid4()), key)
+
+    assert len(keys._unknown) == 3
+    assert len(keys._keys) == 2
+
+
+async def test_verifying_in_a_second_event_loop_during_a_fetch_raises_only_our_error(
+    client: TransactionLinkClient, server: ScriptedServer, signer: Signer
+) -> None:
+    server.script("GET", key_path(signer.kid), stall(0.5, reply(text=signer.public_pem)))
+    body = event_body(EXECUTION_ID)
+    fetching = asyncio.create_task(client.webhooks.verify(body, signer.sign(body)))
+    await eventually(lambda: len(key_requests(server)) == 1)
+
+    def in_another_loop() -> BaseException | None:
+        async def verify() -> None:
+            await client.webhooks.verify(body, signer.sign(body))
+
+        try:
+            asyncio.run(verify())
+        except BaseException as error:
+            return error
+        return None
+
+    error = await asyncio.to_thread(in_another_loop)
+
+    assert isinstance(error, WebhookVerificationError)
+    assert (await fetching).key_id == signer.kid
