@@ -57,7 +57,13 @@ class ErrorDetail:
 
 
 class TransactionLinkError(Exception):
-    """Root of every error the client raises on purpose."""
+    """Root of every error the client raises on purpose.
+
+    ``execution_id`` is set on an error that ``as_completed`` yields as the outcome of
+    one execution: the id it was given (``None`` otherwise).
+    """
+
+    execution_id: str | None = None
 
     def __reduce__(self) -> tuple[object, ...]:
         # Errors cross process boundaries (ProcessPoolExecutor, multiprocessing), and

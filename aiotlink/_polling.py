@@ -293,7 +293,7 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def push(self, execution: WorkflowExecution) -> None:
+    def push(self, execution: WorkflowExecution, execution_id: str = "") -> None:
         if not (self.every_change or execution.is_terminal):
             return
         if self._next is None:
@@ -304,7 +304,7 @@ class Subscription:
             self._more.append(execution)
         self._wake()
 
-    def fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException, execution_id: str = "") -> None:
         if self._error is None:  # the first reason to stop is the one given
             self._error = error
         self._wake()
@@ -343,6 +343,71 @@ class Subscription:
         return self._waiter
 
 
+Outcome = WorkflowExecution | TransactionLinkError
+
+
+class Batch:
+    """Many executions followed for one consumer (``as_completed``): one subscriber for all.
+
+    Registered on each execution's shared poll like a :class:`Subscription`, the same
+    object on every poll, so that following 100,000 executions adds one object, not
+    100,000. Per execution it keeps one entry in :attr:`following`, a dict of ids to
+    counts: str keys and int values, which CPython's cyclic collector does not track
+    (benchmarks/NOTES.md, "as_completed"). Outcomes wait in a queue until consumed;
+    one future at a time wakes the consumer.
+    """
+
+    __slots__ = ("_waiter", "closed", "every_change", "following", "outcomes", "schedule")
+
+    def __init__(self, schedule: PollSchedule) -> None:
+        self.schedule = schedule
+        self.every_change = False  # only the end of each execution
+        # Each execution followed, with how many times it was given and not yet yielded.
+        self.following: dict[str, int] = {}
+        self.outcomes: deque[tuple[Outcome, int]] = deque()
+        self.closed: TransactionLinkError | None = None  # the client closed: all ends
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, execution: WorkflowExecution, execution_id: str = "") -> None:
+        if execution.is_terminal:
+            self.settle(execution_id, execution)
+
+    def fail(self, error: BaseException, execution_id: str = "") -> None:
+        if isinstance(error, TransactionLinkError):
+            error.execution_id = execution_id
+            self.settle(execution_id, error)
+
+    def settle(self, execution_id: str, outcome: Outcome) -> None:
+        """Queue ``outcome`` once for every time ``execution_id`` was given."""
+        count = self.following.pop(execution_id, 0)
+        if count:
+            self.outcomes.append((outcome, count))
+            self._wake()
+
+    def end(self, error: TransactionLinkError) -> None:
+        """Stop everything: ``error`` (the client closed) is raised to the consumer."""
+        if self.closed is None:
+            self.closed = error
+        self._wake()
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future done when there is an outcome to take, or the batch has ended."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        if self.outcomes or self.closed is not None:
+            self._waiter.set_result(None)
+        return self._waiter
+
+    def wake(self) -> None:
+        """Wake the consumer (its deadline has come: it times the rest out)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    _wake = wake
+
+
+Subscriber = Subscription | Batch
+
+
 class _SharedPoll:
     """The poll loop of one execution id, shared by every waiter on it.
 
@@ -372,7 +437,7 @@ class _SharedPoll:
         self.execution_id = execution_id
         # Mostly one waiter, kept as it is: a list would be one more object per
         # execution for the full collections to walk. Once a list, always a list.
-        self._subscribers: Subscription | list[Subscription] | None = None
+        self._subscribers: Subscriber | list[Subscriber] | None = None
         self.last_status: WorkflowStatus | None = None
         self.last_body: bytes | None = None
         self.interval = 0.0
@@ -399,14 +464,14 @@ class _SharedPoll:
         # Ordered by the time of the next poll, for the poller's timeline of polls.
         return self.due < other.due
 
-    def subscribers(self) -> list[Subscription]:
+    def subscribers(self) -> list[Subscriber]:
         """The waiters on this id."""
         subscribers = self._subscribers
         if subscribers is None:
             return []
         return subscribers if isinstance(subscribers, list) else [subscribers]
 
-    def add(self, subscription: Subscription) -> None:
+    def add(self, subscription: Subscriber) -> None:
         subscribers = self._subscribers
         if subscribers is None:
             self._subscribers = subscription
@@ -415,7 +480,7 @@ class _SharedPoll:
         else:
             self._subscribers = [subscribers, subscription]
 
-    def remove(self, subscription: Subscription) -> bool:
+    def remove(self, subscription: Subscriber) -> bool:
         """Take a waiter off; whether any are left."""
         subscribers = self._subscribers
         if isinstance(subscribers, list):
@@ -537,7 +602,10 @@ class Poller:
         for poll in list(self._polls.values()):
             self._stop(poll)
             for subscription in poll.subscribers():
-                subscription.fail(error())
+                if isinstance(subscription, Batch):
+                    subscription.end(error())
+                else:
+                    subscription.fail(error())
 
     @property
     def active_polls(self) -> int:
@@ -570,18 +638,7 @@ class Poller:
             if deadline <= now:  # the wait's turn took all of its time
                 raise WaitTimeoutError(None if poll is None else poll.last_seen(), timeout)
         if poll is None:
-            self._loop = asyncio.get_running_loop()
-            poll = self._polls[execution_id] = _SharedPoll(execution_id)
-            poll.interval = schedule.poll_interval
-            if self._queued:
-                # More waits are queued to come in: held until all are in, so that no
-                # answer of theirs lands between them and their objects lie side by
-                # side in memory. CPython's full collections walk those about twice as
-                # fast as objects scattered among answers (benchmarks/NOTES.md, "10,000
-                # waiters, fourth look").
-                self._held.append(poll)
-            else:
-                self._start(poll)
+            poll = self._new_poll(execution_id, schedule)
         else:
             self._hasten(poll, schedule)
         subscription = Subscription(poll, schedule, deadline, timeout, every_change=every_change)
@@ -595,6 +652,45 @@ class Poller:
         if deadline is not None:
             self._deadlines.add(subscription)
         return subscription
+
+    def _new_poll(self, execution_id: str, schedule: PollSchedule) -> _SharedPoll:
+        """Start following ``execution_id``: its first lookup at once, or once admitted."""
+        self._loop = asyncio.get_running_loop()
+        poll = self._polls[execution_id] = _SharedPoll(execution_id)
+        poll.interval = schedule.poll_interval
+        if self._queued:
+            # More waits are queued to come in: held until all are in, so that no
+            # answer of theirs lands between them and their objects lie side by side in
+            # memory. CPython's full collections walk those about twice as fast as
+            # objects scattered among answers (benchmarks/NOTES.md, "10,000 waiters,
+            # fourth look").
+            self._held.append(poll)
+        else:
+            self._start(poll)
+        return poll
+
+    def join(self, batch: Batch, execution_id: str) -> None:
+        """Follow ``execution_id`` for ``batch`` too; its end goes to ``batch.settle``."""
+        if self.closed is not None:
+            raise self.closed()
+        poll = self._polls.get(execution_id)
+        if poll is None:
+            poll = self._new_poll(execution_id, batch.schedule)
+        else:
+            self._hasten(poll, batch.schedule)
+        poll.add(batch)
+
+    def leave(self, batch: Batch, execution_id: str) -> WorkflowExecution | None:
+        """Stop following ``execution_id`` for ``batch``: the last execution seen, if any.
+
+        The last follower to leave stops the poll loop and its request.
+        """
+        poll = self._polls.get(execution_id)
+        if poll is None or batch not in poll.subscribers():
+            return None
+        if not poll.remove(batch) and not poll.stopped:
+            self._stop(poll)
+        return poll.last_seen()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop following; the last waiter to leave stops the poll loop and its request."""
@@ -753,7 +849,7 @@ class Poller:
         if not _is_transient(error):
             self._stop(poll)
             for subscription in poll.subscribers():
-                subscription.fail(error)
+                subscription.fail(error, poll.execution_id)
             return
         # The session layer has already retried this poll: skip it and keep waiting.
         logger.warning("polling execution %s failed, will poll again: %s", poll.execution_id, error)
@@ -769,7 +865,7 @@ class Poller:
             poll.last_status, poll.last_body = execution.status, lookup.body
             poll.interval = schedule.poll_interval
             for subscription in poll.subscribers():
-                subscription.push(execution)
+                subscription.push(execution, poll.execution_id)
         else:
             poll.interval = schedule.next_interval(poll.interval)
         if execution.is_terminal:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -43,10 +43,12 @@ from ._models import (
     WorkflowStatus,
 )
 from ._polling import (
+    ADMITTED_PER_ITERATION,
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_FACTOR,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_SCHEDULE,
+    Batch,
     Lookup,
     Poller,
     PollSchedule,
@@ -73,6 +75,57 @@ def _log_failed_wait(execution_id: object, error: TransactionLinkError) -> None:
         logger.info("gave up waiting for execution %s: %s", execution_id, error)
     else:
         logger.info("waiting for execution %s failed: %s", execution_id, error)
+
+
+def iter_of(name: str, values: Iterable[Any]) -> Iterator[Any]:
+    """An iterator over ``values``, else TypeError naming the argument (a str is refused)."""
+    if isinstance(values, str | bytes):
+        raise TypeError(f"{name} must be an iterable of ids, not a single {type(values).__name__}")
+    try:
+        return iter(values)
+    except TypeError:
+        problem = f"{name} must be an iterable of ids, got {type(values).__name__}"
+    raise TypeError(problem)
+
+
+def _follow_more(
+    poller: Poller,
+    batch: Batch,
+    ids: Iterator[Any],
+    timeout: float | None,
+    deadline: float | None,
+    loop: asyncio.AbstractEventLoop,
+) -> bool:
+    """Read and follow up to ADMITTED_PER_ITERATION more ids; whether any may be left."""
+    for _ in range(ADMITTED_PER_ITERATION):
+        try:
+            given = next(ids)
+        except StopIteration:
+            return False
+        execution_id = check_execution_id(given)
+        count = batch.following.get(execution_id, 0)
+        batch.following[execution_id] = count + 1
+        if count:
+            continue  # followed already: yielded once more when it ends
+        if deadline is not None and loop.time() >= deadline:
+            assert timeout is not None
+            _time_out_one(poller, batch, execution_id, timeout)
+            continue
+        poller.join(batch, execution_id)
+    return True
+
+
+def _time_out(poller: Poller, batch: Batch, timeout: float | None) -> None:
+    """Past the batch's deadline: every execution still followed times out."""
+    assert timeout is not None
+    for execution_id in list(batch.following):
+        _time_out_one(poller, batch, execution_id, timeout)
+
+
+def _time_out_one(poller: Poller, batch: Batch, execution_id: str, timeout: float) -> None:
+    error = WaitTimeoutError(poller.leave(batch, execution_id), timeout)
+    error.execution_id = execution_id
+    batch.settle(execution_id, error)
 
 
 def poll_schedule(
@@ -499,6 +552,69 @@ class Workflows:
             assert timeout is not None
             raise WaitTimeoutError(execution, timeout) from exc
         return RunResult(execution, result)
+
+    async def as_completed(
+        self,
+        execution_ids: Iterable[str | UUID],
+        *,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+    ) -> AsyncGenerator[WorkflowExecution | TransactionLinkError, None]:
+        """Follow many executions; yield each one's outcome as it finishes.
+
+        The outcome is the terminal execution (whatever its status: nothing is raised
+        for FAILED or CANCELLED), or the error that ended its following, as a value:
+        ``WaitTimeoutError`` past ``timeout`` (one deadline, in seconds, for the whole
+        batch), ``NotFoundError``, ``PermissionDeniedError``, ... Such an error's
+        ``execution_id`` is the id it is for. Every id given is yielded once per time it
+        was given: an id given twice is followed once and yielded twice.
+
+        ``execution_ids`` may be any iterable, a lazy one included: ids are read and
+        followed a thousand per event-loop iteration, never all up front. Polling is
+        that of :meth:`wait_for_completion`: shared with every other wait on the same
+        id, within the client's connection limit, ``Retry-After`` honoured, nudged by
+        webhooks. Breaking out of the loop (or cancelling the task that iterates) stops
+        every poll it started. Returns an async generator; its arguments are checked
+        when it first runs.
+
+        Raises:
+            ValueError: a malformed argument or id (when it is read). ClientClosedError:
+            the client was closed.
+        """
+        schedule = poll_schedule(poll_interval, max_poll_interval, DEFAULT_POLL_FACTOR)
+        timeout = check_seconds("timeout", timeout, allow_none=True)
+        ids = iter_of("execution_ids", execution_ids)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        poller = self._poller
+        batch = Batch(schedule)
+        timer = None if deadline is None else loop.call_at(deadline, batch.wake)
+        reading = True
+        try:
+            while True:
+                if deadline is not None and loop.time() >= deadline:
+                    _time_out(poller, batch, timeout)
+                if reading:
+                    reading = _follow_more(poller, batch, ids, timeout, deadline, loop)
+                while batch.outcomes:
+                    outcome, count = batch.outcomes.popleft()
+                    for _ in range(count):
+                        yield outcome
+                if batch.closed is not None:
+                    raise batch.closed
+                if not reading and not batch.following:
+                    return
+                if reading:
+                    await asyncio.sleep(0)  # the next thousand ids in the next iteration
+                else:
+                    await batch.changed()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            for execution_id in batch.following:
+                poller.leave(batch, execution_id)
+            batch.following.clear()
 
     def nudge(
         self, execution_id: str | UUID, *, status: WorkflowStatus | str | None = None

@@ -1,4 +1,8 @@
-"""10,000 concurrent wait_for_completion calls in one process, against the fake server.
+"""10,000 (or 100,000) concurrent waits in one process, against the fake server.
+
+Two ways to wait with aiotlink are measured: ``wait_for_completion`` per execution, all
+under ``asyncio.gather`` (side ``aiotlink``), and one ``as_completed`` over every id
+(side ``as_completed``).
 
 The fake runs in its own process (``python -m aiotlink.testing``) so that its work does
 not count against the client. Reports: whether every wait returned COMPLETED, peak RSS,
@@ -14,7 +18,11 @@ tasks that only await a future. Each side runs in a process of its own, so that 
 inherits another's heap, and each round starts with another side.
 
     python benchmarks/waiters.py                            # 10,000 waiters, 3 rounds
+    python benchmarks/waiters.py --waiters 100000 --rounds 1 --step-seconds 40
     python benchmarks/waiters.py --waiters 200 --rounds 1   # a quick smoke run
+
+At 100,000, setting up the executions takes about half a minute: ``--step-seconds``
+must be longer than that, or the early executions end before their waits begin.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from aiotlink._polling import DEFAULT_POLL_FACTOR, JITTER, PollSchedule
 # kyc-background walks INITIALISED, RUNNING, COMPLETED: one step per STEP_SECONDS, long
 # enough that every wait sees a status change after initialising 10,000 executions.
 STEP_SECONDS = 8.0
+SIDES = ("aiotlink", "as_completed", "aiohttp", "floor")
 CONNECTION_LIMIT = 100
 TERMINAL_STATUSES = frozenset(status.value for status in WorkflowStatus if status.is_terminal)
 
@@ -134,7 +143,7 @@ async def future_waiter(future: asyncio.Future[None]) -> None:
 
 
 async def run(
-    side: str, waiters: int, poll_interval: float, max_poll_interval: float
+    side: str, waiters: int, poll_interval: float, max_poll_interval: float, step_seconds: float
 ) -> dict[str, Any]:
     counts = {"connections": 0, "requests": 0}
 
@@ -147,7 +156,7 @@ async def run(
     tracing = aiohttp.TraceConfig()
     tracing.on_connection_create_end.append(on_connection)
     tracing.on_request_start.append(on_request)
-    async with fake_server_process("--step-seconds", str(STEP_SECONDS)) as fake:
+    async with fake_server_process("--step-seconds", str(step_seconds)) as fake:
         # A session of ours only to count connections and requests; the client's
         # connection_limit still bounds its polls in flight.
         session = aiohttp.ClientSession(
@@ -179,6 +188,7 @@ async def run(
             gc.callbacks.append(collections)
             ticker = asyncio.create_task(loop_lags(stop, lags))
             started = time.monotonic()
+            deadline = 120 + 3 * step_seconds
             if side == "aiotlink":
                 executions = await asyncio.gather(
                     *(
@@ -186,15 +196,24 @@ async def run(
                             execution_id,
                             poll_interval=poll_interval,
                             max_poll_interval=max_poll_interval,
-                            timeout=120,
+                            timeout=deadline,
                         )
                         for execution_id in ids
                     )
                 )
                 statuses = [execution.status.value for execution in executions]
+            elif side == "as_completed":
+                statuses = []
+                async for outcome in client.workflows.as_completed(
+                    ids,
+                    poll_interval=poll_interval,
+                    max_poll_interval=max_poll_interval,
+                    timeout=deadline,
+                ):
+                    statuses.append(getattr(outcome, "status", outcome))
             else:
                 schedule = PollSchedule(poll_interval, max_poll_interval, DEFAULT_POLL_FACTOR)
-                async with asyncio.timeout(120):
+                async with asyncio.timeout(deadline):
                     statuses = await asyncio.gather(
                         *(
                             raw_aiohttp_wait(session, f"{fake.url}/workflows/{id_}", schedule)
@@ -207,7 +226,7 @@ async def run(
             gc.callbacks.remove(collections)
     polls = counts["requests"] - requests_before
     bound = implied_polls(
-        STEP_SECONDS, 2 * STEP_SECONDS, PollSchedule(poll_interval, max_poll_interval)
+        step_seconds, 2 * step_seconds, PollSchedule(poll_interval, max_poll_interval)
     )
     report = {
         "waiters": waiters,
@@ -242,7 +261,7 @@ RATIO_MEASURES = ("worst_loop_lag_ms", "peak_rss_mib", "worst_full_gc_ms")
 
 def summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Every side's measures over the rounds, the per-round ratios, and the targets."""
-    ours, theirs = rounds["aiotlink"], rounds["aiohttp"]
+    ours, batch, theirs = rounds["aiotlink"], rounds["as_completed"], rounds["aiohttp"]
 
     def side(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -257,6 +276,14 @@ def summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     report["rounds"] = len(ours)
     report["schedule_allows_per_execution"] = ours[0]["schedule_allows_per_execution"]
     report["aiohttp"] = side(theirs)
+    report["as_completed"] = side(batch)
+    report["as_completed"]["targets"] = {
+        "peak_rss_under_250_mib": report["as_completed"]["peak_rss_mib"]["max"] < 250,
+        "p99_loop_lag_under_50_ms": report["as_completed"]["p99_loop_lag_ms"]["max"] < 50,
+        "worst_loop_lag_under_300_ms": report["as_completed"]["worst_loop_lag_ms"]["max"] < 300,
+        "polls_within_schedule": report["as_completed"]["polls_per_execution"]["max"]
+        <= ours[0]["schedule_allows_per_execution"],
+    }
     for measure in RATIO_MEASURES:
         # A smoke run may see no full collection at all on either side.
         pairs = [(mine[measure], base[measure]) for mine, base in zip(ours, theirs, strict=True)]
@@ -277,7 +304,7 @@ def summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def run_side_in_process(side: str, arguments: list[str]) -> dict[str, Any]:
     """This script again, for one side: a fresh interpreter and heap per side."""
-    return run_script([sys.executable, __file__, "--side", side, *arguments], timeout=600)
+    return run_script([sys.executable, __file__, "--side", side, *arguments], timeout=1800)
 
 
 def main() -> None:
@@ -286,26 +313,33 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--max-poll-interval", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--side", choices=["aiotlink", "aiohttp", "floor"], help="run one side only, once"
-    )
+    parser.add_argument("--step-seconds", type=float, default=STEP_SECONDS)
+    parser.add_argument("--side", choices=SIDES, help="run one side only, once")
     args = parser.parse_args()
     if args.side == "floor":
         print(json.dumps(rounded(asyncio.run(asyncio_floor(args.waiters)), 2)))
         return
     if args.side:
         report = asyncio.run(
-            run(args.side, args.waiters, args.poll_interval, args.max_poll_interval)
+            run(
+                args.side,
+                args.waiters,
+                args.poll_interval,
+                args.max_poll_interval,
+                args.step_seconds,
+            )
         )
         print(json.dumps(rounded(report, 2)))
         return
     arguments = ["--waiters", str(args.waiters), "--poll-interval", str(args.poll_interval)]
     arguments += ["--max-poll-interval", str(args.max_poll_interval)]
-    sides = ["aiotlink", "aiohttp", "floor"]
+    arguments += ["--step-seconds", str(args.step_seconds)]
+    sides = list(SIDES)
     rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for number in range(args.rounds):
         # Each round starts with another side, each side in a fresh process.
-        for side in sides[number % 3 :] + sides[: number % 3]:
+        start = number % len(sides)
+        for side in sides[start:] + sides[:start]:
             rounds[side].append(run_side_in_process(side, arguments))
     print(json.dumps(rounded(summarise(rounds), 2), indent=2))
 

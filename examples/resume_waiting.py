@@ -14,10 +14,11 @@ import argparse
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from aiotlink import TransactionLinkClient, WaitTimeoutError
+from aiotlink import TransactionLinkClient, WaitTimeoutError, WorkflowExecution
 
 BASE_URL = os.environ.get("TRANSACTIONLINK_BASE_URL", "https://api.transactionlink.io")
 
@@ -48,23 +49,25 @@ async def resume(state: Path, timeout: float, poll_interval: float) -> None:
     pending = [id_ for id_, entry in data["executions"].items() if not entry["done"]]
     print(f"resuming {len(pending)} of {len(data['executions'])}")
     async with TransactionLinkClient(base_url=BASE_URL) as client:
-
-        async def follow(execution_id: str) -> None:
-            entry = data["executions"][execution_id]
-            try:
-                execution = await client.workflows.wait_for_completion(
-                    execution_id,
-                    timeout=timeout,
-                    poll_interval=poll_interval,
-                    raise_on_failure=False,
-                )
-            except WaitTimeoutError as timed_out:
-                if timed_out.execution is not None:
-                    entry["status"] = timed_out.execution.status.value
-                return
-            entry.update(status=execution.status.value, done=True)
-
-        await asyncio.gather(*(follow(execution_id) for execution_id in pending))
+        # One iterator for the whole batch: no task per execution. Outcomes are recorded
+        # as they come and saved at least once a second, so an interrupted resume loses
+        # at most a second of them (and those are simply looked up again next time).
+        last_saved = time.monotonic()
+        async for outcome in client.workflows.as_completed(
+            pending, timeout=timeout, poll_interval=poll_interval
+        ):
+            if isinstance(outcome, WorkflowExecution):
+                entry = data["executions"][outcome.id]
+                entry.update(status=outcome.status.value, done=True)
+            elif isinstance(outcome, WaitTimeoutError):
+                entry = data["executions"][outcome.execution_id]
+                if outcome.execution is not None:  # still running: resume again later
+                    entry["status"] = outcome.execution.status.value
+            else:  # could not be looked up (deleted, no permission): say so, keep it
+                data["executions"][outcome.execution_id]["error"] = str(outcome)
+            if time.monotonic() - last_saved > 1:
+                save(state, data)
+                last_saved = time.monotonic()
     save(state, data)
     done = sum(entry["done"] for entry in data["executions"].values())
     print(f"{done} of {len(data['executions'])} finished")

@@ -1,10 +1,11 @@
-"""Run a list of executions through a bounded pool of asyncio workers; sum up outcomes.
+"""Start many executions from a bounded pool of workers, then follow them all; sum up.
 
     TRANSACTIONLINK_TOKEN=tot_... python examples/worker_pool.py <definition-id> ... \
         [--count 1000] [--concurrency 50]
 
-Each job is ``client.workflows.run()``: initialise, wait, fetch the result, under one
-deadline. Definitions given are used in turn.
+The workers only start executions (at most ``--concurrency`` requests at once); one
+``as_completed`` then follows every execution, without a task per execution, and each
+outcome is counted as it comes. Definitions given are used in turn.
 """
 
 from __future__ import annotations
@@ -20,34 +21,25 @@ from aiotlink import (
     TransactionLinkClient,
     TransactionLinkError,
     WaitTimeoutError,
-    WorkflowFailedError,
+    WorkflowExecution,
 )
 
 BASE_URL = os.environ.get("TRANSACTIONLINK_BASE_URL", "https://api.transactionlink.io")
 
 
-async def worker(
+async def starter(
     client: TransactionLinkClient,
     jobs: asyncio.Queue[tuple[int, str]],
+    started: list[str],
     outcomes: collections.Counter[str],
-    poll_interval: float,
 ) -> None:
     while True:
         number, definition_id = await jobs.get()
         try:
-            run = await client.workflows.run(
-                definition_id,
-                parameters={"job": number},
-                timeout=300,
-                poll_interval=poll_interval,
-            )
-            outcomes[run.execution.status.value] += 1
-        except WorkflowFailedError as failed:
-            outcomes[failed.status.value] += 1
-        except WaitTimeoutError:
-            outcomes["still running at the deadline"] += 1
+            execution = await client.workflows.initialise(definition_id, parameters={"job": number})
+            started.append(execution.id)
         except TransactionLinkError as error:
-            outcomes[f"error: {type(error).__name__}"] += 1
+            outcomes[f"not started: {type(error).__name__}"] += 1
         except Exception as error:  # a bug must not kill the worker and stall the pool
             outcomes[f"unexpected: {type(error).__name__}"] += 1
         finally:
@@ -59,20 +51,30 @@ async def main(definitions: list[str], count: int, concurrency: int, poll_interv
     for number, definition_id in zip(range(count), itertools.cycle(definitions), strict=False):
         jobs.put_nowait((number, definition_id))
     outcomes: collections.Counter[str] = collections.Counter()
-    started = time.monotonic()
+    began = time.monotonic()
     async with TransactionLinkClient(base_url=BASE_URL) as client:
+        started: list[str] = []
         workers = [
-            asyncio.create_task(worker(client, jobs, outcomes, poll_interval))
+            asyncio.create_task(starter(client, jobs, started, outcomes))
             for _ in range(concurrency)
         ]
         await jobs.join()
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-    elapsed = time.monotonic() - started
+        async for outcome in client.workflows.as_completed(
+            started, timeout=300, poll_interval=poll_interval
+        ):
+            if isinstance(outcome, WorkflowExecution):
+                outcomes[outcome.status.value] += 1  # COMPLETED, FAILED, CANCELLED, ...
+            elif isinstance(outcome, WaitTimeoutError):
+                outcomes["still running at the deadline"] += 1
+            else:
+                outcomes[f"error: {type(outcome).__name__}"] += 1
+    elapsed = time.monotonic() - began
     print(f"{count} executions in {elapsed:.1f} s with {concurrency} workers:")
-    for outcome, number in outcomes.most_common():
-        print(f"  {outcome:<32} {number}")
+    for outcome_name, number in outcomes.most_common():
+        print(f"  {outcome_name:<32} {number}")
     assert sum(outcomes.values()) == count
 
 

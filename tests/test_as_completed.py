@@ -1,0 +1,370 @@
+"""client.workflows.as_completed: one outcome per execution as it ends, on the shared polls.
+
+Against the fake TransactionLink server and scripted servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+import types
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from aiotlink import (
+    ClientClosedError,
+    NotFoundError,
+    PermissionDeniedError,
+    TransactionLinkClient,
+    TransactionLinkError,
+    WaitTimeoutError,
+    WorkflowExecution,
+    WorkflowStatus,
+)
+from aiotlink._polling import DEFAULT_SCHEDULE, Batch, Subscription
+from aiotlink.testing import FakeTransactionLink
+
+from .conftest import EXECUTION_ID, execution_body
+from .servers import ScriptedServer, eventually, reply, stall
+
+FAST = {"poll_interval": 0.01, "max_poll_interval": 0.01}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTransactionLink]:
+    async with FakeTransactionLink() as running:
+        yield running
+
+
+@pytest.fixture
+async def fake_client(fake: FakeTransactionLink) -> AsyncIterator[TransactionLinkClient]:
+    async with TransactionLinkClient(fake.token, base_url=fake.url, retry_backoff=False) as client:
+        yield client
+
+
+async def started(
+    client: TransactionLinkClient, definition: str, count: int
+) -> list[WorkflowExecution]:
+    return list(
+        await asyncio.gather(*(client.workflows.initialise(definition) for _ in range(count)))
+    )
+
+
+def status_of(outcome: WorkflowExecution | TransactionLinkError) -> WorkflowStatus:
+    assert isinstance(outcome, WorkflowExecution), outcome
+    return outcome.status
+
+
+def outcome_id(outcome: WorkflowExecution | TransactionLinkError) -> str | None:
+    return outcome.id if isinstance(outcome, WorkflowExecution) else outcome.execution_id
+
+
+async def collected(
+    client: TransactionLinkClient, ids: Any, **options: Any
+) -> list[WorkflowExecution | TransactionLinkError]:
+    async with asyncio.timeout(30):
+        return [outcome async for outcome in client.workflows.as_completed(ids, **options)]
+
+
+async def test_every_kind_of_outcome_is_yielded_as_a_value(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    done = fake.add_definition("done", statuses=["RUNNING", "COMPLETED"])
+    failing = fake.add_definition("failing", statuses=["RUNNING", "FAILED"])
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    ok, failed, stuck = [
+        (await started(fake_client, definition, 1))[0] for definition in (done, failing, endless)
+    ]
+    missing = "00000000-0000-4000-8000-000000000000"
+    limited = fake.add_token(can_view_workspace=False)
+
+    outcomes = await collected(
+        fake_client, [ok.id, failed.id, missing, stuck.id], timeout=0.5, **FAST
+    )
+
+    by_id = {outcome_id(outcome): outcome for outcome in outcomes}
+    assert len(outcomes) == 4
+    assert status_of(by_id[ok.id]) is WorkflowStatus.COMPLETED
+    assert status_of(by_id[failed.id]) is WorkflowStatus.FAILED  # a value, not raised
+    assert isinstance(by_id[missing], NotFoundError)
+    timed_out = by_id[stuck.id]
+    assert isinstance(timed_out, WaitTimeoutError)
+    assert timed_out.execution is not None
+    assert timed_out.execution.status is WorkflowStatus.RUNNING  # the last one seen
+    async with TransactionLinkClient(limited, base_url=fake.url) as other:
+        (denied,) = await collected(other, [ok.id], **FAST)
+    assert isinstance(denied, PermissionDeniedError)
+    assert denied.execution_id == ok.id
+
+
+async def test_each_id_is_yielded_once_per_time_it_was_given(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    done = fake.add_definition("done", statuses=["RUNNING", "AWAITING", "COMPLETED"])
+    executions = await started(fake_client, done, 30)
+    given = [execution.id for execution in executions] + [executions[0].id] * 2
+
+    outcomes = await collected(fake_client, given, **FAST)
+
+    assert Counter(outcome_id(outcome) for outcome in outcomes) == Counter(given)
+    assert all(status_of(outcome) is WorkflowStatus.COMPLETED for outcome in outcomes)
+    # Followed once: the duplicate id cost no more lookups than the others.
+    lookups = Counter(request.path for request in fake.requests_for("find"))
+    assert lookups[f"/workflows/{executions[0].id}"] == lookups[f"/workflows/{executions[1].id}"]
+
+
+async def test_ids_are_read_and_followed_as_they_come(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    done = fake.add_definition("done", statuses=["RUNNING", "COMPLETED"])
+    ids = [execution.id for execution in await started(fake_client, done, 50)]
+    followed_when_read: list[int] = []
+    poller = fake_client.workflows._poller
+
+    def lazily() -> Iterator[str]:
+        for number in range(2500):
+            if number % 1000 == 0:
+                followed_when_read.append(poller.active_polls)
+            yield ids[number % 50]
+
+    outcomes = await collected(fake_client, lazily(), **FAST)
+
+    assert len(outcomes) == 2500
+    # The first thousand were being followed before the second thousand was read.
+    assert followed_when_read[0] == 0
+    assert followed_when_read[1] > 0
+
+
+async def test_an_infinite_input_can_be_broken_out_of(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    done = fake.add_definition("done", statuses=["COMPLETED"])
+    ids = [execution.id for execution in await started(fake_client, done, 5)]
+
+    def forever() -> Iterator[str]:
+        while True:
+            yield from ids
+
+    got = []
+    async with asyncio.timeout(10):
+        async for outcome in fake_client.workflows.as_completed(forever(), **FAST):
+            got.append(outcome)
+            if len(got) == 3:
+                break
+
+    assert len(got) == 3
+    await eventually(lambda: fake_client.workflows._poller.active_polls == 0)
+
+
+async def test_breaking_out_stops_every_poll(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    quick = fake.add_definition("quick", statuses=["COMPLETED"])
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    first = (await started(fake_client, quick, 1))[0]
+    slow = [execution.id for execution in await started(fake_client, endless, 20)]
+
+    async with asyncio.timeout(10):
+        async for outcome in fake_client.workflows.as_completed([first.id, *slow], **FAST):
+            assert outcome_id(outcome) == first.id
+            break
+
+    poller = fake_client.workflows._poller
+    await eventually(lambda: poller.active_polls == 0)
+    lookups = len(fake.requests_for("find"))
+    await asyncio.sleep(0.1)
+    assert len(fake.requests_for("find")) == lookups  # nothing polled any more
+
+
+async def test_cancelling_the_iterating_task_stops_every_poll(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    ids = [execution.id for execution in await started(fake_client, endless, 20)]
+    poller = fake_client.workflows._poller
+
+    async def consume() -> None:
+        async for _ in fake_client.workflows.as_completed(ids, **FAST):
+            pass
+
+    task = asyncio.create_task(consume())
+    await eventually(lambda: poller.active_polls == 20)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+    assert poller.active_polls == 0
+    assert not [t for t in asyncio.all_tasks() if "_poll_once" in repr(t)]
+
+
+async def test_an_id_also_awaited_elsewhere_shares_its_poll(
+    server: ScriptedServer, client: TransactionLinkClient
+) -> None:
+    path = f"/workflows/{EXECUTION_ID}"
+    server.script(
+        "GET",
+        path,
+        reply(200, execution_body(status="RUNNING")),
+        stall(0.2, reply(200, execution_body(status="COMPLETED"))),
+    )
+
+    waited, outcomes = await asyncio.gather(
+        client.workflows.wait_for_completion(EXECUTION_ID, **FAST),
+        collected(client, [EXECUTION_ID], **FAST),
+    )
+
+    assert waited.status is WorkflowStatus.COMPLETED
+    assert [status_of(outcome) for outcome in outcomes] == [WorkflowStatus.COMPLETED]
+    assert len(server.requests_to("GET", path)) == 2  # one poll loop for both
+
+
+async def test_a_webhook_nudge_ends_it_at_once(
+    server: ScriptedServer, client: TransactionLinkClient
+) -> None:
+    path = f"/workflows/{EXECUTION_ID}"
+    server.script(
+        "GET",
+        path,
+        reply(200, execution_body(status="RUNNING")),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+
+    async def nudge_once_followed() -> None:
+        await eventually(lambda: len(server.requests_to("GET", path)) == 1)
+        await asyncio.sleep(0.05)
+        assert client.workflows.nudge(EXECUTION_ID, status="AWAITING") is True  # wakes no one
+        await asyncio.sleep(0.05)
+        assert client.workflows.nudge(EXECUTION_ID, status="COMPLETED") is True
+
+    async with asyncio.timeout(10):  # its next poll is a minute away
+        outcomes, _ = await asyncio.gather(
+            collected(client, [EXECUTION_ID], poll_interval=60), nudge_once_followed()
+        )
+
+    assert [status_of(outcome) for outcome in outcomes] == [WorkflowStatus.COMPLETED]
+    assert len(server.requests_to("GET", path)) == 2
+
+
+async def test_past_the_timeout_every_execution_left_times_out(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    ids = [execution.id for execution in await started(fake_client, endless, 10)]
+
+    def then_more() -> Iterator[str]:
+        yield from ids
+        yield ids[0]  # given twice: timed out twice
+
+    outcomes = await collected(fake_client, then_more(), timeout=0.3, **FAST)
+
+    assert len(outcomes) == 11
+    assert all(isinstance(outcome, WaitTimeoutError) for outcome in outcomes)
+    assert Counter(outcome_id(outcome) for outcome in outcomes)[ids[0]] == 2
+    assert fake_client.workflows._poller.active_polls == 0
+
+
+async def test_ids_read_after_the_deadline_time_out_at_once(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    ids = [execution.id for execution in await started(fake_client, endless, 3)]
+
+    def slowly() -> Iterator[str]:
+        yield ids[0]
+        time.sleep(0.3)  # a slow source: the batch's deadline passes meanwhile
+        yield from ids[1:]
+
+    outcomes = await collected(fake_client, slowly(), timeout=0.2, poll_interval=60)
+
+    assert [type(outcome) for outcome in outcomes] == [WaitTimeoutError] * 3
+    looked_up = {request.path for request in fake.requests_for("find")}
+    assert not looked_up & {f"/workflows/{late}" for late in ids[1:]}  # never looked up
+
+
+async def test_closing_the_client_ends_it_with_client_closed_error(
+    fake: FakeTransactionLink,
+) -> None:
+    client = TransactionLinkClient(fake.token, base_url=fake.url)
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    ids = [execution.id for execution in await started(client, endless, 5)]
+
+    async def consume() -> list[Any]:
+        return [outcome async for outcome in client.workflows.as_completed(ids, **FAST)]
+
+    task = asyncio.create_task(consume())
+    await eventually(lambda: client.workflows._poller.active_polls == 5)
+    await client.close()
+
+    with pytest.raises(ClientClosedError):
+        await task
+    with pytest.raises(ClientClosedError):
+        await collected(client, ids)
+
+
+@pytest.mark.parametrize(
+    ("ids", "error", "problem"),
+    [
+        (EXECUTION_ID, TypeError, "not a single str"),
+        (42, TypeError, "iterable of ids"),
+        ([EXECUTION_ID, "a/b"], ValueError, "execution_id"),
+        ([None], ValueError, "execution_id"),
+    ],
+)
+async def test_bad_input_is_refused(
+    client: TransactionLinkClient, ids: Any, error: type[Exception], problem: str
+) -> None:
+    with pytest.raises(error, match=problem):
+        await collected(client, ids)
+    assert client.workflows._poller.active_polls == 0
+
+
+@pytest.mark.parametrize("options", [{"timeout": -1}, {"poll_interval": 0}])
+async def test_bad_options_are_refused(client: TransactionLinkClient, options: Any) -> None:
+    with pytest.raises(ValueError, match=next(iter(options))):
+        await collected(client, [EXECUTION_ID], **options)
+
+
+async def test_an_empty_input_yields_nothing(client: TransactionLinkClient) -> None:
+    assert await collected(client, []) == []
+    assert await collected(client, iter(())) == []
+
+
+def futures_tasks_and_coroutines() -> int:
+    """How many futures, tasks, coroutines and subscriptions are alive: per-wait objects."""
+    kinds = (asyncio.Future, Subscription, types.CoroutineType)
+    return sum(1 for alive in gc.get_objects() if isinstance(alive, kinds))
+
+
+async def test_ten_thousand_executions_through_one_iterator(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    done = fake.add_definition("done", statuses=["RUNNING", "COMPLETED"])
+    executions = await started(fake_client, done, 10_000)
+
+    seen: Counter[str] = Counter()
+    per_wait_objects = []
+    async with asyncio.timeout(120):
+        async for outcome in fake_client.workflows.as_completed(
+            (execution.id for execution in executions), poll_interval=0.05
+        ):
+            seen[status_of(outcome).value] += 1
+            if sum(seen.values()) in (1, 5000):
+                per_wait_objects.append(futures_tasks_and_coroutines())
+
+    assert seen == {"COMPLETED": 10_000}
+    # No future, task, coroutine or subscription per execution: those in flight only
+    # (at most the connection limit of polls, and the server's handlers).
+    assert max(per_wait_objects) < 1_000
+    assert len(fake.requests_for("find")) <= 3 * 10_000
+
+
+def test_a_batch_keeps_its_ids_where_the_collector_does_not_look() -> None:
+    batch = Batch(DEFAULT_SCHEDULE)
+    for number in range(1000):
+        batch.following[f"id-{number}"] = 1
+    assert not gc.is_tracked(batch.following)
