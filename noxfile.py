@@ -44,7 +44,7 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run every benchmark and write benchmarks/RESULTS.md (on purpose: about 12 minutes)."""
+    """Run every benchmark and write benchmarks/RESULTS.md (on purpose: about 25 minutes)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/report.py", *session.posargs)
 

@@ -26,6 +26,9 @@ FULL = {
     "calls": ["--calls", "5000", "--httpx-calls", "600", "--rounds", "3"],
     "decode": ["--count", "5000", "--rounds", "20"],
     "waiters": ["--waiters", "10000"],
+    # as_completed's measure: setting up 100,000 executions takes about half a minute,
+    # so each step of theirs is longer than that.
+    "waiters_100k": ["--waiters", "100000", "--rounds", "1", "--step-seconds", "40"],
     "download": ["--mib", "1024", "--rounds", "6"],
     "webhooks": ["--executions", "1000", "--spread", "30", "--rounds", "1"],
 }
@@ -40,11 +43,16 @@ LIBRARIES = ("aiotlink", "aiohttp", "yarl", "attrs", "cattrs", "msgspec", "tenac
 LIBRARIES += ("pydantic", "pydantic-core", "joserfc", "cryptography")
 
 
+# Measures that run a script of another name.
+SCRIPTS = {"waiters_100k": "waiters"}
+
+
 def run_benchmark(name: str, arguments: list[str]) -> dict[str, Any]:
-    """Run ``benchmarks/<name>.py`` in its own process; its JSON report."""
-    print(f"running {name} {' '.join(arguments)}", flush=True)
+    """Run the benchmark's script in its own process; its JSON report."""
+    script = SCRIPTS.get(name, name)
+    print(f"running {script} {' '.join(arguments)}", flush=True)
     started = time.monotonic()
-    report = run_script([sys.executable, str(HERE / f"{name}.py"), *arguments], timeout=1800)
+    report = run_script([sys.executable, str(HERE / f"{script}.py"), *arguments], timeout=3600)
     report["seconds"] = round(time.monotonic() - started)
     return report
 
@@ -130,42 +138,45 @@ def decode_section(report: dict[str, Any]) -> list[str]:
 
 
 def waiters_section(report: dict[str, Any]) -> list[str]:
-    baseline = report["aiohttp"]
+    baseline, batch = report["aiohttp"], report["as_completed"]
 
-    def both(key: str, digits: int = 0) -> str:
-        return f"{cell(report[key], digits)} | {cell(baseline[key], digits)}"
+    def sides(key: str, digits: int = 0) -> str:
+        return " | ".join(cell(side[key], digits) for side in (report, batch, baseline))
 
     def ratio(key: str) -> str:
         value = report[f"{key}_vs_aiohttp"]
         return "" if value is None else cell(value, 2)
 
     allows = report["schedule_allows_per_execution"]
+    completed = " | ".join(str(side["all_completed"]) for side in (report, batch, baseline))
     rows = [
-        ("all returned COMPLETED", f"{report['all_completed']} | {baseline['all_completed']}", ""),
-        ("wait, seconds", both("wait_seconds", 1), ""),
-        ("peak RSS, MiB", both("peak_rss_mib"), ratio("peak_rss_mib")),
-        ("connections opened", both("connections_opened"), ""),
+        ("all returned COMPLETED", completed, ""),
+        ("wait, seconds", sides("wait_seconds", 1), ""),
+        ("peak RSS, MiB", sides("peak_rss_mib"), ratio("peak_rss_mib")),
+        ("connections opened", sides("connections_opened"), ""),
         (
             f"polls per execution (the schedule allows {allows})",
-            both("polls_per_execution", 2),
+            sides("polls_per_execution", 2),
             "",
         ),
-        ("worst loop lag, ms", both("worst_loop_lag_ms"), ratio("worst_loop_lag_ms")),
-        ("p99 loop lag, ms", both("p99_loop_lag_ms"), ""),
-        ("full GC collections", both("full_gc_collections"), ""),
-        ("worst full GC pause, ms", both("worst_full_gc_ms"), ratio("worst_full_gc_ms")),
+        ("worst loop lag, ms", sides("worst_loop_lag_ms"), ratio("worst_loop_lag_ms")),
+        ("p99 loop lag, ms", sides("p99_loop_lag_ms"), ""),
+        ("full GC collections", sides("full_gc_collections"), ""),
+        ("worst full GC pause, ms", sides("worst_full_gc_ms"), ratio("worst_full_gc_ms")),
     ]
     lines = [
-        f"## {report['waiters']:,} concurrent `wait_for_completion` calls",
+        f"## {report['waiters']:,} concurrent waits: `wait_for_completion` and `as_completed`",
         "",
         f"{report['rounds']} round{'s' if report['rounds'] != 1 else ''}, each side in a fresh"
         " process, each round starting with",
-        "another side. The baseline is where the team's design/PERFORMANCE.md started: raw",
-        "aiohttp, a task per execution that GETs, decodes and sleeps on the same schedule, on",
-        "one session with the same connection limit.",
+        "another side. `wait_for_completion`: one call per execution under `asyncio.gather`;",
+        "`as_completed`: one iterator over every id. The baseline is where the team's",
+        "design/PERFORMANCE.md started: raw aiohttp, a task per execution that GETs, decodes",
+        "and sleeps on the same schedule, on one session with the same connection limit.",
         "",
-        "| measure | aiotlink | raw aiohttp | aiotlink / aiohttp |",
-        "|---|---:|---:|---:|",
+        "| measure | wait_for_completion | as_completed | raw aiohttp | wait_for_completion"
+        " / aiohttp |",
+        "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {name} | {values} | {ratio_} |" for name, values, ratio_ in rows]
     floor = cell(report["asyncio_floor_worst_loop_lag_ms"], 0)
@@ -356,6 +367,19 @@ def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
         ("download worst loop lag < 50 ms (max)", download["aiotlink_worst_loop_lag_ms"]["max"],
          download["targets"]["loop_lag_under_50_ms"]),
     ]  # fmt: skip
+    if "waiters_100k" in reports:
+        batch = reports["waiters_100k"]["as_completed"]
+        met_100k = batch["targets"]
+        rows += [
+            ("100,000 as_completed: peak RSS < 250 MiB (max)", batch["peak_rss_mib"]["max"],
+             met_100k["peak_rss_under_250_mib"]),
+            ("100,000 as_completed: p99 loop lag < 50 ms (max)",
+             batch["p99_loop_lag_ms"]["max"], met_100k["p99_loop_lag_under_50_ms"]),
+            ("100,000 as_completed: worst loop lag < 300 ms (max)",
+             batch["worst_loop_lag_ms"]["max"], met_100k["worst_loop_lag_under_300_ms"]),
+            ("100,000 as_completed: polls within the schedule (max)",
+             batch["polls_per_execution"]["max"], met_100k["polls_within_schedule"]),
+        ]  # fmt: skip
     rows += concurrent_target_rows(download.get("concurrent", []))
     hooks = reports["webhooks"]
     hooked, met = hooks["webhooks"], hooks["targets"]
@@ -398,6 +422,7 @@ def write(reports: dict[str, dict[str, Any]], target: Path, smoke: bool) -> None
         *calls_section(reports["calls"]),
         *decode_section(reports["decode"]),
         *waiters_section(reports["waiters"]),
+        *(waiters_section(reports["waiters_100k"]) if "waiters_100k" in reports else []),
         *download_section(reports["download"]),
         *webhooks_section(reports["webhooks"]),
     ]
