@@ -431,6 +431,7 @@ class _SharedPoll:
         "started_at",
         "stopped",
         "task",
+        "waiting",
     )
 
     def __init__(self, execution_id: str) -> None:
@@ -455,6 +456,9 @@ class _SharedPoll:
         self.task: asyncio.Task[None] | None = None
         self.started_at = -math.inf  # loop time the last lookup started
         self.stopped = False
+        # In the poller's queue for a connection (_ready): a nudge may start it from
+        # the urgent queue first, and its entry in _ready is then skipped.
+        self.waiting = False
 
     @property
     def when(self) -> float:
@@ -580,6 +584,8 @@ class Poller:
 
     def _release_held(self) -> None:
         """Queue the held first lookups for a connection, and start what fits."""
+        for poll in self._held:
+            poll.waiting = True
         self._ready.extend(self._held)
         self._held.clear()
         self._start_ready()
@@ -719,6 +725,7 @@ class Poller:
         if poll.stopped:
             return
         if self._in_flight >= self._max_in_flight:
+            poll.waiting = True
             self._ready.append(poll)
             return
         self._in_flight += 1
@@ -738,7 +745,8 @@ class Poller:
                 poll = self._ready.popleft()
             else:
                 return
-            if poll.task is None and not poll.scheduled:  # else started from the other queue
+            if poll.waiting:  # else started from the other queue already
+                poll.waiting = False
                 self._start(poll)
 
     def _schedule(self, poll: _SharedPoll, retry_after: float | None) -> None:
@@ -805,11 +813,13 @@ class Poller:
                 return True
         if poll.task is not None:
             poll.nudged = True
-        elif not poll.scheduled:
-            # Queued for a connection (or held for admission): first in line, once.
+        elif poll.waiting:
+            # Queued for a connection: first in line, once.
             if not poll.nudged:
                 poll.nudged = True
                 self._urgent.append(poll)
+        elif not poll.scheduled:
+            pass  # held for admission: its first lookup comes within a few iterations
         else:
             now = asyncio.get_running_loop().time()
             due = max(now, poll.not_before, poll.started_at + NUDGE_MIN_GAP)

@@ -804,7 +804,8 @@ async def test_a_nudge_reaches_the_waits_of_every_view(
 ) -> None:
     script_statuses(server, "RUNNING", "RUNNING", "COMPLETED")
     view = client.with_options(timeout=7)
-    await client.workflows.find(EXECUTION_ID)  # the client's own poller exists, unused
+    await client.workflows.find(EXECUTION_ID)
+    assert client.workflows._poller.active_polls == 0  # the client's own poller: unused
     wait = asyncio.create_task(view.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
     await eventually(lambda: lookups() == 2)
     await asyncio.sleep(0.05)
@@ -812,3 +813,25 @@ async def test_a_nudge_reaches_the_waits_of_every_view(
     assert client.workflows.nudge(EXECUTION_ID) is True
     async with asyncio.timeout(10):
         assert (await wait).status is WorkflowStatus.COMPLETED
+
+
+async def test_a_queued_nudge_costs_one_lookup_not_two(server: ScriptedServer) -> None:
+    first, nudged = EXECUTION_ID, "00000000-0000-4000-8000-000000000009"
+    server.script(
+        "GET", f"/workflows/{first}", stall(0.2, reply(200, execution_body(status="COMPLETED")))
+    )
+    server.script("GET", f"/workflows/{nudged}", reply(200, execution_body(status="RUNNING")))
+    async with TransactionLinkClient(TOKEN, base_url=server.url, connection_limit=1) as client:
+        waits = [
+            asyncio.create_task(client.workflows.wait_for_completion(id_, poll_interval=60))
+            for id_ in (first, nudged)
+        ]
+        await eventually(lambda: len(server.seen) == 1)  # the first holds the one connection
+        client.workflows.nudge(nudged)  # queued: its coming lookup answers the nudge
+        await eventually(lambda: len(server.requests_to("GET", f"/workflows/{nudged}")) == 1)
+        await asyncio.sleep(0.3)
+
+        assert len(server.requests_to("GET", f"/workflows/{nudged}")) == 1
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
