@@ -159,13 +159,7 @@ def parse_signature(value: object) -> Signature:
     header_segment, payload_segment, signature_segment = segments
     if payload_segment:
         raise WebhookVerificationError("the signature carries a payload: it must be detached")
-    header_bytes = _base64url("header", header_segment)
-    try:
-        header = parse_json(header_bytes)
-    except ValueError:
-        header = None
-    if not isinstance(header, dict):
-        raise WebhookVerificationError("the signature's header is not a JSON object")
+    header = _json_object(_base64url("header", header_segment), "the signature's header")
     algorithm = header.get("alg")
     if algorithm != ALGORITHM:
         shown = algorithm if isinstance(algorithm, str) and len(algorithm) <= 16 else "?"
@@ -180,6 +174,17 @@ def parse_signature(value: object) -> Signature:
         # An RS256 signature is as long as the key's modulus.
         raise WebhookVerificationError("the signature's length fits no accepted key")
     return Signature(f"{header_segment}..{signature_segment}", key_id.lower())
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object, else WebhookVerificationError saying ``what`` is not one."""
+    try:
+        value = parse_json(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise WebhookVerificationError(f"{what} is not a JSON object")
+    return value
 
 
 def _base64url(name: str, segment: str) -> bytes:
@@ -353,12 +358,7 @@ class WebhookKeys:
 
 def event_of(body: bytes, key_id: str) -> WebhookEvent:
     """The event a verified body announces; WebhookVerificationError if not a JSON object."""
-    try:
-        payload = parse_json(body)
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
-        raise WebhookVerificationError("the signed body is not a JSON object")
+    payload = _json_object(body, "the signed body")
     status = payload.get("status")
     return WebhookEvent(
         payload=payload,

@@ -10,6 +10,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -117,3 +118,19 @@ def rounded(report: Any, digits: int = 3) -> Any:
     if isinstance(report, list):
         return [rounded(value, digits) for value in report]
     return report
+
+
+class FullCollections:
+    """Counts and times CPython's full (generation 2) collections while in gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)

@@ -38,7 +38,15 @@ import time
 from typing import Any
 
 import aiohttp
-from _common import TICK, TOKEN, fake_server_process, rounded, run_script, spread
+from _common import (
+    TICK,
+    TOKEN,
+    FullCollections,
+    fake_server_process,
+    rounded,
+    run_script,
+    spread,
+)
 
 from aiotlink import TransactionLinkClient, WorkflowStatus
 from aiotlink._polling import DEFAULT_POLL_FACTOR, JITTER, PollSchedule
@@ -71,22 +79,6 @@ def implied_polls(change_after: float, ends_after: float, schedule: PollSchedule
         else:
             interval = schedule.next_interval(interval)
     return polls
-
-
-class FullCollections:
-    """Times CPython's full (generation 2) collections while installed in gc.callbacks."""
-
-    def __init__(self) -> None:
-        self.pauses: list[float] = []
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.pauses.append(time.perf_counter() - self._started)
 
 
 async def loop_lags(stop: asyncio.Event, lags: list[float]) -> None:

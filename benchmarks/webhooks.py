@@ -47,7 +47,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from _common import Meters, rounded, run_script, spread
+from _common import FullCollections, Meters, rounded, run_script, spread
 from aiohttp import web
 
 from aiotlink import TransactionLinkClient, WebhookEvent
@@ -78,22 +78,6 @@ def distribution_ms(seconds: Sequence[float]) -> dict[str, float]:
         "p99": nearest_rank(seconds, 0.99) * 1000,
         "max": max(seconds) * 1000,
     }
-
-
-class FullCollections:
-    """Counts and times CPython's full collections while installed in gc.callbacks."""
-
-    def __init__(self) -> None:
-        self.pauses: list[float] = []
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.pauses.append(time.perf_counter() - self._started)
 
 
 async def serve(handler: Any) -> tuple[web.AppRunner, str]:

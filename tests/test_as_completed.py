@@ -55,6 +55,10 @@ async def started(
     )
 
 
+async def started_ids(client: TransactionLinkClient, definition: str, count: int) -> list[str]:
+    return [execution.id for execution in await started(client, definition, count)]
+
+
 def status_of(outcome: WorkflowExecution | TransactionLinkError) -> WorkflowStatus:
     assert isinstance(outcome, WorkflowExecution), outcome
     return outcome.status
@@ -122,7 +126,7 @@ async def test_ids_are_read_and_followed_as_they_come(
     fake: FakeTransactionLink, fake_client: TransactionLinkClient
 ) -> None:
     done = fake.add_definition("done", statuses=["RUNNING", "COMPLETED"])
-    ids = [execution.id for execution in await started(fake_client, done, 50)]
+    ids = await started_ids(fake_client, done, 50)
     followed_when_read: list[int] = []
     poller = fake_client.workflows._poller
 
@@ -144,7 +148,7 @@ async def test_an_infinite_input_can_be_broken_out_of(
     fake: FakeTransactionLink, fake_client: TransactionLinkClient
 ) -> None:
     done = fake.add_definition("done", statuses=["COMPLETED"])
-    ids = [execution.id for execution in await started(fake_client, done, 5)]
+    ids = await started_ids(fake_client, done, 5)
 
     def forever() -> Iterator[str]:
         while True:
@@ -167,7 +171,7 @@ async def test_breaking_out_stops_every_poll(
     quick = fake.add_definition("quick", statuses=["COMPLETED"])
     endless = fake.add_definition("endless", statuses=["RUNNING"])
     first = (await started(fake_client, quick, 1))[0]
-    slow = [execution.id for execution in await started(fake_client, endless, 20)]
+    slow = await started_ids(fake_client, endless, 20)
 
     async with asyncio.timeout(10):
         async for outcome in fake_client.workflows.as_completed([first.id, *slow], **FAST):
@@ -185,7 +189,7 @@ async def test_cancelling_the_iterating_task_stops_every_poll(
     fake: FakeTransactionLink, fake_client: TransactionLinkClient
 ) -> None:
     endless = fake.add_definition("endless", statuses=["RUNNING"])
-    ids = [execution.id for execution in await started(fake_client, endless, 20)]
+    ids = await started_ids(fake_client, endless, 20)
     poller = fake_client.workflows._poller
 
     async def consume() -> None:
@@ -254,7 +258,7 @@ async def test_past_the_timeout_every_execution_left_times_out(
     fake: FakeTransactionLink, fake_client: TransactionLinkClient
 ) -> None:
     endless = fake.add_definition("endless", statuses=["RUNNING"])
-    ids = [execution.id for execution in await started(fake_client, endless, 10)]
+    ids = await started_ids(fake_client, endless, 10)
 
     def then_more() -> Iterator[str]:
         yield from ids
@@ -272,7 +276,7 @@ async def test_ids_read_after_the_deadline_time_out_at_once(
     fake: FakeTransactionLink, fake_client: TransactionLinkClient
 ) -> None:
     endless = fake.add_definition("endless", statuses=["RUNNING"])
-    ids = [execution.id for execution in await started(fake_client, endless, 3)]
+    ids = await started_ids(fake_client, endless, 3)
 
     def slowly() -> Iterator[str]:
         yield ids[0]
@@ -291,7 +295,7 @@ async def test_closing_the_client_ends_it_with_client_closed_error(
 ) -> None:
     client = TransactionLinkClient(fake.token, base_url=fake.url)
     endless = fake.add_definition("endless", statuses=["RUNNING"])
-    ids = [execution.id for execution in await started(client, endless, 5)]
+    ids = await started_ids(client, endless, 5)
 
     async def consume() -> list[Any]:
         return [outcome async for outcome in client.workflows.as_completed(ids, **FAST)]
