@@ -357,7 +357,15 @@ class Batch:
     one future at a time wakes the consumer.
     """
 
-    __slots__ = ("_waiter", "closed", "every_change", "following", "outcomes", "schedule")
+    __slots__ = (
+        "_waiter",
+        "closed",
+        "every_change",
+        "expired",
+        "following",
+        "outcomes",
+        "schedule",
+    )
 
     def __init__(self, schedule: PollSchedule) -> None:
         self.schedule = schedule
@@ -365,7 +373,10 @@ class Batch:
         # Each execution followed, with how many times it was given and not yet yielded.
         self.following: dict[str, int] = {}
         self.outcomes: deque[tuple[Outcome, int]] = deque()
-        self.closed: TransactionLinkError | None = None  # the client closed: all ends
+        # Raised to the consumer, ending the batch: the client closed (or, a bug, an error
+        # that is not a TransactionLinkError ended a poll).
+        self.closed: BaseException | None = None
+        self.expired = False  # its deadline has passed: everything left times out
         self._waiter: asyncio.Future[None] | None = None
 
     def push(self, execution: WorkflowExecution, execution_id: str = "") -> None:
@@ -373,9 +384,11 @@ class Batch:
             self.settle(execution_id, execution)
 
     def fail(self, error: BaseException, execution_id: str = "") -> None:
-        if isinstance(error, TransactionLinkError):
-            error.execution_id = execution_id
-            self.settle(execution_id, error)
+        if not isinstance(error, TransactionLinkError):
+            self.end(error)  # not an outcome of one execution: everyone must hear of it
+            return
+        error.execution_id = execution_id
+        self.settle(execution_id, error)
 
     def settle(self, execution_id: str, outcome: Outcome) -> None:
         """Queue ``outcome`` once for every time ``execution_id`` was given."""
@@ -384,7 +397,7 @@ class Batch:
             self.outcomes.append((outcome, count))
             self._wake()
 
-    def end(self, error: TransactionLinkError) -> None:
+    def end(self, error: BaseException) -> None:
         """Stop everything: ``error`` (the client closed) is raised to the consumer."""
         if self.closed is None:
             self.closed = error
@@ -393,16 +406,18 @@ class Batch:
     def changed(self) -> asyncio.Future[None]:
         """A future done when there is an outcome to take, or the batch has ended."""
         self._waiter = asyncio.get_running_loop().create_future()
-        if self.outcomes or self.closed is not None:
+        if self.outcomes or self.closed is not None or self.expired:
             self._waiter.set_result(None)
         return self._waiter
 
-    def wake(self) -> None:
-        """Wake the consumer (its deadline has come: it times the rest out)."""
+    def expire(self) -> None:
+        """The batch's deadline has come: wake the consumer to time the rest out."""
+        self.expired = True
+        self._wake()
+
+    def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-
-    _wake = wake
 
 
 Subscriber = Subscription | Batch

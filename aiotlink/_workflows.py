@@ -107,7 +107,7 @@ def _follow_more(
         batch.following[execution_id] = count + 1
         if count:
             continue  # followed already: yielded once more when it ends
-        if deadline is not None and loop.time() >= deadline:
+        if batch.expired or (deadline is not None and loop.time() >= deadline):
             assert timeout is not None
             _time_out_one(poller, batch, execution_id, timeout)
             continue
@@ -589,11 +589,14 @@ class Workflows:
         deadline = None if timeout is None else loop.time() + timeout
         poller = self._poller
         batch = Batch(schedule)
-        timer = None if deadline is None else loop.call_at(deadline, batch.wake)
+        # The timer marks the deadline passed: it may fire a hair before the loop's clock
+        # reads the deadline, and a check of the clock alone would then wait for ever.
+        timer = None if deadline is None else loop.call_at(deadline, batch.expire)
         reading = True
         try:
             while True:
-                if deadline is not None and loop.time() >= deadline:
+                if batch.expired or (deadline is not None and loop.time() >= deadline):
+                    batch.expired = True
                     _time_out(poller, batch, timeout)
                 if reading:
                     reading = _follow_more(poller, batch, ids, timeout, deadline, loop)

@@ -372,3 +372,36 @@ def test_a_batch_keeps_its_ids_where_the_collector_does_not_look() -> None:
     for number in range(1000):
         batch.following[f"id-{number}"] = 1
     assert not gc.is_tracked(batch.following)
+
+
+async def test_a_deadline_timer_that_fires_a_hair_early_still_times_out(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    ids = await started_ids(fake_client, endless, 3)
+    loop = asyncio.get_running_loop()
+    call_at = loop.call_at
+    # Timers may run up to the clock's resolution early; here, 50 ms early.
+    monkeypatch.setattr(
+        loop, "call_at", lambda when, *rest, **options: call_at(when - 0.05, *rest, **options)
+    )
+
+    outcomes = await collected(fake_client, ids, timeout=0.3, poll_interval=60)
+
+    assert [type(outcome) for outcome in outcomes] == [WaitTimeoutError] * 3
+
+
+async def test_an_error_that_is_not_ours_ends_the_iteration_rather_than_hang(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = fake.add_definition("done", statuses=["RUNNING", "COMPLETED"])
+    ids = await started_ids(fake_client, done, 3)
+
+    async def broken(execution_id: str) -> Any:
+        raise KeyError(execution_id)  # a bug below the poller, say
+
+    monkeypatch.setattr(fake_client.workflows._poller, "_fetch", broken)
+
+    with pytest.raises(KeyError):
+        await collected(fake_client, ids, **FAST)
+    assert fake_client.workflows._poller.active_polls == 0
