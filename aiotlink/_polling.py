@@ -658,6 +658,7 @@ class Poller:
             deadline = (now if since is None else since) + timeout
             if deadline <= now:  # the wait's turn took all of its time
                 raise WaitTimeoutError(None if poll is None else poll.last_seen(), timeout)
+        new = poll is None
         if poll is None:
             poll = self._new_poll(execution_id, schedule)
         else:
@@ -672,13 +673,23 @@ class Poller:
             subscription.push(last)
         if deadline is not None:
             self._deadlines.add(subscription)
+        if new:
+            self._first_lookup(poll)
         return subscription
 
     def _new_poll(self, execution_id: str, schedule: PollSchedule) -> _SharedPoll:
-        """Start following ``execution_id``: its first lookup at once, or once admitted."""
+        """A poll loop for ``execution_id``, not started: see :meth:`_first_lookup`."""
         self._loop = asyncio.get_running_loop()
         poll = self._polls[execution_id] = _SharedPoll(execution_id)
         poll.interval = schedule.poll_interval
+        return poll
+
+    def _first_lookup(self, poll: _SharedPoll) -> None:
+        """Start a new poll: its first lookup at once, or once waits are admitted.
+
+        Called once its first waiter is on it: with an eager task factory the lookup
+        may run, and fail, before this returns, and its outcome must reach the waiter.
+        """
         if self._queued:
             # More waits are queued to come in: held until all are in, so that no
             # answer of theirs lands between them and their objects lie side by side in
@@ -688,7 +699,6 @@ class Poller:
             self._held.append(poll)
         else:
             self._start(poll)
-        return poll
 
     def join(self, batch: Batch, execution_id: str) -> None:
         """Follow ``execution_id`` for ``batch`` too; its end goes to ``batch.settle``."""
@@ -697,9 +707,11 @@ class Poller:
         poll = self._polls.get(execution_id)
         if poll is None:
             poll = self._new_poll(execution_id, batch.schedule)
+            poll.add(batch)
+            self._first_lookup(poll)
         else:
             self._hasten(poll, batch.schedule)
-        poll.add(batch)
+            poll.add(batch)
 
     def leave(self, batch: Batch, execution_id: str) -> WorkflowExecution | None:
         """Stop following ``execution_id`` for ``batch``: the last execution seen, if any.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import os
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
@@ -116,9 +117,13 @@ def _follow_more(
 
 
 def _time_out(poller: Poller, batch: Batch, timeout: float | None) -> None:
-    """Past the batch's deadline: every execution still followed times out."""
+    """Past the batch's deadline: up to a thousand executions still followed time out.
+
+    A thousand per event-loop iteration: each decodes its last answer, and 100,000 at
+    once would stall the loop for seconds.
+    """
     assert timeout is not None
-    for execution_id in list(batch.following):
+    for execution_id in list(itertools.islice(batch.following, ADMITTED_PER_ITERATION)):
         _time_out_one(poller, batch, execution_id, timeout)
 
 
@@ -597,7 +602,7 @@ class Workflows:
             while True:
                 if batch.expired or (deadline is not None and loop.time() >= deadline):
                     batch.expired = True
-                    _time_out(poller, batch, timeout)
+                    _time_out(poller, batch, timeout)  # a thousand at a time
                 if reading:
                     reading = _follow_more(poller, batch, ids, timeout, deadline, loop)
                 while batch.outcomes:
@@ -608,8 +613,8 @@ class Workflows:
                     raise batch.closed
                 if not reading and not batch.following:
                     return
-                if reading:
-                    await asyncio.sleep(0)  # the next thousand ids in the next iteration
+                if reading or (batch.expired and batch.following):
+                    await asyncio.sleep(0)  # the next thousand in the next iteration
                 else:
                     await batch.changed()
         finally:

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import time
 import types
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -405,3 +406,83 @@ async def test_an_error_that_is_not_ours_ends_the_iteration_rather_than_hang(
     with pytest.raises(KeyError):
         await collected(fake_client, ids, **FAST)
     assert fake_client.workflows._poller.active_polls == 0
+
+
+# What a review found: these hung, or no test caught their check.
+
+
+async def test_a_deadline_passing_while_the_consumer_is_busy_still_times_out(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    quick = fake.add_definition("quick", statuses=["COMPLETED"])
+    endless = fake.add_definition("endless", statuses=["RUNNING"])
+    ids = [*await started_ids(fake_client, quick, 1), *await started_ids(fake_client, endless, 2)]
+
+    kinds = []
+    async with asyncio.timeout(5):
+        async for outcome in fake_client.workflows.as_completed(ids, timeout=0.3, **FAST):
+            kinds.append(type(outcome))
+            await asyncio.sleep(0.5)  # busy past the deadline, inside the loop body
+
+    assert kinds == [WorkflowExecution, WaitTimeoutError, WaitTimeoutError]
+
+
+async def test_an_id_read_late_that_a_wait_follows_times_out(
+    server: ScriptedServer, client: TransactionLinkClient
+) -> None:
+    path = f"/workflows/{EXECUTION_ID}"
+    server.script("GET", path, reply(200, execution_body(status="RUNNING")))
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, **FAST))
+    await eventually(lambda: server.requests_to("GET", path))
+
+    def late() -> Iterator[str]:
+        time.sleep(0.25)  # past the deadline
+        yield EXECUTION_ID
+
+    outcomes = await collected(client, late(), timeout=0.2)
+
+    assert [type(outcome) for outcome in outcomes] == [WaitTimeoutError]
+    assert not wait.done()  # the wait's poll goes on
+    wait.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
+
+
+async def test_joining_a_rare_poll_brings_its_next_lookup_forward(
+    server: ScriptedServer, client: TransactionLinkClient
+) -> None:
+    path = f"/workflows/{EXECUTION_ID}"
+    server.script(
+        "GET",
+        path,
+        reply(200, execution_body(status="RUNNING")),
+        reply(200, execution_body(status="COMPLETED")),
+    )
+    wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
+    await eventually(lambda: server.requests_to("GET", path))
+    await asyncio.sleep(0.05)
+
+    async with asyncio.timeout(5):  # its next poll was a minute away
+        outcomes = await collected(client, [EXECUTION_ID], **FAST)
+        await wait
+
+    assert [status_of(outcome) for outcome in outcomes] == [WorkflowStatus.COMPLETED]
+
+
+async def test_ids_read_after_the_deadline_start_no_poll(
+    server: ScriptedServer, client: TransactionLinkClient
+) -> None:
+    path = f"/workflows/{EXECUTION_ID}"
+    server.script("GET", path, reply(200, execution_body(status="RUNNING")))
+    late = [str(uuid.uuid4()) for _ in range(2500)]  # more than read in one turn
+
+    def ids() -> Iterator[str]:
+        yield EXECUTION_ID
+        time.sleep(0.25)
+        yield from late
+
+    outcomes = await collected(client, ids(), timeout=0.2, poll_interval=60)
+
+    assert len(outcomes) == 2501
+    assert all(isinstance(outcome, WaitTimeoutError) for outcome in outcomes)
+    assert {seen.path for seen in server.seen} <= {path}  # none of the late ones looked up
