@@ -60,6 +60,13 @@ async def started_ids(client: TransactionLinkClient, definition: str, count: int
     return [execution.id for execution in await started(client, definition, count)]
 
 
+def script_statuses(server: ScriptedServer, *statuses: str) -> str:
+    """Answer lookups of EXECUTION_ID with ``statuses`` in turn; the path looked up."""
+    path = f"/workflows/{EXECUTION_ID}"
+    server.script("GET", path, *(reply(200, execution_body(status=status)) for status in statuses))
+    return path
+
+
 def status_of(outcome: WorkflowExecution | TransactionLinkError) -> WorkflowStatus:
     assert isinstance(outcome, WorkflowExecution), outcome
     return outcome.status
@@ -231,13 +238,7 @@ async def test_an_id_also_awaited_elsewhere_shares_its_poll(
 async def test_a_webhook_nudge_ends_it_at_once(
     server: ScriptedServer, client: TransactionLinkClient
 ) -> None:
-    path = f"/workflows/{EXECUTION_ID}"
-    server.script(
-        "GET",
-        path,
-        reply(200, execution_body(status="RUNNING")),
-        reply(200, execution_body(status="COMPLETED")),
-    )
+    path = script_statuses(server, "RUNNING", "COMPLETED")
 
     async def nudge_once_followed() -> None:
         await eventually(lambda: len(server.requests_to("GET", path)) == 1)
@@ -430,8 +431,7 @@ async def test_a_deadline_passing_while_the_consumer_is_busy_still_times_out(
 async def test_an_id_read_late_that_a_wait_follows_times_out(
     server: ScriptedServer, client: TransactionLinkClient
 ) -> None:
-    path = f"/workflows/{EXECUTION_ID}"
-    server.script("GET", path, reply(200, execution_body(status="RUNNING")))
+    path = script_statuses(server, "RUNNING")
     wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, **FAST))
     await eventually(lambda: server.requests_to("GET", path))
 
@@ -451,13 +451,7 @@ async def test_an_id_read_late_that_a_wait_follows_times_out(
 async def test_joining_a_rare_poll_brings_its_next_lookup_forward(
     server: ScriptedServer, client: TransactionLinkClient
 ) -> None:
-    path = f"/workflows/{EXECUTION_ID}"
-    server.script(
-        "GET",
-        path,
-        reply(200, execution_body(status="RUNNING")),
-        reply(200, execution_body(status="COMPLETED")),
-    )
+    path = script_statuses(server, "RUNNING", "COMPLETED")
     wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID, poll_interval=60))
     await eventually(lambda: server.requests_to("GET", path))
     await asyncio.sleep(0.05)
@@ -472,8 +466,7 @@ async def test_joining_a_rare_poll_brings_its_next_lookup_forward(
 async def test_ids_read_after_the_deadline_start_no_poll(
     server: ScriptedServer, client: TransactionLinkClient
 ) -> None:
-    path = f"/workflows/{EXECUTION_ID}"
-    server.script("GET", path, reply(200, execution_body(status="RUNNING")))
+    path = script_statuses(server, "RUNNING")
     late = [str(uuid.uuid4()) for _ in range(2500)]  # more than read in one turn
 
     def ids() -> Iterator[str]:
