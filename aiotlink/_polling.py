@@ -1,11 +1,12 @@
 """Polling executions until they end: the schedule, and one shared poll loop per id.
 
 Many waiters may follow the same execution (or thousands of different ones). Each
-execution id has one :class:`_SharedPoll`, started from one timeline of due polls
-rather than by a sleeping task per waiter, and every waiter is a small
-:class:`Subscription` woken by a future. At 10,000 waiters this keeps the number of
-long-lived, GC-tracked objects (and so the pauses of CPython's cyclic collector) low;
-see the team's design notes, design/PERFORMANCE.md. Waits started together come in
+execution id has one poll loop, its state a few entries in the dicts of a
+:class:`_PollTable`, started from one timeline of due polls rather than by a sleeping
+task per waiter; every waiter is a small :class:`Subscription` woken by a future, and
+one ``as_completed`` is one :class:`Batch` for all of its executions. This keeps the
+number of long-lived, GC-tracked objects (and so the pauses of CPython's cyclic
+collector) low; see the team's design notes, design/PERFORMANCE.md. Waits started together come in
 by turns, a batch per event-loop iteration (:meth:`Poller.admission`).
 """
 
@@ -15,12 +16,13 @@ import asyncio
 import contextlib
 import contextvars
 import heapq
+import itertools
 import logging
 import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -134,38 +136,27 @@ class DeadlinePassed(Exception):
     """A waiter's deadline passed before the execution ended (internal signal)."""
 
 
-class _Timed(Protocol):
-    """What a :class:`_Timeline` holds: ``when``, a time of the loop's clock.
-
-    ``__lt__`` must order items by ``when``: the heap orders by one, the timer by the
-    other.
-    """
-
-    @property
-    def when(self) -> float: ...
-
-    def __lt__(self, other: Any, /) -> bool: ...
+_ItemT = TypeVar("_ItemT")
 
 
-_TimedT = TypeVar("_TimedT", bound=_Timed)
-
-
-class _Timeline(Generic[_TimedT]):
+class _Timeline(Generic[_ItemT]):
     """Items that fall due at times of the event loop's clock: one heap, one timer.
 
     A timer handle per item would be three more long-lived objects (handle, arguments,
     bound method) for each of thousands of waiters or polls, made anew at every poll,
-    for CPython's cyclic collector to walk (the team's design/PERFORMANCE.md). An item
-    that is no longer wanted (``is_live`` says so) stays until it comes up and is
-    skipped, or until the heap outgrows twice the owner's count of live items
-    (``live_count()``).
+    for CPython's cyclic collector to walk (the team's design/PERFORMANCE.md). The heap
+    holds ``(when, serial, item)`` tuples; ``serial`` keeps the order of items due at
+    the same time and spares comparing the items. An entry that is no longer wanted
+    (``is_live(when, item)`` says so) stays until it comes up and is skipped, or until
+    the heap outgrows twice the owner's count of live items (``live_count()``): so an
+    item falls due earlier by being added again, with no pass over the heap.
     """
 
     def __init__(
         self,
-        fire: Callable[[_TimedT], None],
+        fire: Callable[[_ItemT], None],
         *,
-        is_live: Callable[[_TimedT], bool],
+        is_live: Callable[[float, _ItemT], bool],
         live_count: Callable[[], int],
         context: contextvars.Context,
     ) -> None:
@@ -173,35 +164,21 @@ class _Timeline(Generic[_TimedT]):
         self._is_live = is_live
         self._live_count = live_count
         self._context = context
-        self._heap: list[_TimedT] = []
+        self._heap: list[tuple[float, int, _ItemT]] = []
+        self._serials = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, item: _TimedT) -> None:
-        """Fire ``item`` once the loop's clock reaches ``item.when``, if still live then.
-
-        An item must not be added again while it is in the timeline.
-        """
+    def add(self, when: float, item: _ItemT) -> None:
+        """Fire ``item`` once the loop's clock reaches ``when``, if still live then."""
         if len(self._heap) > 2 * self._live_count() + 64:
-            self._heap = [queued for queued in self._heap if self._is_live(queued)]
+            self._heap = [entry for entry in self._heap if self._is_live(entry[0], entry[2])]
             heapq.heapify(self._heap)
-        heapq.heappush(self._heap, item)
-        if self._heap[0] is item:
-            self._arm()
-
-    def move_earlier(self, item: _TimedT, set_when: Callable[[], None]) -> None:
-        """Re-key ``item``, already in the timeline, by ``set_when()`` to fall due earlier.
-
-        Costs a pass over the heap: for the rare waiter that joins a poll loop with a
-        more eager schedule, never on the path of every poll.
-        """
-        self._heap.remove(item)
-        set_when()
-        heapq.heapify(self._heap)
-        heapq.heappush(self._heap, item)
-        if self._heap[0] is item:
+        entry = (when, next(self._serials), item)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
             self._arm()
 
     def clear(self) -> None:
@@ -217,7 +194,7 @@ class _Timeline(Generic[_TimedT]):
             self._timer = None
         if self._heap:
             loop = asyncio.get_running_loop()
-            when = self._heap[0].when
+            when = self._heap[0][0]
             self._timer = loop.call_at(when, self._due, when, context=self._context)
 
     def _due(self, armed_for: float) -> None:
@@ -226,9 +203,9 @@ class _Timeline(Generic[_TimedT]):
         now = max(asyncio.get_running_loop().time(), armed_for)
         self._timer = None
         try:
-            while self._heap and self._heap[0].when <= now:
-                item = heapq.heappop(self._heap)
-                if self._is_live(item):
+            while self._heap and self._heap[0][0] <= now:
+                when, _, item = heapq.heappop(self._heap)
+                if self._is_live(when, item):
                     self._fire(item)
         finally:
             # Re-armed even if firing one item failed, or the others would wait forever.
@@ -249,25 +226,28 @@ class Subscription:
         "_error",
         "_more",
         "_next",
-        "_poll",
+        "_poller",
         "_waiter",
         "active",
         "deadline",
         "every_change",
+        "execution_id",
         "schedule",
         "timeout",
     )
 
     def __init__(
         self,
-        poll: _SharedPoll,
+        poller: Poller,
+        execution_id: str,
         schedule: PollSchedule,
         deadline: float | None = None,
         timeout: float | None = None,
         *,
         every_change: bool = True,
     ) -> None:
-        self._poll = poll
+        self._poller = poller
+        self.execution_id = execution_id
         # False: only a terminal change is kept and wakes the waiter.
         self.every_change = every_change
         self.active = True
@@ -280,14 +260,6 @@ class Subscription:
         self._more: deque[WorkflowExecution] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
-
-    @property
-    def when(self) -> float:
-        return self.deadline
-
-    def __lt__(self, other: Subscription) -> bool:
-        # Ordered by deadline, for the poller's timeline of waiters that have one.
-        return self.deadline < other.deadline
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -335,7 +307,7 @@ class Subscription:
         Asked once :meth:`take` has returned every change it was given, this is the
         last one the waiter took (or, without ``every_change``, skipped).
         """
-        return self._poll.last_seen()
+        return self._poller.last_seen(self.execution_id)
 
     def changed(self) -> asyncio.Future[None]:
         """A future done when there is something new to :meth:`take`."""
@@ -423,98 +395,108 @@ class Batch:
 Subscriber = Subscription | Batch
 
 
-class _SharedPoll:
-    """The poll loop of one execution id, shared by every waiter on it.
+class _PollTable:
+    """What the poller keeps of every execution it polls: one dict per field, by id.
 
-    It keeps the last change it saw as the answer's bytes, decoded again only when
-    needed (a waiter joining late, a deadline): a decoded execution is two objects,
-    pointing to some fifteen more, for CPython's full collections to visit, for each
-    of thousands of executions, at every collection (benchmarks/NOTES.md, "10,000
-    waiters").
+    A record object per execution (a class instance, a tuple holding an enum) is
+    something CPython's full collections visit at every collection, and its floats and
+    bytes besides: at 100,000 executions that was 100 ms a collection, some of them a
+    second (benchmarks/NOTES.md, "100,000 executions"). Dicts of str keys and float,
+    int or bytes values are never tracked by the collector, so these cost it nothing;
+    ``subscribers`` is visited, but it points to few distinct objects when one batch
+    follows them all. An execution is polled while it is in the table (in ``interval``).
     """
 
     __slots__ = (
-        "_subscribers",
         "due",
-        "execution_id",
         "interval",
         "last_body",
         "last_status",
         "not_before",
         "nudged",
-        "scheduled",
         "started_at",
-        "stopped",
-        "task",
+        "subscribers",
+        "tasks",
         "waiting",
     )
 
-    def __init__(self, execution_id: str) -> None:
-        self.execution_id = execution_id
-        # Mostly one waiter, kept as it is: a list would be one more object per
-        # execution for the full collections to walk. Once a list, always a list.
-        self._subscribers: Subscriber | list[Subscriber] | None = None
-        self.last_status: WorkflowStatus | None = None
-        self.last_body: bytes | None = None
-        self.interval = 0.0
-        # Loop time of the next poll. Set only while the poll is out of the poller's
-        # timeline (in flight or new), or by the timeline itself: a heap item's key must
-        # not change under it. ``scheduled``: in the timeline now. ``not_before``: the
-        # loop time before which the last answer's Retry-After asked not to poll.
-        self.due = 0.0
-        self.scheduled = False
-        self.not_before = 0.0
+    def __init__(self) -> None:
+        # Its waiters: mostly one, kept as it is (a list would be one more object per
+        # execution for the collections to visit). Once a list, always a list.
+        self.subscribers: dict[str, Subscriber | list[Subscriber]] = {}
+        # The gap the schedule gives after its next answer; every execution polled has one.
+        self.interval: dict[str, float] = {}
+        # Loop time of its next poll, while that is in the poller's timeline.
+        self.due: dict[str, float] = {}
+        # Loop time before which the last answer's Retry-After asked not to poll.
+        self.not_before: dict[str, float] = {}
+        # Loop time its last lookup started.
+        self.started_at: dict[str, float] = {}
+        # The last change seen, as the status and the answer's bytes, decoded again only
+        # when needed (a waiter joining late, a deadline): a decoded execution is two
+        # objects pointing to some fifteen more for the collections to visit.
+        self.last_status: dict[str, WorkflowStatus] = {}
+        self.last_body: dict[str, bytes] = {}
+        # Its lookup in flight.
+        self.tasks: dict[str, asyncio.Task[None]] = {}
         # Nudged since its last lookup started: while in flight, that answer may predate
         # what the nudge announced, so the next lookup follows it at once; while queued
         # for a connection, it is first in line.
-        self.nudged = False
-        self.task: asyncio.Task[None] | None = None
-        self.started_at = -math.inf  # loop time the last lookup started
-        self.stopped = False
-        # In the poller's queue for a connection (_ready): a nudge may start it from
-        # the urgent queue first, and its entry in _ready is then skipped.
-        self.waiting = False
+        self.nudged: set[str] = set()
+        # In the poller's queue for a connection (Poller._ready): a nudge may start it
+        # from the urgent queue first, and its entry in _ready is then skipped.
+        self.waiting: set[str] = set()
 
-    @property
-    def when(self) -> float:
-        return self.due
+    def __len__(self) -> int:
+        return len(self.interval)
 
-    def __lt__(self, other: _SharedPoll) -> bool:
-        # Ordered by the time of the next poll, for the poller's timeline of polls.
-        return self.due < other.due
+    def __contains__(self, execution_id: str) -> bool:
+        return execution_id in self.interval
 
-    def subscribers(self) -> list[Subscriber]:
-        """The waiters on this id."""
-        subscribers = self._subscribers
+    def drop(self, execution_id: str) -> None:
+        """Forget the execution; its lookup in flight, if any, is the caller's to cancel."""
+        for times in (self.interval, self.due, self.not_before, self.started_at):
+            times.pop(execution_id, None)
+        self.subscribers.pop(execution_id, None)
+        self.last_status.pop(execution_id, None)
+        self.last_body.pop(execution_id, None)
+        self.tasks.pop(execution_id, None)
+        self.nudged.discard(execution_id)
+        self.waiting.discard(execution_id)
+
+    def last_seen(self, execution_id: str) -> WorkflowExecution | None:
+        """The execution as of the last change seen, or ``None`` before the first answer."""
+        body = self.last_body.get(execution_id)
+        if body is None:
+            return None
+        # It decoded without error when it came, so decoding it again cannot fail.
+        return decode_execution(parse_json(body))
+
+    def subscribers_of(self, execution_id: str) -> list[Subscriber]:
+        """The waiters on ``execution_id``."""
+        subscribers = self.subscribers.get(execution_id)
         if subscribers is None:
             return []
         return subscribers if isinstance(subscribers, list) else [subscribers]
 
-    def add(self, subscription: Subscriber) -> None:
-        subscribers = self._subscribers
+    def subscribe(self, execution_id: str, subscriber: Subscriber) -> None:
+        subscribers = self.subscribers.get(execution_id)
         if subscribers is None:
-            self._subscribers = subscription
+            self.subscribers[execution_id] = subscriber
         elif isinstance(subscribers, list):
-            subscribers.append(subscription)
+            subscribers.append(subscriber)
         else:
-            self._subscribers = [subscribers, subscription]
+            self.subscribers[execution_id] = [subscribers, subscriber]
 
-    def remove(self, subscription: Subscriber) -> bool:
+    def unsubscribe(self, execution_id: str, subscriber: Subscriber) -> bool:
         """Take a waiter off; whether any are left."""
-        subscribers = self._subscribers
+        subscribers = self.subscribers[execution_id]
         if isinstance(subscribers, list):
-            subscribers.remove(subscription)
+            subscribers.remove(subscriber)
             return bool(subscribers)
-        assert subscribers is subscription
-        self._subscribers = None
+        assert subscribers is subscriber
+        del self.subscribers[execution_id]
         return False
-
-    def last_seen(self) -> WorkflowExecution | None:
-        """The execution as of the last change seen, or ``None`` before the first answer."""
-        if self.last_body is None:
-            return None
-        # It decoded without error when it came, so decoding it again cannot fail.
-        return decode_execution(parse_json(self.last_body))
 
 
 class Poller:
@@ -523,22 +505,26 @@ class Poller:
     ``fetch(execution_id)`` returns a :class:`Lookup`: the execution, the answer's body
     and its ``Retry-After``. Transient failures (after the session layer's own retries)
     skip a poll and back off; any other error ends the wait of every waiter on that id.
+    Each execution has one poll loop, shared by every waiter on it, kept in the
+    :class:`_PollTable` and driven by one timeline of due polls.
     """
 
     def __init__(self, fetch: Fetch, *, max_in_flight: int) -> None:
         self._fetch = fetch
         self._max_in_flight = max_in_flight
         self._in_flight = 0
-        self._polls: dict[str, _SharedPoll] = {}
-        self._ready: deque[_SharedPoll] = deque()
-        # Nudged polls waiting for a connection: served before the others (a poll may
-        # then also be in _ready, and is skipped there once started).
-        self._urgent: deque[_SharedPoll] = deque()
+        self._table = _PollTable()
+        # Ids waiting for a connection, in turn (skipped unless in _table.waiting).
+        self._ready: deque[str] = deque()
+        # Nudged ids waiting for a connection: served before the others (an id may then
+        # also be in _ready, and is skipped there once started).
+        self._urgent: deque[str] = deque()
         self._waiting = 0
         # The turns of waits not yet let in, and the first lookups held back meanwhile
-        # (Poller.admission).
+        # (Poller.admission): a dict for its order, and so that a poll stopped while
+        # held leaves no entry behind.
         self._queued: deque[asyncio.Future[None]] = deque()
-        self._held: deque[_SharedPoll] = deque()
+        self._held: dict[str, None] = {}
         # Timers run in an empty context of the poller's own, and each poll task in an
         # empty one of its own: a shared poll serves many waiters, so none of their
         # context variables may leak into it.
@@ -548,15 +534,17 @@ class Poller:
         # Set by close(): what a wait that comes later fails with.
         self.closed: Callable[[], TransactionLinkError] | None = None
         # The next poll of every execution, and the deadline of every waiter that has one.
-        self._due_polls = _Timeline(
+        # A poll's entry is live while it is the poll's due time: one brought forward
+        # leaves its old entry behind, as does a poll that stopped.
+        self._due_polls: _Timeline[str] = _Timeline(
             self._poll_due,
-            is_live=lambda poll: not poll.stopped,
-            live_count=lambda: len(self._polls),
+            is_live=lambda due, execution_id: self._table.due.get(execution_id) == due,
+            live_count=lambda: len(self._table),
             context=self._context,
         )
-        self._deadlines = _Timeline(
+        self._deadlines: _Timeline[Subscription] = _Timeline(
             self._deadline_passed,
-            is_live=lambda subscription: subscription.active,
+            is_live=lambda deadline, subscription: subscription.active,
             live_count=lambda: self._waiting,
             context=self._context,
         )
@@ -599,8 +587,7 @@ class Poller:
 
     def _release_held(self) -> None:
         """Queue the held first lookups for a connection, and start what fits."""
-        for poll in self._held:
-            poll.waiting = True
+        self._table.waiting.update(self._held)
         self._ready.extend(self._held)
         self._held.clear()
         self._start_ready()
@@ -620,18 +607,23 @@ class Poller:
         self._urgent.clear()
         self._due_polls.clear()
         self._deadlines.clear()
-        for poll in list(self._polls.values()):
-            self._stop(poll)
-            for subscription in poll.subscribers():
-                if isinstance(subscription, Batch):
-                    subscription.end(error())
+        told: set[Subscriber] = set()  # a batch follows many: told once
+        for execution_id in list(self._table.interval):
+            subscribers = self._table.subscribers_of(execution_id)
+            self._stop(execution_id)
+            for subscriber in subscribers:
+                if subscriber in told:
+                    continue
+                told.add(subscriber)
+                if isinstance(subscriber, Batch):
+                    subscriber.end(error())
                 else:
-                    subscription.fail(error())
+                    subscriber.fail(error())
 
     @property
     def active_polls(self) -> int:
         """How many executions are being polled now."""
-        return len(self._polls)
+        return len(self._table)
 
     def subscribe(
         self,
@@ -651,40 +643,39 @@ class Poller:
         """
         if self.closed is not None:
             raise self.closed()
-        poll = self._polls.get(execution_id)
         deadline = None
         if timeout is not None:
             now = asyncio.get_running_loop().time()
             deadline = (now if since is None else since) + timeout
             if deadline <= now:  # the wait's turn took all of its time
-                raise WaitTimeoutError(None if poll is None else poll.last_seen(), timeout)
-        new = poll is None
-        if poll is None:
-            poll = self._new_poll(execution_id, schedule)
+                raise WaitTimeoutError(self.last_seen(execution_id), timeout)
+        new = execution_id not in self._table
+        if new:
+            self._new_poll(execution_id, schedule)
         else:
-            self._hasten(poll, schedule)
-        subscription = Subscription(poll, schedule, deadline, timeout, every_change=every_change)
-        poll.add(subscription)
+            self._hasten(execution_id, schedule)
+        subscription = Subscription(
+            self, execution_id, schedule, deadline, timeout, every_change=every_change
+        )
+        self._table.subscribe(execution_id, subscription)
         self._waiting += 1
         # Without every_change, the last change (never terminal: that ends the poll)
         # would only be dropped.
-        last = poll.last_seen() if every_change else None
+        last = self.last_seen(execution_id) if every_change else None
         if last is not None:
             subscription.push(last)
         if deadline is not None:
-            self._deadlines.add(subscription)
+            self._deadlines.add(deadline, subscription)
         if new:
-            self._first_lookup(poll)
+            self._first_lookup(execution_id)
         return subscription
 
-    def _new_poll(self, execution_id: str, schedule: PollSchedule) -> _SharedPoll:
+    def _new_poll(self, execution_id: str, schedule: PollSchedule) -> None:
         """A poll loop for ``execution_id``, not started: see :meth:`_first_lookup`."""
         self._loop = asyncio.get_running_loop()
-        poll = self._polls[execution_id] = _SharedPoll(execution_id)
-        poll.interval = schedule.poll_interval
-        return poll
+        self._table.interval[execution_id] = schedule.poll_interval
 
-    def _first_lookup(self, poll: _SharedPoll) -> None:
+    def _first_lookup(self, execution_id: str) -> None:
         """Start a new poll: its first lookup at once, or once waits are admitted.
 
         Called once its first waiter is on it: with an eager task factory the lookup
@@ -696,34 +687,33 @@ class Poller:
             # memory. CPython's full collections walk those about twice as fast as
             # objects scattered among answers (benchmarks/NOTES.md, "10,000 waiters,
             # fourth look").
-            self._held.append(poll)
+            self._held[execution_id] = None
         else:
-            self._start(poll)
+            self._start(execution_id)
 
     def join(self, batch: Batch, execution_id: str) -> None:
         """Follow ``execution_id`` for ``batch`` too; its end goes to ``batch.settle``."""
         if self.closed is not None:
             raise self.closed()
-        poll = self._polls.get(execution_id)
-        if poll is None:
-            poll = self._new_poll(execution_id, batch.schedule)
-            poll.add(batch)
-            self._first_lookup(poll)
+        if execution_id not in self._table:
+            self._new_poll(execution_id, batch.schedule)
+            self._table.subscribe(execution_id, batch)
+            self._first_lookup(execution_id)
         else:
-            self._hasten(poll, batch.schedule)
-            poll.add(batch)
+            self._hasten(execution_id, batch.schedule)
+            self._table.subscribe(execution_id, batch)
 
     def leave(self, batch: Batch, execution_id: str) -> WorkflowExecution | None:
         """Stop following ``execution_id`` for ``batch``: the last execution seen, if any.
 
         The last follower to leave stops the poll loop and its request.
         """
-        poll = self._polls.get(execution_id)
-        if poll is None or batch not in poll.subscribers():
+        if batch not in self._table.subscribers_of(execution_id):
             return None
-        if not poll.remove(batch) and not poll.stopped:
-            self._stop(poll)
-        return poll.last_seen()
+        last = self.last_seen(execution_id)
+        if not self._table.unsubscribe(execution_id, batch):
+            self._stop(execution_id)
+        return last
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop following; the last waiter to leave stops the poll loop and its request."""
@@ -731,84 +721,98 @@ class Poller:
             return
         subscription.active = False
         self._waiting -= 1
-        poll = subscription._poll
-        if not poll.remove(subscription) and not poll.stopped:
-            self._stop(poll)
+        execution_id = subscription.execution_id
+        if subscription not in self._table.subscribers_of(execution_id):
+            return  # its poll loop has ended already (the end seen, or a failure)
+        if not self._table.unsubscribe(execution_id, subscription):
+            self._stop(execution_id)
+
+    def last_seen(self, execution_id: str) -> WorkflowExecution | None:
+        """The execution as of its poll loop's last change, or ``None`` before any."""
+        return self._table.last_seen(execution_id)
 
     @staticmethod
     def _deadline_passed(subscription: Subscription) -> None:
         subscription.fail(DeadlinePassed())
 
-    def _stop(self, poll: _SharedPoll) -> None:
-        # Only a registered poll is ever not stopped, so this removes the right one. A
-        # scheduled next poll stays in the timeline until it comes up and is skipped (or
-        # the timeline is compacted): at most a max_poll_interval, bounded in number.
-        poll.stopped = True
-        del self._polls[poll.execution_id]
-        if poll.task is not None:
-            poll.task.cancel()
+    def _stop(self, execution_id: str) -> None:
+        # Its scheduled next poll stays in the timeline until it comes up and is skipped
+        # (or the timeline is compacted): at most a max_poll_interval, bounded in number.
+        task = self._table.tasks.get(execution_id)
+        self._table.drop(execution_id)
+        self._held.pop(execution_id, None)
+        if task is not None:
+            task.cancel()
 
-    def _start(self, poll: _SharedPoll) -> None:
-        if poll.stopped:
+    def _start(self, execution_id: str) -> None:
+        if execution_id not in self._table:
             return
         if self._in_flight >= self._max_in_flight:
-            poll.waiting = True
-            self._ready.append(poll)
+            self._table.waiting.add(execution_id)
+            self._ready.append(execution_id)
             return
         self._in_flight += 1
-        poll.nudged = False  # this lookup answers every nudge so far
-        poll.started_at = asyncio.get_running_loop().time()
+        self._table.nudged.discard(execution_id)  # this lookup answers every nudge so far
+        loop = asyncio.get_running_loop()
+        self._table.started_at[execution_id] = loop.time()
         # Not the timers' context: this may run inside it (a timer, or a poll task
         # starting the next), and an eager task factory would enter it a second time.
-        poll.task = asyncio.get_running_loop().create_task(
-            self._poll_once(poll), context=contextvars.Context()
-        )
+        task = loop.create_task(self._poll_once(execution_id), context=contextvars.Context())
+        if not task.done():  # an eager task factory may have run it to its end already
+            self._table.tasks[execution_id] = task
 
     def _start_ready(self) -> None:
+        waiting = self._table.waiting
         while self._in_flight < self._max_in_flight:
             if self._urgent:
-                poll = self._urgent.popleft()
+                execution_id = self._urgent.popleft()
             elif self._ready:
-                poll = self._ready.popleft()
+                execution_id = self._ready.popleft()
             else:
                 return
-            if poll.waiting:  # else started from the other queue already
-                poll.waiting = False
-                self._start(poll)
+            if execution_id in waiting:  # else started from the other queue, or stopped
+                waiting.discard(execution_id)
+                self._start(execution_id)
 
-    def _schedule(self, poll: _SharedPoll, retry_after: float | None) -> None:
-        delay = poll_delay(poll.interval, retry_after=retry_after, random_fraction=random.random())
+    def _schedule(self, execution_id: str, retry_after: float | None) -> None:
+        table = self._table
+        delay = poll_delay(
+            table.interval[execution_id], retry_after=retry_after, random_fraction=random.random()
+        )
         now = asyncio.get_running_loop().time()
-        poll.not_before = now + honoured(retry_after)
-        if poll.nudged:  # nudged while this lookup was in flight
-            poll.nudged = False
-            delay = max(honoured(retry_after), poll.started_at + NUDGE_MIN_GAP - now)
-        poll.due = now + delay
-        poll.scheduled = True
-        self._due_polls.add(poll)
+        table.not_before[execution_id] = now + honoured(retry_after)
+        if execution_id in table.nudged:  # nudged while this lookup was in flight
+            table.nudged.discard(execution_id)
+            delay = max(honoured(retry_after), table.started_at[execution_id] + NUDGE_MIN_GAP - now)
+        self._poll_at(execution_id, now + delay)
 
-    def _poll_due(self, poll: _SharedPoll) -> None:
-        poll.scheduled = False
-        self._start(poll)
+    def _poll_at(self, execution_id: str, due: float) -> None:
+        """Set the next poll of ``execution_id`` for ``due``, a time of the loop's clock."""
+        self._table.due[execution_id] = due
+        self._due_polls.add(due, execution_id)
 
-    def _hasten(self, poll: _SharedPoll, schedule: PollSchedule) -> None:
-        """Bring ``poll``'s next poll forward to what a waiter joining with ``schedule`` asks.
+    def _poll_due(self, execution_id: str) -> None:
+        del self._table.due[execution_id]
+        self._start(execution_id)
+
+    def _hasten(self, execution_id: str, schedule: PollSchedule) -> None:
+        """Bring the next poll forward to what a waiter joining with ``schedule`` asks.
 
         A waiter that joins a poll loop in a long gap (another waiter's minute) must not
         wait out that gap. Polls in flight or queued need nothing: the answer's merged
         schedule paces the next. The last answer's Retry-After is still honoured.
         """
-        if not poll.scheduled or schedule.poll_interval >= poll.interval:
+        table = self._table
+        due = table.due.get(execution_id)
+        if due is None or schedule.poll_interval >= table.interval[execution_id]:
             return
-        poll.interval = schedule.poll_interval
-        delay = poll_delay(poll.interval, retry_after=None, random_fraction=random.random())
-        due = max(asyncio.get_running_loop().time() + delay, poll.not_before)
-        if due < poll.due:
-
-            def set_due() -> None:
-                poll.due = due
-
-            self._due_polls.move_earlier(poll, set_due)
+        table.interval[execution_id] = schedule.poll_interval
+        delay = poll_delay(
+            schedule.poll_interval, retry_after=None, random_fraction=random.random()
+        )
+        sooner = max(asyncio.get_running_loop().time() + delay, table.not_before[execution_id])
+        if sooner < due:
+            self._poll_at(execution_id, sooner)
 
     def nudge(self, execution_id: str, status: WorkflowStatus | None = None) -> bool:
         """Look ``execution_id`` up now rather than at its next poll; whether it is waited on.
@@ -823,7 +827,7 @@ class Poller:
         """
         loop = self._loop
         if loop is not None and not _running_in(loop):
-            if execution_id not in self._polls:
+            if execution_id not in self._table:
                 return False
             with contextlib.suppress(RuntimeError):  # that loop is closed: nothing to wake
                 loop.call_soon_threadsafe(self._nudge, execution_id, status, context=self._context)
@@ -831,86 +835,93 @@ class Poller:
         return self._nudge(execution_id, status)
 
     def _nudge(self, execution_id: str, status: WorkflowStatus | None) -> bool:
-        poll = self._polls.get(execution_id)
-        if poll is None:
+        table = self._table
+        if execution_id not in table:
             return False
         if status is not None and not status.is_terminal:
-            wanted = any(subscription.every_change for subscription in poll.subscribers())
-            if status == poll.last_status or not wanted:
+            subscribers = table.subscribers_of(execution_id)
+            wanted = any(subscriber.every_change for subscriber in subscribers)
+            if status == table.last_status.get(execution_id) or not wanted:
                 return True
-        if poll.task is not None:
-            poll.nudged = True
-        elif poll.waiting:
+        due = table.due.get(execution_id)
+        if execution_id in table.tasks:
+            table.nudged.add(execution_id)
+        elif execution_id in table.waiting:
             # Queued for a connection: first in line, once.
-            if not poll.nudged:
-                poll.nudged = True
-                self._urgent.append(poll)
-        elif not poll.scheduled:
-            pass  # held for admission: its first lookup comes within a few iterations
-        else:
+            if execution_id not in table.nudged:
+                table.nudged.add(execution_id)
+                self._urgent.append(execution_id)
+        elif due is not None:
             now = asyncio.get_running_loop().time()
-            due = max(now, poll.not_before, poll.started_at + NUDGE_MIN_GAP)
-            if due < poll.due:
-
-                def set_due() -> None:
-                    poll.due = due
-
-                # A pass over the heap: fine for webhook rates, one per status change.
-                self._due_polls.move_earlier(poll, set_due)
+            sooner = max(
+                now,
+                table.not_before[execution_id],
+                table.started_at[execution_id] + NUDGE_MIN_GAP,
+            )
+            if sooner < due:
+                self._poll_at(execution_id, sooner)
+        # Else held for admission: its first lookup comes within a few iterations.
         return True
 
-    async def _poll_once(self, poll: _SharedPoll) -> None:
+    async def _poll_once(self, execution_id: str) -> None:
         try:
-            lookup = await self._fetch(poll.execution_id)
+            lookup = await self._fetch(execution_id)
         except GeneratorExit:
             raise  # the event loop is closing with this poll pending: start nothing new
         except Exception as error:
-            self._release(poll)
-            self._failed(poll, error)
+            self._release(execution_id)
+            self._failed(execution_id, error)
             return
         except BaseException:  # cancelled: its waiters have all left
-            self._release(poll)
+            self._release(execution_id)
             raise
-        self._release(poll)
-        self._seen(poll, lookup)
+        self._release(execution_id)
+        self._seen(execution_id, lookup)
 
-    def _release(self, poll: _SharedPoll) -> None:
+    def _release(self, execution_id: str) -> None:
         """Give the finished request's place to the next poll that is due."""
         self._in_flight -= 1
-        poll.task = None
+        tasks = self._table.tasks
+        # Not another's: a poll stopped, then started again for the same id, has a task
+        # of its own by the time this cancelled one gets here.
+        if tasks.get(execution_id) is asyncio.current_task():
+            del tasks[execution_id]
         self._start_ready()
 
     # _failed and _seen run only for a poll that is not stopped: stopping one cancels
     # its request task, which then never gets past the await of its fetch.
-    def _failed(self, poll: _SharedPoll, error: Exception) -> None:
+    def _failed(self, execution_id: str, error: Exception) -> None:
+        subscribers = self._table.subscribers_of(execution_id)
         if not _is_transient(error):
-            self._stop(poll)
-            for subscription in poll.subscribers():
-                subscription.fail(error, poll.execution_id)
+            self._stop(execution_id)
+            for subscriber in subscribers:
+                subscriber.fail(error, execution_id)
             return
         # The session layer has already retried this poll: skip it and keep waiting.
-        logger.warning("polling execution %s failed, will poll again: %s", poll.execution_id, error)
-        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers()])
-        poll.interval = schedule.next_interval(poll.interval)
-        self._schedule(poll, error.retry_after if isinstance(error, APIError) else None)
+        logger.warning("polling execution %s failed, will poll again: %s", execution_id, error)
+        schedule = PollSchedule.merge([subscriber.schedule for subscriber in subscribers])
+        interval = self._table.interval
+        interval[execution_id] = schedule.next_interval(interval[execution_id])
+        self._schedule(execution_id, error.retry_after if isinstance(error, APIError) else None)
 
-    def _seen(self, poll: _SharedPoll, lookup: Lookup) -> None:
-        execution = lookup.execution
-        schedule = PollSchedule.merge([s.schedule for s in poll.subscribers()])
-        if execution.status != poll.last_status:
-            logger.debug("execution %s is %s", poll.execution_id, execution.status.value)
-            poll.last_status, poll.last_body = execution.status, lookup.body
-            poll.interval = schedule.poll_interval
-            for subscription in poll.subscribers():
-                subscription.push(execution, poll.execution_id)
+    def _seen(self, execution_id: str, lookup: Lookup) -> None:
+        table, execution = self._table, lookup.execution
+        subscribers = table.subscribers_of(execution_id)
+        schedule = PollSchedule.merge([subscriber.schedule for subscriber in subscribers])
+        if execution.status != table.last_status.get(execution_id):
+            logger.debug("execution %s is %s", execution_id, execution.status.value)
+            table.last_status[execution_id] = execution.status
+            table.last_body[execution_id] = lookup.body
+            table.interval[execution_id] = schedule.poll_interval
+            for subscriber in subscribers:
+                subscriber.push(execution, execution_id)
         else:
-            poll.interval = schedule.next_interval(poll.interval)
+            table.interval[execution_id] = schedule.next_interval(table.interval[execution_id])
         if execution.is_terminal:
             # Done: a later waiter on this id starts afresh with one lookup.
-            poll.stopped = True
-            del self._polls[poll.execution_id]
+            self._stop(execution_id)
             return
-        self._schedule(poll, lookup.retry_after)
+        self._schedule(execution_id, lookup.retry_after)
 
 
 def _running_in(loop: asyncio.AbstractEventLoop) -> bool:

@@ -369,6 +369,66 @@ async def test_ten_thousand_executions_through_one_iterator(
     assert len(fake.requests_for("find")) <= 3 * 10_000
 
 
+# Where a walk of what the poller holds stops: code, classes and futures lead to the rest
+# of the process, not to per-execution state.
+NOT_STATE = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    asyncio.Future,
+    asyncio.Handle,
+)
+
+
+def tracked_state_of(root: object) -> int:
+    """How many objects the cyclic collector tracks among those ``root`` holds."""
+    seen, stack, tracked = {id(root)}, list(gc.get_referents(root)), 1
+    while stack:
+        held = stack.pop()
+        if id(held) in seen or isinstance(held, NOT_STATE):
+            continue
+        seen.add(id(held))
+        tracked += gc.is_tracked(held)
+        stack.extend(gc.get_referents(held))
+    return tracked
+
+
+async def test_executions_followed_add_nothing_for_the_collector_to_walk(
+    fake: FakeTransactionLink, fake_client: TransactionLinkClient
+) -> None:
+    """Per execution followed, no object CPython's cyclic collector tracks.
+
+    Its state is entries in dicts the collector skips (issue 17: "a per-id record that
+    the collector can skip"): what the poller holds for 2,000 executions waiting between
+    polls is a few dozen tracked objects, as for one.
+    """
+    slow = fake.add_definition("slow", statuses=["RUNNING", "COMPLETED"], step_seconds=3600)
+    ids = await started_ids(fake_client, slow, 2_000)
+    poller = fake_client.workflows._poller
+    held, looked_up = [], 0
+
+    def all_answered() -> bool:
+        return len(fake.requests_for("find")) == looked_up and not poller._in_flight
+
+    for count in (1, 2_000):
+        looked_up += count
+        iterator = fake_client.workflows.as_completed(ids[:count], poll_interval=60)
+        async with contextlib.aclosing(iterator):
+            waiting = asyncio.ensure_future(anext(iterator))
+            # Every execution answered once, none in flight: all wait for their next poll.
+            await eventually(all_answered, timeout=30)
+            assert poller.active_polls == count
+            gc.collect()  # as the collector would: the tuples in the timeline untracked
+            held.append(tracked_state_of(poller))
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        assert poller.active_polls == 0
+    assert held[1] - held[0] < 20, held
+
+
 def test_a_batch_keeps_its_ids_where_the_collector_does_not_look() -> None:
     batch = Batch(DEFAULT_SCHEDULE)
     for number in range(1000):

@@ -449,14 +449,12 @@ async def test_a_long_retry_after_between_polls_never_ends_the_wait(
         poller = client.workflows._poller
         real_schedule = poller._schedule
 
-        def schedule_quickly(poll: Any, retry_after: float | None) -> None:
+        def schedule_quickly(execution_id: str, retry_after: float | None) -> None:
             # Record the gap the poller chose, then poll at once rather than wait it out.
-            real_schedule(poll, retry_after)
-            loop = asyncio.get_running_loop()
-            slept.append(poll.due - loop.time())
-            poller._due_polls._heap.remove(poll)
-            poll.due = loop.time()
-            poller._due_polls.add(poll)
+            real_schedule(execution_id, retry_after)
+            now = asyncio.get_running_loop().time()
+            slept.append(poller._table.due[execution_id] - now)
+            poller._poll_at(execution_id, now)
 
         monkeypatch.setattr(poller, "_schedule", schedule_quickly)
         async with asyncio.timeout(10):
@@ -476,7 +474,7 @@ async def test_a_huge_retry_after_on_a_poll_answer_is_capped(hostile: ScriptedSe
         wait = asyncio.create_task(client.workflows.wait_for_completion(EXECUTION_ID))
         poller = client.workflows._poller
         await eventually(lambda: poller._due_polls._heap)
-        gap = poller._due_polls._heap[0].due - asyncio.get_running_loop().time()
+        gap = poller._due_polls._heap[0][0] - asyncio.get_running_loop().time()
         wait.cancel()
         with pytest.raises(asyncio.CancelledError):
             await wait

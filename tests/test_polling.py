@@ -31,6 +31,7 @@ from aiotlink._polling import (
     Poller,
     PollSchedule,
     Subscription,
+    _Timeline,
     poll_delay,
 )
 from aiotlink.testing import FakeTransactionLink, ManualClock
@@ -1045,9 +1046,8 @@ def test_closing_the_loop_with_polls_pending_starts_nothing_new(
 
 async def test_changes_queue_up_in_order_for_a_slow_waiter() -> None:
     """Changes pushed faster than a waiter takes them are all kept, in order."""
-    from aiotlink._polling import _SharedPoll
-
-    subscription = Subscription(_SharedPoll("x"), PollSchedule(), None)
+    poller = Poller(never_answers, max_in_flight=1)
+    subscription = Subscription(poller, "x", PollSchedule(), None)
     for status in ("RUNNING", "AWAITING", "COMPLETED"):
         subscription.push(decode_execution(execution_body(status=status)))
     taken = [subscription.take(), subscription.take(), subscription.take(), subscription.take()]
@@ -1061,9 +1061,8 @@ async def test_changes_queue_up_in_order_for_a_slow_waiter() -> None:
 
 async def test_a_subscription_to_the_end_keeps_and_wakes_only_for_the_end() -> None:
     """Without every_change, changes before the terminal one are dropped and wake nobody."""
-    from aiotlink._polling import _SharedPoll
-
-    subscription = Subscription(_SharedPoll("x"), PollSchedule(), None, every_change=False)
+    poller = Poller(never_answers, max_in_flight=1)
+    subscription = Subscription(poller, "x", PollSchedule(), None, every_change=False)
     woken = subscription.changed()
     for status in ("RUNNING", "AWAITING"):
         subscription.push(decode_execution(execution_body(status=status)))
@@ -1177,14 +1176,13 @@ class Item:
     def __init__(self, name: str, when: float) -> None:
         self.name, self.when = name, when
 
-    def __lt__(self, other: Item) -> bool:
-        return self.when < other.when
+
+def add(timeline: _Timeline[Item], item: Item) -> None:
+    timeline.add(item.when, item)
 
 
 async def test_the_timeline_fires_what_is_due_once_in_order() -> None:
     """Items come in time order, once each; one added while firing comes too, in its turn."""
-    from aiotlink._polling import _Timeline
-
     fired: list[str] = []
     loop = asyncio.get_running_loop()
     all_fired = loop.create_future()
@@ -1192,17 +1190,17 @@ async def test_the_timeline_fires_what_is_due_once_in_order() -> None:
     def fire(item: Item) -> None:
         fired.append(item.name)
         if item.name == "first":  # adds one already due and one for later
-            timeline.add(Item("added due", loop.time()))
-            timeline.add(Item("added later", loop.time() + 0.02))
+            add(timeline, Item("added due", loop.time()))
+            add(timeline, Item("added later", loop.time() + 0.02))
         if item.name == "added later":
             all_fired.set_result(None)
 
     timeline: _Timeline[Item] = _Timeline(
-        fire, is_live=lambda item: True, live_count=lambda: 4, context=contextvars.Context()
+        fire, is_live=lambda when, item: True, live_count=lambda: 4, context=contextvars.Context()
     )
     now = loop.time()
-    timeline.add(Item("second", now + 0.02))
-    timeline.add(Item("first", now + 0.01))
+    add(timeline, Item("second", now + 0.02))
+    add(timeline, Item("first", now + 0.01))
     await asyncio.wait_for(all_fired, timeout=5)
     assert fired == ["first", "added due", "second", "added later"]
     assert len(timeline) == 0
@@ -1211,14 +1209,15 @@ async def test_the_timeline_fires_what_is_due_once_in_order() -> None:
 
 async def test_the_timeline_fires_an_item_when_its_timer_runs_a_little_early() -> None:
     """asyncio runs timers up to its clock's resolution early: the item is due then."""
-    from aiotlink._polling import _Timeline
-
     fired: list[Item] = []
     timeline: _Timeline[Item] = _Timeline(
-        fired.append, is_live=lambda item: True, live_count=lambda: 1, context=contextvars.Context()
+        fired.append,
+        is_live=lambda when, item: True,
+        live_count=lambda: 1,
+        context=contextvars.Context(),
     )
     item = Item("in ten seconds", asyncio.get_running_loop().time() + 10)
-    timeline.add(item)
+    add(timeline, item)
     assert timeline._timer is not None
     timeline._timer.cancel()  # this test runs the timer's callback itself:
     timeline._due(item.when)  # as the loop would, a hair before the clock reads `when`
@@ -1228,8 +1227,6 @@ async def test_the_timeline_fires_an_item_when_its_timer_runs_a_little_early() -
 
 async def test_the_timeline_goes_on_after_an_item_fails_to_fire() -> None:
     """One failing item does not stop the timer for the items after it."""
-    from aiotlink._polling import _Timeline
-
     loop = asyncio.get_running_loop()
     later_fired = loop.create_future()
 
@@ -1239,10 +1236,10 @@ async def test_the_timeline_goes_on_after_an_item_fails_to_fire() -> None:
         later_fired.set_result(item.name)
 
     timeline: _Timeline[Item] = _Timeline(
-        fire, is_live=lambda item: True, live_count=lambda: 2, context=contextvars.Context()
+        fire, is_live=lambda when, item: True, live_count=lambda: 2, context=contextvars.Context()
     )
-    timeline.add(Item("broken", loop.time()))
-    timeline.add(Item("later", loop.time() + 0.02))
+    add(timeline, Item("broken", loop.time()))
+    add(timeline, Item("later", loop.time() + 0.02))
     assert timeline._timer is not None
     timeline._timer.cancel()  # this test runs the timer's callback itself
     with pytest.raises(RuntimeError, match="boom"):
