@@ -432,10 +432,12 @@ class _PollTable:
         self.not_before: dict[str, float] = {}
         # Loop time its last lookup started.
         self.started_at: dict[str, float] = {}
-        # The last change seen, as the status and the answer's bytes, decoded again only
-        # when needed (a waiter joining late, a deadline): a decoded execution is two
-        # objects pointing to some fifteen more for the collections to visit.
-        self.last_status: dict[str, WorkflowStatus] = {}
+        # The last change seen, as the status's text and the answer's bytes, decoded again
+        # only when needed (a waiter joining late, a deadline): a decoded execution is two
+        # objects pointing to some fifteen more for the collections to visit, and even a
+        # status member is an object they visit (WorkflowStatus is a StrEnum: its members
+        # compare equal to their text, which the collector does not track).
+        self.last_status: dict[str, str] = {}
         self.last_body: dict[str, bytes] = {}
         # Its lookup in flight.
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -910,7 +912,7 @@ class Poller:
         schedule = PollSchedule.merge([subscriber.schedule for subscriber in subscribers])
         if execution.status != table.last_status.get(execution_id):
             logger.debug("execution %s is %s", execution_id, execution.status.value)
-            table.last_status[execution_id] = execution.status
+            table.last_status[execution_id] = execution.status.value
             table.last_body[execution_id] = lookup.body
             table.interval[execution_id] = schedule.poll_interval
             for subscriber in subscribers:
