@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections import deque
 
 
@@ -12,6 +14,12 @@ class ByteBudget:
     A download takes bytes before it hands a chunk (or maps a buffer) for the disk, and
     they come back once the disk has it; when none are left it waits, rather than
     allocate more. One chunk larger than the whole budget is let through alone.
+
+    Taking happens on the event loop; giving back mostly on a disk thread, as each write
+    ends. A disk thread gives back under a lock and wakes the loop only when a download
+    waits for room: a wake-up per write (thousands a second at 100 downloads) cost the
+    loop more than the writes themselves (benchmarks/NOTES.md, "Downloads at
+    concurrency").
     """
 
     def __init__(self, limit: int) -> None:
@@ -19,14 +27,16 @@ class ByteBudget:
         self.used = 0
         self.users = 0  # downloads drawing on it now: each may buffer a share
 
+        self._lock = threading.Lock()
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     async def take(self, size: int) -> None:
-        if not self._waiting and (self.used + size <= self.limit or self.used == 0):
-            self.used += size
-            return
-        turn = asyncio.get_running_loop().create_future()
-        self._waiting.append((size, turn))
+        with self._lock:
+            if not self._waiting and (self.used + size <= self.limit or self.used == 0):
+                self.used += size
+                return
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append((size, turn))
         try:
             await turn
         except asyncio.CancelledError:
@@ -39,14 +49,32 @@ class ByteBudget:
         return max(least, min(most, self.limit // max(1, self.users)))
 
     def give(self, size: int) -> None:
-        self.used -= size
-        while self._waiting:
-            size, turn = self._waiting[0]
-            if turn.done():  # cancelled while waiting
-                self._waiting.popleft()
-                continue
-            if self.used + size > self.limit and self.used > 0:
+        """Give ``size`` bytes back, on the event loop."""
+        with self._lock:
+            self.used -= size
+        self._grant()
+
+    def give_from_any_thread(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        """Give ``size`` bytes back from any thread; the loop is woken only for a waiter."""
+        with self._lock:
+            self.used -= size
+            if not self._waiting:
                 return
-            self._waiting.popleft()
-            self.used += size
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(self._grant)
+
+    def _grant(self) -> None:
+        """Let waiters in, in turn, while there is room (on the event loop)."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return
+                size, turn = self._waiting[0]
+                if turn.done():  # cancelled while waiting
+                    self._waiting.popleft()
+                    continue
+                if self.used + size > self.limit and self.used > 0:
+                    return
+                self._waiting.popleft()
+                self.used += size
             turn.set_result(None)

@@ -489,15 +489,32 @@ def _stop_bypassing_page_cache(descriptor: int) -> bool:
 _DIRECT_WRITE_REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
+# The most buffers one pwritev takes (IOV_MAX on Linux and the BSDs).
+_MAX_IOVECS = 1024
+
+
 def _write_gathered(descriptor: int, chunks: list[bytes], offset: int) -> None:
     """Write ``chunks`` one after another from ``offset`` (on a disk thread).
 
-    A call per chunk: off the loop, they cost only the disk thread; what gathering saves
-    is the loop's hand-over per chunk.
+    One ``pwritev`` for the lot where the platform has it: each system call lets go of
+    the GIL and takes it back, and with the event loop wanting it too that hand-over
+    costs more than the call. What a short write leaves goes out chunk by chunk.
     """
-    for chunk in chunks:
-        _write_all(descriptor, memoryview(chunk), offset)
-        offset += len(chunk)
+    if len(chunks) == 1 or not hasattr(os, "pwritev"):  # Windows has no pwritev
+        for chunk in chunks:
+            _write_all(descriptor, memoryview(chunk), offset)
+            offset += len(chunk)
+        return
+    for start in range(0, len(chunks), _MAX_IOVECS):
+        group = chunks[start : start + _MAX_IOVECS]
+        written = os.pwritev(descriptor, group, offset)
+        for chunk in group:
+            if written >= len(chunk):
+                written -= len(chunk)
+            else:  # a short write: the rest of this chunk, then the others, one by one
+                _write_all(descriptor, memoryview(chunk)[written:], offset + written)
+                written = 0
+            offset += len(chunk)
 
 
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
@@ -687,9 +704,8 @@ class _PageCacheWriter:
 def _give_back(
     loop: asyncio.AbstractEventLoop, budget: ByteBudget, size: int, _: object = None
 ) -> None:
-    """Return ``size`` bytes to ``budget`` on its loop (from a disk thread, or the loop)."""
-    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
-        loop.call_soon_threadsafe(budget.give, size)
+    """Return ``size`` bytes to ``budget`` (from a disk thread, or the loop)."""
+    budget.give_from_any_thread(loop, size)
 
 
 class Downloader:

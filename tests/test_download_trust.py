@@ -627,6 +627,7 @@ async def test_many_downloads_share_the_clients_budget_and_a_few_threads(
 
     monkeypatch.setattr(ByteBudget, "take", take)
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
+    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
     budget = 512 * 1024
     result = GeneratedResult(2_000_000, seed=5)
     async with FakeTransactionLink(redirect_threshold=100_000) as fake:
@@ -667,6 +668,43 @@ async def test_budget_waits_in_turn_and_gives_back_on_cancel() -> None:
     budget.give(90)
     await budget.take(1000)  # larger than the whole budget: let through alone
     assert budget.used == 1000
+
+
+async def test_budget_given_back_from_a_thread_wakes_the_loop_only_for_a_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disk thread's give-back wakes the loop only when a download waits for room."""
+    import threading
+
+    from aiotlink._budget import ByteBudget
+
+    loop = asyncio.get_running_loop()
+    wakes: list[object] = []
+    real_call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def call_soon_threadsafe(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        wakes.append(callback)
+        return real_call_soon_threadsafe(callback, *args, **kwargs)
+
+    budget = ByteBudget(100)
+    await budget.take(100)
+
+    def give_from_a_thread(size: int) -> None:
+        thread = threading.Thread(target=budget.give_from_any_thread, args=(loop, size))
+        thread.start()
+        thread.join()
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", call_soon_threadsafe)
+    give_from_a_thread(30)  # nobody waits: no wake-up
+    assert wakes == []
+    assert budget.used == 70
+    waiter = asyncio.create_task(budget.take(60))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    give_from_a_thread(40)  # room for the waiter: the loop is woken to let it in
+    await asyncio.wait_for(waiter, 5)
+    assert len(wakes) == 1
+    assert budget.used == 90
 
 
 async def test_direct_io_is_asked_for_and_checked(server: ScriptedServer, tmp_path: Path) -> None:
@@ -756,3 +794,33 @@ def test_a_child_forked_after_disk_work_gets_threads_of_its_own() -> None:
         os._exit(0)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_gathered_chunks_written_whole_after_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pwritev that writes less than asked: the rest still lands where it belongs."""
+    from aiotlink import _download
+
+    real_pwritev = os.pwritev
+    calls: list[int] = []
+
+    def short_pwritev(descriptor: int, buffers: list[bytes], offset: int) -> int:
+        calls.append(len(buffers))
+        # Only the first 5 bytes and a bit of the second chunk, as a signal or a full
+        # pipe might leave it.
+        head = b"".join(buffers)[: len(buffers[0]) + 3]
+        return real_pwritev(descriptor, [head], offset)
+
+    monkeypatch.setattr(_download.os, "pwritev", short_pwritev)
+    monkeypatch.setattr(_download, "_MAX_IOVECS", 2)  # two calls for three chunks
+    chunks = [b"abcde", b"fghijkl", b"mnop"]
+    path = tmp_path / "gathered"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(descriptor, b"0123", 0)
+        _download._write_gathered(descriptor, chunks, 4)
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes() == b"0123" + b"".join(chunks)
+    assert calls == [2, 1]
