@@ -50,7 +50,7 @@ from ._models import DownloadedResult
 from ._redaction import mask_url, scrub_text
 from ._results import redirect_target
 from ._retry import call_with_retries
-from ._transport import parse_json, read_up_to
+from ._transport import STORAGE_ROUTE, parse_json, read_up_to
 
 if TYPE_CHECKING:
     from ._requester import Requester
@@ -797,6 +797,7 @@ class Downloader:
                 failure = APIConnectionError(
                     error.message, method="GET", url=error.url, request_sent=True
                 )
+                failure.attempts, failure.elapsed = error.attempts, error.elapsed
             # Raised out here, not as the context of a private error of ours.
             raise failure
 
@@ -854,7 +855,7 @@ class Downloader:
             source.url,
             storage=source.redirected,
             headers=headers,
-            route="storage" if source.redirected else "/workflows/{id}/result",
+            route=STORAGE_ROUTE if source.redirected else "/workflows/{id}/result",
             attempt_number=attempt_number,
             read_bufsize=self._budget.share(MAX_READ_BUFFER_BYTES, MIN_READ_BUFFER_BYTES) // 4,
             consume=partial(self._stream, source=source, temp=temp, probe_redirect=probe_redirect),

@@ -41,6 +41,7 @@ from ._polling import Fetch, Poller
 from ._redaction import mask_url, url_secrets
 from ._retry import RetryPolicy, call_with_retries
 from ._transport import (
+    STORAGE_ROUTE,
     Request,
     Response,
     api_url,
@@ -48,6 +49,7 @@ from ._transport import (
     connection_error,
     error_of_answer,
     log_attempt,
+    seconds_of,
     send,
     unusable_session,
 )
@@ -266,7 +268,11 @@ class Requester:
                 log_attempt("GET", route, display_url, attempt_number, started, response.status)
                 if response.status >= 300:
                     raise await error_of_answer(
-                        response, method="GET", display_url=display_url, secrets=secrets
+                        response,
+                        method="GET",
+                        display_url=display_url,
+                        secrets=secrets,
+                        from_api=not storage,
                     )
                 return await consume(response)
         except aiohttp.ClientPayloadError as exc:
@@ -279,7 +285,8 @@ class Requester:
         except aiohttp.ClientError as exc:
             failure = connection_error(exc, "GET", display_url)
         except TimeoutError as exc:
-            failure = connection_error(exc, "GET", display_url)
+            timeout = seconds_of(self._options.storage_timeout)
+            failure = connection_error(exc, "GET", display_url, timeout=timeout)
         except RuntimeError as exc:  # the session was closed, or is of another loop
             closed = self._sessions.cannot_send(storage=storage)
             failure = unusable_session(exc, closed=closed, method="GET", display_url=display_url)
@@ -341,7 +348,7 @@ class Requester:
             "GET",
             URL(url_text, encoded=True),
             display_url,
-            "storage",
+            STORAGE_ROUTE,
             None,  # no header of ours: storage gets no credential
             None,
             options.storage_timeout,

@@ -264,7 +264,7 @@ class Workflows:
             the object whole. APIError, APIConnectionError: the result could not be
             had, after retries.
         """
-        path_in_api = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
+        path_in_api = f"/workflows/{check_execution_id(execution_id)}/result"
         destination = check_destination(path)
         check_callable("on_progress", on_progress)
         if max_bytes is not None:
@@ -667,7 +667,7 @@ class Workflows:
             ValueError: ``execution_id`` is not a UUID. NotFoundError: no such execution,
             or no result yet. ResultTooLargeError: over ``max_bytes``.
         """
-        path = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
+        path = f"/workflows/{check_execution_id(execution_id)}/result"
         max_bytes = check_count("max_bytes", max_bytes, minimum=1)
         response = await self._requester.call(
             "GET",
