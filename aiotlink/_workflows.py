@@ -26,7 +26,7 @@ from ._arguments import (
 )
 from ._callbacks import OnProgress, OnStatus, notify
 from ._converter import DecodeError, decode_execution, encode_initialise_request
-from ._download import Downloader
+from ._download import Downloader, StreamSink
 from ._errors import (
     APIConnectionError,
     ResponseValidationError,
@@ -66,6 +66,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aiotlink")
 
 DEFAULT_MAX_RESULT_BYTES = 100 * 2**20
+# stream_result's pieces: what StreamingResponse and ASGI servers send well at once.
+DEFAULT_STREAM_CHUNK_BYTES = 64 * 1024
+STREAM_TASK_NAME = "aiotlink stream_result"  # how the download of a stream shows in a dump
+# The least a stream's socket reads ask for: tiny reads cost more than the memory saved.
+MIN_STREAM_READ_BYTES = 16 * 1024
 # The remote cancel sent when a wait is cancelled must not hold up the cancellation.
 REMOTE_CANCEL_TIMEOUT = 5.0
 
@@ -274,6 +279,67 @@ class Workflows:
             self._requester, path_in_api, destination, on_progress, max_bytes, direct_io=direct
         )
         return await downloader.run()
+
+    def stream_result(
+        self,
+        execution_id: str | UUID,
+        *,
+        chunk_size: int = DEFAULT_STREAM_CHUNK_BYTES,
+        max_bytes: int | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The result's raw JSON bytes as they arrive, inline or from a ``$redirect``.
+
+        An async iterator of ``bytes`` of at most ``chunk_size`` bytes each (default 64
+        KiB), for ``StreamingResponse`` and the like. Memory stays bounded by a few
+        chunks whatever the size: the download reads on only as fast as the chunks are
+        taken. Nothing is sent until the first chunk is asked for; the arguments are
+        checked now. The machinery is :meth:`download_result`'s: storage gets no
+        credential, every read is an attempt of the client's retry policy, an expired
+        pre-signed URL is replaced, and a connection dropped mid-body resumes with
+        ``Range`` on the same object (its strong ETag), or skips what was already
+        yielded when storage sends that same object whole again. Bytes yielded cannot
+        be taken back: where the rest cannot be had as the same object (no ETag, an
+        inline answer cut short, an object changed), it raises :class:`DownloadError`.
+        Leaving the loop early (or ``aclose()``) stops the download at once.
+
+        Raises:
+            ValueError: a malformed argument, now, before any request. While iterating:
+            ResultNotReadyError (a NotFoundError): no result yet. ResultTooLargeError:
+            over ``max_bytes``. DownloadError: the rest could not be had whole.
+            APIError, APIConnectionError: after retries. ResponseValidationError: an
+            empty result, or one that is not JSON.
+        """
+        path_in_api = f"/workflows/{check_execution_id(execution_id)}/result"
+        chunk_size = check_count("chunk_size", chunk_size, minimum=1)
+        if max_bytes is not None:
+            check_count("max_bytes", max_bytes, minimum=1)
+        downloader = Downloader(
+            self._requester,
+            path_in_api,
+            None,
+            None,
+            max_bytes,
+            # aiohttp holds up to twice this of the body before it stops reading.
+            read_bufsize=max(chunk_size, MIN_STREAM_READ_BYTES),
+        )
+        return self._stream(downloader, chunk_size)
+
+    @staticmethod
+    async def _stream(downloader: Downloader, chunk_size: int) -> AsyncGenerator[bytes, None]:
+        sink = StreamSink(chunk_size)
+        # The download runs in a task of its own: its reads happen inside the request
+        # layer's one GET (and retry loop), handing each piece over to this generator.
+        download = asyncio.create_task(downloader.stream(sink), name=STREAM_TASK_NAME)
+        download.add_done_callback(sink.end)
+        try:
+            while (piece := await sink.take()) is not None:
+                yield piece
+        finally:
+            if not download.done():
+                download.cancel()
+                # Awaited so that the connection is released before the caller goes
+                # on; a cancellation of the caller still propagates.
+                await asyncio.wait([download])
 
     async def watch(
         self,
