@@ -158,6 +158,12 @@ class TransactionLinkClient:
     One client is meant to be shared by all tasks of an event loop. Closing it ends
     every wait on it at once with :class:`ClientClosedError`.
 
+    Attributes:
+        workflows: the Workflows endpoints (:class:`aiotlink.Workflows`): initialise,
+            find, cancel, get_result, stream_result, download_result, wait_for_completion,
+            watch, run, as_completed, nudge.
+        webhooks: verified webhook events and receivers (the ``webhooks`` extra).
+
     Raises:
         ValueError: no token, or a malformed argument (a ``session`` with ``auth=``).
         TypeError: an argument of the wrong type.

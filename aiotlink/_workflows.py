@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 from uuid import UUID
 
 from ._arguments import (
@@ -39,6 +39,7 @@ from ._errors import (
 from ._models import (
     DownloadedResult,
     InitialiseRequest,
+    JSONValue,
     RunResult,
     WorkflowExecution,
     WorkflowStatus,
@@ -530,6 +531,74 @@ class Workflows:
         except (TransactionLinkError, TimeoutError) as error:
             logger.warning("could not cancel execution %s: %s", execution_id, error)
 
+    # The result's type follows from the arguments: decoded JSON in memory, or with
+    # download_to= the DownloadedResult (None only where a failure is not raised).
+    @overload
+    async def run(
+        self,
+        workflow_definition_id: str,
+        *,
+        locale: str = "en",
+        parameters: Mapping[str, Any] | None = None,
+        expires_at: datetime | timedelta | None = None,
+        record_id: UUID | str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
+        on_status: OnStatus | None = None,
+        raise_on_failure: bool = True,
+        cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
+        max_bytes: int | None = None,
+        download_to: None = None,
+        on_progress: OnProgress | None = None,
+    ) -> RunResult[JSONValue]: ...
+
+    @overload
+    async def run(
+        self,
+        workflow_definition_id: str,
+        *,
+        locale: str = "en",
+        parameters: Mapping[str, Any] | None = None,
+        expires_at: datetime | timedelta | None = None,
+        record_id: UUID | str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
+        on_status: OnStatus | None = None,
+        raise_on_failure: Literal[True] = True,
+        cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
+        max_bytes: int | None = None,
+        download_to: str | os.PathLike[str],
+        on_progress: OnProgress | None = None,
+    ) -> RunResult[DownloadedResult]: ...
+
+    @overload
+    async def run(
+        self,
+        workflow_definition_id: str,
+        *,
+        locale: str = "en",
+        parameters: Mapping[str, Any] | None = None,
+        expires_at: datetime | timedelta | None = None,
+        record_id: UUID | str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
+        on_status: OnStatus | None = None,
+        raise_on_failure: bool,
+        cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
+        max_bytes: int | None = None,
+        download_to: str | os.PathLike[str],
+        on_progress: OnProgress | None = None,
+    ) -> RunResult[DownloadedResult | None]: ...
+
     async def run(
         self,
         workflow_definition_id: str,
@@ -549,7 +618,7 @@ class Workflows:
         max_bytes: int | None = None,
         download_to: str | os.PathLike[str] | None = None,
         on_progress: OnProgress | None = None,
-    ) -> RunResult:
+    ) -> RunResult[Any]:
         """Initialise an execution, wait for it, and fetch its result, under one ``timeout``.
 
         Every argument is checked before the execution is started. Returns a
@@ -605,6 +674,7 @@ class Workflows:
             )
             if execution.status is not WorkflowStatus.COMPLETED:
                 return RunResult(execution, None)
+            result: JSONValue | DownloadedResult
             async with asyncio.timeout_at(deadline) as phase:
                 if download_to is None:
                     result = await self.get_result(
@@ -723,15 +793,16 @@ class Workflows:
 
     async def get_result(
         self, execution_id: str | UUID, *, max_bytes: int = DEFAULT_MAX_RESULT_BYTES
-    ) -> Any:
+    ) -> JSONValue:
         """The decoded JSON result of a completed execution, held in memory.
 
         A ``$redirect`` to storage is followed with a plain GET that carries no
         credential. ``max_bytes`` (default 100 MiB) bounds the body read.
 
         Raises:
-            ValueError: ``execution_id`` is not a UUID. NotFoundError: no such execution,
-            or no result yet. ResultTooLargeError: over ``max_bytes``.
+            ValueError: ``execution_id`` is not a UUID. NotFoundError: no such
+            execution; ResultNotReadyError (a NotFoundError): no result yet.
+            ResultTooLargeError: over ``max_bytes``.
         """
         path = f"/workflows/{check_execution_id(execution_id)}/result"
         max_bytes = check_count("max_bytes", max_bytes, minimum=1)
@@ -761,9 +832,10 @@ class Workflows:
     # The errors below are raised outside the handlers that caught the decoders' errors,
     # so that those (and the body they may hold) do not ride along as __context__.
     # A problem may quote a value of the answer: scrubbed, as error bodies are.
-    def _json(self, response: Response, method: str, url: str) -> Any:
+    def _json(self, response: Response, method: str, url: str) -> JSONValue:
         try:
-            return decode_json(response)
+            payload: JSONValue = decode_json(response)  # JSON is what a JSON decoder makes
+            return payload
         except ValueError as exc:
             problem = str(exc)
         raise ResponseValidationError(

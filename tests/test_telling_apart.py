@@ -14,14 +14,17 @@ from aiotlink import (
     APITimeoutError,
     BadRequestError,
     ErrorCode,
+    ExecutionType,
     NotFoundError,
     ResultNotReadyError,
     TransactionLinkClient,
+    WorkflowStatus,
 )
+from aiotlink._converter import DecodeError, decode_execution
 from aiotlink._transport import error_for_response
 from aiotlink.testing import FakeTransactionLink
 
-from .conftest import TOKEN
+from .conftest import TOKEN, execution_body
 from .servers import ScriptedServer, drop, reply, stall
 
 
@@ -209,3 +212,33 @@ async def test_a_timeout_names_its_limit(server: ScriptedServer) -> None:
     assert "after 2 attempts over" in str(caught.value)
     assert caught.value.elapsed is not None
     assert caught.value.elapsed >= 0.4
+
+
+# --- types that tell values apart ----------------------------------------------------
+
+
+async def test_execution_type_is_an_enum_and_the_fake_status_a_workflow_status() -> None:
+    """executionType decodes to ExecutionType; fake.status_of gives a WorkflowStatus."""
+    async with FakeTransactionLink() as fake:
+        background = fake.add_definition(statuses=["RUNNING", "COMPLETED"])
+        hosted = fake.add_definition(interactive=True)
+        async with TransactionLinkClient(fake.token, base_url=fake.url) as client:
+            first = await client.workflows.initialise(background)
+            second = await client.workflows.initialise(hosted)
+        status = fake.status_of(first.id)
+    assert first.execution_type is ExecutionType.BACKGROUND
+    assert second.execution_type is ExecutionType.INTERACTIVE
+    assert first.execution_type == "BACKGROUND"  # still equal to its text
+    assert status is WorkflowStatus.RUNNING
+    assert status == "RUNNING"
+
+
+def test_an_unknown_execution_type_still_decodes() -> None:
+    """A value the client does not know is kept, as for statuses, and is_known is False."""
+    execution = decode_execution(execution_body(executionType="SCHEDULED"))
+    assert isinstance(execution.execution_type, ExecutionType)
+    assert execution.execution_type == "SCHEDULED"
+    assert not execution.execution_type.is_known
+    assert decode_execution(execution_body()).execution_type.is_known
+    with pytest.raises(DecodeError):
+        decode_execution(execution_body(executionType=7))
