@@ -27,6 +27,7 @@ from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
 from .conftest import EXECUTION_ID, TOKEN
 from .servers import ScriptedServer, eventually, reply
+from .test_download import completed
 from .test_download_trust import (
     CUT,
     OBJECT,
@@ -41,26 +42,13 @@ from .test_download_trust import (
 )
 
 BIG = GeneratedResult(3_000_000, seed=11)
-THRESHOLD = 100_000  # results above this come as a $redirect from the fake
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTransactionLink]:
-    """The fake with a small redirect threshold, so that tests stay quick."""
-    async with FakeTransactionLink(redirect_threshold=THRESHOLD) as started:
-        yield started
 
 
 @pytest.fixture
 async def client(fake: FakeTransactionLink) -> AsyncIterator[TransactionLinkClient]:
-    """A client of the fake that retries without sleeping."""
+    """A client of the fake (conftest: a small redirect threshold), retrying at once."""
     async with TransactionLinkClient(fake.token, base_url=fake.url, retry_backoff=False) as client:
         yield client
-
-
-async def completed(fake: FakeTransactionLink, client: TransactionLinkClient, result: Any) -> str:
-    definition = fake.add_definition(statuses=["COMPLETED"], result=result)
-    return (await client.workflows.initialise(definition)).id
 
 
 async def collect(chunks: AsyncIterator[bytes], sizes: list[int] | None = None) -> bytes:
@@ -72,6 +60,12 @@ async def collect(chunks: AsyncIterator[bytes], sizes: list[int] | None = None) 
             sizes.append(len(chunk))
         body += chunk
     return bytes(body)
+
+
+async def stream_whole(server: ScriptedServer) -> bytes:
+    """All that stream_result of the scripted execution yields, retrying at once."""
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        return await collect(client.workflows.stream_result(EXECUTION_ID))
 
 
 async def stream_scripted(server: ScriptedServer, **options: Any) -> tuple[bytes, BaseException]:
@@ -169,9 +163,7 @@ async def test_the_same_object_sent_whole_again_skips_what_was_yielded(
     """Storage that ignores Range but keeps its ETag: the bytes already yielded are skipped."""
     redirect_to(server, storage)
     storage.script(*OBJECT, dropped(V1, '"v1"'), whole(V1, '"v1"'))
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        body = await collect(client.workflows.stream_result(EXECUTION_ID))
-    assert body == V1
+    assert await stream_whole(server) == V1
 
 
 async def test_a_lying_etag_on_resume_raises_download_error_without_splicing(
@@ -224,9 +216,7 @@ async def test_a_drop_before_any_byte_was_yielded_is_simply_retried(
     """Nothing handed on yet: an answer without an ETag starts over like a download."""
     redirect_to(server, storage)
     storage.script(*OBJECT, dropped(V1, None, after=0), whole(V1, None))
-    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
-        body = await collect(client.workflows.stream_result(EXECUTION_ID))
-    assert body == V1
+    assert await stream_whole(server) == V1
 
 
 async def test_an_expired_url_is_refreshed(
