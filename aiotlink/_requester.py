@@ -282,9 +282,7 @@ class Requester:
                 url=display_url,
                 request_sent=True,
             )
-        except aiohttp.ClientError as exc:
-            failure = connection_error(exc, "GET", display_url)
-        except TimeoutError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:  # aiohttp's read timeouts are both
             timeout = seconds_of(self._options.storage_timeout)
             failure = connection_error(exc, "GET", display_url, timeout=timeout)
         except RuntimeError as exc:  # the session was closed, or is of another loop

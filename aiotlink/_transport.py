@@ -336,9 +336,7 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
             if debug:
                 log_attempt(*request.described, attempt_number, started, response.status)
             return answer
-    except aiohttp.ClientError as exc:
-        failure = connection_error(exc, request.method, request.display_url)
-    except TimeoutError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:  # aiohttp's read timeouts are both
         failure = connection_error(
             exc, request.method, request.display_url, timeout=seconds_of(request.timeout)
         )

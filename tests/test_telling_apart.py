@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from aiotlink import (
     APIConnectionError,
@@ -24,8 +26,10 @@ from aiotlink._converter import DecodeError, decode_execution
 from aiotlink._transport import error_for_response
 from aiotlink.testing import FakeTransactionLink
 
-from .conftest import TOKEN, execution_body
+from .conftest import EXECUTION_ID, TOKEN, execution_body
 from .servers import ScriptedServer, drop, reply, stall
+
+RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
 
 
 async def test_no_result_yet_is_a_result_not_ready_error_and_still_a_not_found() -> None:
@@ -242,3 +246,53 @@ def test_an_unknown_execution_type_still_decodes() -> None:
     assert decode_execution(execution_body()).execution_type.is_known
     with pytest.raises(DecodeError):
         decode_execution(execution_body(executionType=7))
+
+
+async def test_a_download_short_on_every_attempt_says_how_many_attempts(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Storage that always ends its body early: the error counts every attempt."""
+
+    async def short(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=206, headers={"Content-Range": "bytes 0-999/1000"})
+        response.enable_chunked_encoding()  # no Content-Length: the body just ends
+        await response.prepare(request)
+        await response.write(b"[" + b"1," * 200)
+        await response.write_eof()
+        return response
+
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
+    storage.script("GET", "/r.json", short)
+    async with TransactionLinkClient(
+        TOKEN, base_url=server.url, max_retries=2, retry_backoff=False
+    ) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+    assert "got 401 of 1000 bytes" in str(caught.value)
+    assert caught.value.attempts == 3
+    assert " (after 3 attempts over " in str(caught.value)
+
+
+async def test_a_storage_read_that_times_out_names_its_timeout(
+    server: ScriptedServer, storage: ScriptedServer
+) -> None:
+    """Storage that stops sending mid-body: APITimeoutError names the per-read timeout."""
+
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"[" + b"1," * 100)
+        await asyncio.sleep(5)
+        return response
+
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
+    storage.script("GET", "/r.json", stalls)
+    async with TransactionLinkClient(
+        TOKEN, base_url=server.url, timeout=0.2, max_retries=0
+    ) as client:
+        with pytest.raises(APITimeoutError) as caught:
+            async for _ in client.workflows.stream_result(EXECUTION_ID):
+                pass
+    assert caught.value.timeout == 0.2
+    assert "(timeout=0.2 s)" in str(caught.value)
+    assert "X-Amz-Signature=ab" not in str(caught.value)
