@@ -17,7 +17,8 @@
     ├── ResponseTooLargeError        an answer over max_response_bytes; nothing more read
     │   └── ResultTooLargeError      a result over max_bytes: use download_result
     ├── ClientClosedError            the client was closed (waits end with it at once)
-    ├── DownloadError                (download_result) the file could not be written whole
+    ├── DownloadError                (download_result) the file could not be written whole;
+    │                                (stream_result) the rest could not be had after some
     ├── WebhookVerificationError     (webhooks) a delivery that is not a verified, signed event
     ├── WorkflowFailedError          (waiting) the execution ended other than COMPLETED
     └── WaitTimeoutError             (waiting) the deadline passed first
