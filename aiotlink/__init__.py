@@ -11,12 +11,14 @@ from ._errors import (
     BadRequestError,
     ClientClosedError,
     DownloadError,
+    ErrorCode,
     ErrorDetail,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
     ResponseTooLargeError,
     ResponseValidationError,
+    ResultNotReadyError,
     ResultTooLargeError,
     ServerError,
     TransactionLinkError,
@@ -26,12 +28,15 @@ from ._errors import (
 )
 from ._models import (
     DownloadedResult,
+    ExecutionType,
+    JSONValue,
     Origin,
     RunResult,
     WebhookEvent,
     WorkflowExecution,
     WorkflowStatus,
 )
+from ._workflows import Workflows
 
 __version__ = _version("aiotlink")
 
@@ -44,13 +49,17 @@ __all__ = [
     "ClientClosedError",
     "DownloadError",
     "DownloadedResult",
+    "ErrorCode",
     "ErrorDetail",
+    "ExecutionType",
+    "JSONValue",
     "NotFoundError",
     "Origin",
     "PermissionDeniedError",
     "RateLimitError",
     "ResponseTooLargeError",
     "ResponseValidationError",
+    "ResultNotReadyError",
     "ResultTooLargeError",
     "RunResult",
     "ServerError",
@@ -62,4 +71,13 @@ __all__ = [
     "WorkflowExecution",
     "WorkflowFailedError",
     "WorkflowStatus",
+    "Workflows",
 ]
+
+# Tracebacks and reprs name what users import (aiotlink.NotFoundError), not the private
+# module it is defined in; pickles then name it so too. httpx does the same.
+for _name in __all__:
+    _exported = globals()[_name]
+    if isinstance(_exported, type):
+        _exported.__module__ = __name__
+del _name, _exported

@@ -30,6 +30,10 @@ from ._transport import authorization_value
 from ._webhooks import WebhookKeys, Webhooks
 from ._workflows import Workflows
 
+# Whether a client made without retry_backoff= sleeps between retries. The pytest
+# plugin's transactionlink_defaults fixture turns it off for the clients an app makes
+# itself (in its lifespan) during a test; nothing else should change it.
+RETRY_BACKOFF_DEFAULT = True
 # API answers are a few kilobytes; a bound this far above them stops a broken or hostile
 # server from filling memory, and results have their own (get_result's max_bytes).
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 2**20
@@ -140,7 +144,9 @@ class TransactionLinkClient:
     ``aiohttp.ClientSession`` you own and close; without one the client opens its own
     on first use and closes it in :meth:`close`. ``timeout`` is seconds per HTTP attempt
     (``None``: no limit); ``max_retries`` counts retries after the first attempt, for
-    transient failures only; ``retry_backoff=False`` retries without sleeping (tests).
+    transient failures only; ``retry_backoff=False`` retries without sleeping (tests;
+    ``None``, the default, sleeps, unless the pytest plugin's
+    ``transactionlink_defaults`` fixture is on).
     ``base_url`` ``None`` reads ``TRANSACTIONLINK_BASE_URL``, else the production API.
     ``default_headers`` are added to every API call (e.g. an ``Accept`` that picks the
     API version), never to storage. ``connection_limit`` caps the connections of the
@@ -151,6 +157,12 @@ class TransactionLinkClient:
 
     One client is meant to be shared by all tasks of an event loop. Closing it ends
     every wait on it at once with :class:`ClientClosedError`.
+
+    Attributes:
+        workflows: the Workflows endpoints (:class:`aiotlink.Workflows`): initialise,
+            find, cancel, get_result, stream_result, download_result, wait_for_completion,
+            watch, run, as_completed, nudge.
+        webhooks: verified webhook events and receivers (the ``webhooks`` extra).
 
     Raises:
         ValueError: no token, or a malformed argument (a ``session`` with ``auth=``).
@@ -168,13 +180,15 @@ class TransactionLinkClient:
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = 30.0,
         max_retries: int = 3,
-        retry_backoff: bool = True,
+        retry_backoff: bool | None = None,
         default_headers: Mapping[str, str] | None = None,
         connection_limit: int = 100,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         download_buffer_bytes: int = DEFAULT_DOWNLOAD_BUFFER_BYTES,
     ) -> None:
         token = _check_token(token)
+        if retry_backoff is None:
+            retry_backoff = RETRY_BACKOFF_DEFAULT
         _check_options(timeout, max_retries, retry_backoff)
         check_count("connection_limit", connection_limit, minimum=1)
         check_count("download_buffer_bytes", download_buffer_bytes, minimum=1)
@@ -274,6 +288,11 @@ class TransactionLinkClient:
     def max_retries(self) -> int:
         """Retries after the first attempt, for transient failures."""
         return self._options.retry_policy.max_retries
+
+    @property
+    def retry_backoff(self) -> bool:
+        """Whether retries wait (backoff, ``Retry-After``) or follow at once."""
+        return self._options.retry_policy.backoff
 
     async def close(self) -> None:
         """Close the sessions this client opened (never the caller's). Safe to repeat."""

@@ -23,7 +23,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.json import make_converter as make_json_converter
 from cattrs.v import transform_error
 
-from ._models import InitialiseRequest, Origin, WorkflowExecution, WorkflowStatus
+from ._models import ExecutionType, InitialiseRequest, Origin, WorkflowExecution, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -85,6 +85,14 @@ def _structure_status(value: object, _: type) -> WorkflowStatus:
     return known if known is not None else WorkflowStatus(_expect(str, value))
 
 
+_KNOWN_EXECUTION_TYPES = {kind.value: kind for kind in ExecutionType}
+
+
+def _structure_execution_type(value: object, _: type) -> ExecutionType:
+    known = _KNOWN_EXECUTION_TYPES.get(value) if isinstance(value, str) else None
+    return known if known is not None else ExecutionType(_expect(str, value))
+
+
 def _structure_origin(value: object, _: type) -> Origin:
     if not isinstance(value, dict) or not isinstance(value.get("type"), str):
         raise ValueError("an origin is an object with a type")
@@ -106,6 +114,7 @@ def _make_converter() -> Converter:
     converter.register_structure_hook(datetime, _structure_datetime)
     converter.register_structure_hook(UUID, _structure_uuid)
     converter.register_structure_hook(WorkflowStatus, _structure_status)
+    converter.register_structure_hook(ExecutionType, _structure_execution_type)
     converter.register_structure_hook(Origin, _structure_origin)
     converter.register_structure_hook(
         WorkflowExecution,

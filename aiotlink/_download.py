@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import aiohttp
 import attrs
@@ -50,7 +50,7 @@ from ._models import DownloadedResult
 from ._redaction import mask_url, scrub_text
 from ._results import redirect_target
 from ._retry import call_with_retries
-from ._transport import parse_json, read_up_to
+from ._transport import STORAGE_ROUTE, parse_json, read_up_to
 
 if TYPE_CHECKING:
     from ._requester import Requester
@@ -407,7 +407,8 @@ class _TempFile:
             await self._writer.write(chunk)
         self.size += len(chunk)
 
-    async def restart(self) -> None:
+    async def restart(self, *, same_object: bool = False, reason: str = "") -> None:
+        """Empty the file: the next bytes written are the object's first."""
         with self._disk_errors("could not write"):
             await self._writer.settle()
             await self._disk.run(self._writer.truncate)
@@ -708,22 +709,98 @@ def _give_back(
     budget.give_from_any_thread(loop, size)
 
 
+class _Sink(Protocol):
+    """Where a download's bytes go: a temporary file, or a stream's reader.
+
+    ``size`` is the bytes of the object written so far (where a resume starts).
+    ``restart`` makes the next bytes written the object's first; ``same_object`` says
+    they are the very bytes sent before (the same strong ETag), ``reason`` why.
+    """
+
+    size: int
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def restart(self, *, same_object: bool = False, reason: str = "") -> None: ...
+
+
+class StreamSink:
+    """The bytes of a download handed to a reader in pieces of at most ``chunk_size``.
+
+    One piece at a time: ``write`` waits until the reader has taken the previous piece,
+    so the download reads on only as fast as the reader takes, and holds at most a
+    piece besides the one the reader has. What was handed on cannot be taken back: a
+    restart of the same object (the strong ETag already seen) skips the bytes already
+    handed on as they come again; any other restart after the first byte was handed
+    on is a :class:`DownloadError`.
+    """
+
+    def __init__(self, chunk_size: int) -> None:
+        self.size = 0
+        self._chunk_size = chunk_size
+        self._handed_on = 0  # bytes of the object the reader has had
+        self._loop = asyncio.get_running_loop()
+        self._piece: asyncio.Future[bytes | None] = self._loop.create_future()
+        self._room: asyncio.Future[None] | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        start, self.size = self.size, self.size + len(chunk)
+        offset = max(0, self._handed_on - start)  # bytes of it handed on already
+        while offset < len(chunk):
+            piece = chunk[offset : offset + self._chunk_size]  # the chunk itself if it fits
+            offset += len(piece)
+            self._handed_on = start + offset
+            self._room = self._loop.create_future()
+            self._piece.set_result(piece)
+            await self._room
+
+    async def restart(self, *, same_object: bool = False, reason: str = "") -> None:
+        if self._handed_on and not same_object:
+            raise DownloadError(
+                f"could not stream the rest of the result after {self._handed_on} bytes: "
+                f"{reason or 'storage cannot resume it'}",
+                path=None,
+            )
+        self.size = 0
+
+    async def take(self) -> bytes | None:
+        """The next piece, ``None`` at the end; raises what ended the download."""
+        piece = await self._piece
+        self._piece = self._loop.create_future()
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)  # the download may read the next piece now
+        return piece
+
+    def end(self, download: asyncio.Task[object]) -> None:
+        """The download's task is done: tell the reader how (a done callback)."""
+        if self._piece.done():  # the reader was cancelled in take(), and its future with it
+            return
+        if download.cancelled():
+            self._piece.cancel()
+        elif (error := download.exception()) is not None:
+            self._piece.set_exception(error)
+        else:
+            self._piece.set_result(None)
+
+
 class Downloader:
-    """Downloads one execution's result to one path (see the module docstring)."""
+    """Downloads one execution's result to one path, or to a reader (module docstring)."""
 
     def __init__(
         self,
         requester: Requester,
         result_path: str,
-        destination: Path,
+        destination: Path | None,
         on_progress: OnProgress | None,
         max_bytes: int | None = None,
         *,
         direct_io: bool | None = None,
+        read_bufsize: int | None = None,
     ) -> None:
         self._requester = requester
         self._direct_io = direct_io
         self._budget = requester.download_budget()
+        self._read_bufsize = read_bufsize
         self._result_path = result_path
         self._destination = destination
         self._progress = _Progress(on_progress)
@@ -734,6 +811,8 @@ class Downloader:
         self._total: int | None = None
 
     async def run(self) -> DownloadedResult:
+        """Download to the destination: the file appears whole, or not at all."""
+        assert self._destination is not None
         temp = _TempFile(
             self._destination,
             self._budget,
@@ -741,20 +820,7 @@ class Downloader:
         )
         self._budget.users += 1
         try:
-            # The API answers the result itself, or a $redirect to pre-signed storage.
-            api = _Source(self._api_url, redirected=False)
-            logger.debug("downloading the result from %s", self._api_url)
-            storage_url = await self._fetch(api, temp, probe_redirect=True)
-            if storage_url is not None:
-                storage = _Source(storage_url, redirected=True)
-                logger.debug("the result is in storage: downloading %s", mask_url(storage_url))
-                await self._fetch(storage, temp)
-            if temp.size == 0:
-                raise ResponseValidationError(
-                    "the result is empty: a result is a JSON document",
-                    method="GET",
-                    url=mask_url(storage_url) if storage_url is not None else self._api_url,
-                )
+            storage_url = await self._fill(temp)
             await self._progress.report(temp.size, temp.size, final=True)
             logger.debug("writing the last of %d bytes to disk", temp.size)
             await temp.commit()
@@ -766,8 +832,31 @@ class Downloader:
         logger.debug("the result is at %s (%d bytes)", self._destination, temp.size)
         return DownloadedResult(self._destination, temp.size, storage_url is not None)
 
+    async def stream(self, sink: StreamSink) -> None:
+        """Download into ``sink``, whose reader takes the bytes as they come."""
+        await self._fill(sink)
+        logger.debug("streamed the whole result (%d bytes)", sink.size)
+
+    async def _fill(self, sink: _Sink) -> str | None:
+        """Read the result into ``sink``, inline or from storage; the storage URL, if any."""
+        # The API answers the result itself, or a $redirect to pre-signed storage.
+        api = _Source(self._api_url, redirected=False)
+        logger.debug("downloading the result from %s", self._api_url)
+        storage_url = await self._fetch(api, sink, probe_redirect=True)
+        if storage_url is not None:
+            storage = _Source(storage_url, redirected=True)
+            logger.debug("the result is in storage: downloading %s", mask_url(storage_url))
+            await self._fetch(storage, sink)
+        if sink.size == 0:
+            raise ResponseValidationError(
+                "the result is empty: a result is a JSON document",
+                method="GET",
+                url=mask_url(storage_url) if storage_url is not None else self._api_url,
+            )
+        return storage_url
+
     async def _fetch(
-        self, source: _Source, temp: _TempFile, *, probe_redirect: bool = False
+        self, source: _Source, temp: _Sink, *, probe_redirect: bool = False
     ) -> str | None:
         """Read ``source`` into ``temp``, resuming and refreshing as needed.
 
@@ -813,6 +902,7 @@ class Downloader:
                 failure = APIConnectionError(
                     error.message, method="GET", url=error.url, request_sent=True
                 )
+                failure.attempts, failure.elapsed = error.attempts, error.elapsed
             # Raised out here, not as the context of a private error of ours.
             raise failure
 
@@ -850,7 +940,7 @@ class Downloader:
         )
 
     async def _read_once(
-        self, source: _Source, temp: _TempFile, probe_redirect: bool, attempt_number: int
+        self, source: _Source, temp: _Sink, probe_redirect: bool, attempt_number: int
     ) -> str | None:
         """One GET of ``source`` from ``temp.size`` on; raises to be retried or resumed.
 
@@ -859,7 +949,7 @@ class Downloader:
         ranges), the file starts over instead.
         """
         if temp.size and (not source.redirected or self._etag is None):
-            await temp.restart()
+            await temp.restart(reason="the answer was cut short and cannot be resumed")
         # Raw bytes: ranges count bytes of the stored representation, not of a decoding.
         headers = {"Accept-Encoding": "identity"}
         if temp.size:
@@ -870,9 +960,10 @@ class Downloader:
             source.url,
             storage=source.redirected,
             headers=headers,
-            route="storage" if source.redirected else "/workflows/{id}/result",
+            route=STORAGE_ROUTE if source.redirected else "/workflows/{id}/result",
             attempt_number=attempt_number,
-            read_bufsize=self._budget.share(MAX_READ_BUFFER_BYTES, MIN_READ_BUFFER_BYTES) // 4,
+            read_bufsize=self._read_bufsize
+            or self._budget.share(MAX_READ_BUFFER_BYTES, MIN_READ_BUFFER_BYTES) // 4,
             consume=partial(self._stream, source=source, temp=temp, probe_redirect=probe_redirect),
         )
 
@@ -881,7 +972,7 @@ class Downloader:
         response: aiohttp.ClientResponse,
         *,
         source: _Source,
-        temp: _TempFile,
+        temp: _Sink,
         probe_redirect: bool,
     ) -> str | None:
         """Write the answer's body to ``temp``; the ``$redirect`` instead, if it is one."""
@@ -917,7 +1008,7 @@ class Downloader:
             self._check_size(temp.size + len(chunk), None, display_url)
             if total is not None and temp.size + len(chunk) > total:
                 # Only a body without a Content-Length can run past its Content-Range.
-                await temp.restart()
+                await temp.restart(reason="storage sent more bytes than it announced")
                 self._etag = self._total = None
                 raise _Unusable("storage sent more bytes than it announced", url=display_url)
             await temp.write(chunk)
@@ -932,11 +1023,14 @@ class Downloader:
         limit = self._max_bytes
         if limit is not None and max(size, announced or 0) > limit:
             raise ResultTooLargeError(
-                max_bytes=limit, size=announced, url=display_url, to_disk=True
+                max_bytes=limit,
+                size=announced,
+                url=display_url,
+                to_disk=self._destination is not None,
             )
 
     async def _line_up(
-        self, response: aiohttp.ClientResponse, temp: _TempFile, display_url: str
+        self, response: aiohttp.ClientResponse, temp: _Sink, display_url: str
     ) -> int | None:
         """Line the file up with the answer (:func:`line_up`); the object's total length."""
         decision = line_up(
@@ -948,12 +1042,14 @@ class Downloader:
         )
         if decision.problem is not None:
             # Start over from byte 0 on the next attempt, taking the object as it is then.
-            await temp.restart()
+            await temp.restart(reason=decision.problem)
             self._etag = self._total = None
             raise _Unusable(decision.problem, url=display_url)
         if decision.restart:
             logger.info("storage sent the whole result again; restarting the download")
-            await temp.restart()
+            # The same strong ETag: the same bytes again (line_up keeps it as the etag).
+            same = decision.etag is not None and decision.etag == self._etag
+            await temp.restart(same_object=same, reason="storage sent another object whole")
         if temp.size == 0:  # a whole object from its start: what any resume must match
             self._etag, self._total = decision.etag, decision.total
         self._check_size(temp.size, decision.total, display_url)

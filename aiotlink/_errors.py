@@ -7,7 +7,8 @@
     │   ├── BadRequestError          400
     │   ├── AuthenticationError      401
     │   ├── PermissionDeniedError    403
-    │   ├── NotFoundError            404
+    │   ├── NotFoundError            404 (.unknown_route: the path is no endpoint: check base_url)
+    │   │   └── ResultNotReadyError  404 WORKFLOW_RESULT_NOT_FOUND: no result (yet)
     │   ├── RateLimitError           429 (.retry_after)
     │   └── ServerError              5xx
     ├── APIConnectionError           no answer: connect failure, connection lost
@@ -16,13 +17,18 @@
     ├── ResponseTooLargeError        an answer over max_response_bytes; nothing more read
     │   └── ResultTooLargeError      a result over max_bytes: use download_result
     ├── ClientClosedError            the client was closed (waits end with it at once)
-    ├── DownloadError                (download_result) the file could not be written whole
+    ├── DownloadError                (download_result) the file could not be written whole;
+    │                                (stream_result) the rest could not be had after some
     ├── WebhookVerificationError     (webhooks) a delivery that is not a verified, signed event
     ├── WorkflowFailedError          (waiting) the execution ended other than COMPLETED
     └── WaitTimeoutError             (waiting) the deadline passed first
 
 Programming errors (a malformed argument) raise ``ValueError`` (or ``TypeError``)
-naming the argument, before any request.
+naming the argument, before any request. An execution id is a UUID (a ``uuid.UUID``,
+or text ``uuid.UUID`` reads) in every method; anything else is ``ValueError``.
+
+The error codes in ``APIError.errors`` are plain strings; :class:`ErrorCode` names the
+ones the API is known to send, to compare with (``error.code == ErrorCode.X``).
 
 No error carries a secret: the token and the signatures of pre-signed URLs are masked
 in texts, and no error of a library underneath (whose request information holds the
@@ -31,6 +37,7 @@ headers) is chained as ``__cause__`` or ``__context__``.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +53,32 @@ _MAY_HAVE_BEEN_CREATED = (
     "the request may have reached the server, so the execution may have been created; "
     "it was not retried: check before initialising again"
 )
+
+
+class ErrorCode(enum.StrEnum):
+    """The error codes of ``APIError.errors`` known to the client, as constants.
+
+    The API's reference publishes no list: these are the codes its answers carry as the
+    fake server (``aiotlink.testing``) reproduces them. A ``StrEnum``: a member equals
+    its text (``ErrorCode.WORKFLOW_ALREADY_FINISHED == "WORKFLOW_ALREADY_FINISHED"``),
+    and codes not listed here still arrive, as plain strings.
+    """
+
+    UNAUTHORIZED = "UNAUTHORIZED"  # 401: token missing, unknown or expired
+    ACCESS_DENIED = "ACCESS_DENIED"  # 403: the token lacks a permission
+    NOT_FOUND = "NOT_FOUND"  # 404: no such endpoint (check base_url)
+    WORKFLOW_NOT_FOUND = "WORKFLOW_NOT_FOUND"  # 404: no such execution
+    WORKFLOW_DEFINITION_NOT_FOUND = "WORKFLOW_DEFINITION_NOT_FOUND"  # 404 on initialise
+    WORKFLOW_RESULT_NOT_FOUND = "WORKFLOW_RESULT_NOT_FOUND"  # 404: no result (yet)
+    WORKFLOW_ALREADY_FINISHED = "WORKFLOW_ALREADY_FINISHED"  # 400: cancel after the end
+    INVALID_WORKFLOW_ID = "INVALID_WORKFLOW_ID"  # 400: the result's id is no UUID
+    VALIDATION_ERROR = "VALIDATION_ERROR"  # 400: a field of initialise's body
+    INVALID_REQUEST_BODY = "INVALID_REQUEST_BODY"  # 400: the body is no JSON object
+    INVALID_REQUEST = "INVALID_REQUEST"  # 400: another malformed request
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"  # 415
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"  # 413
+    WEBHOOK_KEY_NOT_FOUND = "WEBHOOK_KEY_NOT_FOUND"  # 404: no webhook key of that kid
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"  # 500
 
 
 @attrs.frozen
@@ -111,6 +144,15 @@ class APIError(TransactionLinkError):
         self.retry_after = retry_after
         self.may_have_been_created = False
 
+    @property
+    def code(self) -> str | None:
+        """The first error's code (compare with :class:`ErrorCode`), ``None`` if none."""
+        return self.errors[0].code if self.errors else None
+
+    def _hint(self) -> str | None:
+        """A sentence on what to do, for the end of the message (subclasses add one)."""
+        return None
+
     def __str__(self) -> str:
         parts = [f"{self.status}"]
         if self.errors:
@@ -127,6 +169,9 @@ class APIError(TransactionLinkError):
             parts.append(f"(retry after {self.retry_after:g} s)")
         if self.may_have_been_created:
             parts.append(f"-- {_MAY_HAVE_BEEN_CREATED}")
+        hint = self._hint()
+        if hint is not None:
+            parts.append(f"-- {hint}")
         return " ".join(parts)
 
 
@@ -143,7 +188,29 @@ class PermissionDeniedError(APIError):
 
 
 class NotFoundError(APIError):
-    """404: no such execution, or it has no result yet."""
+    """404: no such execution, no result yet, or no such endpoint.
+
+    ``unknown_route`` is True when the answer is not the API's own "not found" of an
+    execution: a 404 without the API's error document (a proxy's, a web server's) or
+    with the code of an unknown path (``ErrorCode.NOT_FOUND``). The request went to a
+    path the API does not serve: ``base_url`` is most likely wrong, and the message
+    says so.
+    """
+
+    unknown_route = False
+
+    def _hint(self) -> str | None:
+        if not self.unknown_route:
+            return None
+        return "no such endpoint at this URL: check base_url"
+
+
+class ResultNotReadyError(NotFoundError):
+    """404 ``WORKFLOW_RESULT_NOT_FOUND``: the execution has no result (yet).
+
+    It has not completed, or ended other than ``COMPLETED``. A :class:`NotFoundError`,
+    so ``except NotFoundError`` catches it as before.
+    """
 
 
 class RateLimitError(APIError):
@@ -168,16 +235,40 @@ class APIConnectionError(TransactionLinkError):
         self.url = url
         self.request_sent = request_sent
         self.may_have_been_created = False
+        # Set by the retry loop once it gives up: how many attempts failed, over how long.
+        self.attempts: int | None = None
+        self.elapsed: float | None = None
 
     def __str__(self) -> str:
         text = f"{self.message} on {self.method} {self.url}"
+        if self.attempts is not None and self.elapsed is not None:
+            plural = "s" if self.attempts != 1 else ""
+            text += f" (after {self.attempts} attempt{plural} over {self.elapsed:.2f} s)"
         if self.may_have_been_created:
             text += f" -- {_MAY_HAVE_BEEN_CREATED}"
         return text
 
 
 class APITimeoutError(APIConnectionError, TimeoutError):
-    """No answer within the timeout; ``except TimeoutError`` catches it too."""
+    """No answer within the timeout; ``except TimeoutError`` catches it too.
+
+    ``timeout`` is the limit that ran out, in seconds (``None`` if unknown); the
+    message names it, and the option that sets it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        url: str,
+        request_sent: bool,
+        timeout: float | None = None,
+    ) -> None:
+        if timeout is not None:
+            message = f"{message} (timeout={timeout:g} s)"
+        super().__init__(message, method=method, url=url, request_sent=request_sent)
+        self.timeout = timeout
 
 
 class ResponseValidationError(TransactionLinkError):
@@ -251,14 +342,16 @@ class ResultTooLargeError(ResponseTooLargeError):
 
 
 class DownloadError(TransactionLinkError):
-    """A result could not be written whole to ``path``.
+    """A result could not be written whole to ``path``, or streamed whole.
 
     The disk refused (the OS error is the ``__cause__``), or storage's answers could
     not be put together into one object. The destination is left as it was and no
-    temporary file remains.
+    temporary file remains. From ``stream_result`` (``path`` is ``None``): the rest of
+    the result could not be had after some of it was yielded (no ETag to resume by,
+    or storage changed the object).
     """
 
-    def __init__(self, message: str, *, path: Path) -> None:
+    def __init__(self, message: str, *, path: Path | None) -> None:
         super().__init__(message)
         self.path = path
 

@@ -9,10 +9,26 @@ import enum
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias
 from uuid import UUID
 
 import attrs
+
+if TYPE_CHECKING:
+    # A default for the type parameter (PEP 696), for type checkers only: a bare
+    # ``RunResult`` stays ``RunResult[Any]``, as it was before it had a parameter.
+    # typing.TypeVar takes a default from Python 3.13 on.
+    from typing_extensions import TypeVar
+
+    Result = TypeVar("Result", default=Any)
+else:
+    from typing import TypeVar
+
+    Result = TypeVar("Result")
+
+# A decoded JSON value: what get_result returns (results are any JSON the workflow
+# produced, most often an object).
+JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
 
 # Our reading of the reference, which does not say (spec/README.md): these never change again.
 _TERMINAL_VALUES = frozenset(
@@ -20,7 +36,30 @@ _TERMINAL_VALUES = frozenset(
 )
 
 
-class WorkflowStatus(enum.StrEnum):
+class _OpenStrEnum(enum.StrEnum):
+    """A ``str`` enum that takes values it does not know, rather than fail to decode.
+
+    An unknown value becomes a member-like value whose ``.value`` is the raw text and
+    whose ``is_known`` is False. Not cached: arbitrary server text cannot grow the class.
+    """
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if not isinstance(value, str) or not value:
+            return None
+        # A pseudo-member (as enum.Flag makes for combined values).
+        unknown = str.__new__(cls, value)
+        unknown._name_ = value
+        unknown._value_ = value
+        return unknown
+
+    @property
+    def is_known(self) -> bool:
+        """Whether this is one of the documented values."""
+        return self._name_ in type(self).__members__
+
+
+class WorkflowStatus(_OpenStrEnum):
     """Status of a workflow execution.
 
     A value the client does not know yet still decodes: it becomes a member-like value
@@ -40,26 +79,22 @@ class WorkflowStatus(enum.StrEnum):
     CANCELLED = "CANCELLED"
     PAUSED = "PAUSED"
 
-    @classmethod
-    def _missing_(cls, value: object) -> WorkflowStatus | None:
-        if not isinstance(value, str) or not value:
-            return None
-        # A pseudo-member (as enum.Flag makes for combined values): not cached, so
-        # arbitrary server text cannot grow the class.
-        unknown = str.__new__(cls, value)
-        unknown._name_ = value
-        unknown._value_ = value
-        return unknown
-
-    @property
-    def is_known(self) -> bool:
-        """Whether this is one of the eleven documented statuses."""
-        return self._name_ in type(self).__members__
-
     @property
     def is_terminal(self) -> bool:
         """Whether the execution has ended and its status will not change again."""
         return self._value_ in _TERMINAL_VALUES
+
+
+class ExecutionType(_OpenStrEnum):
+    """How an execution runs: in the background, or on a hosted page (interactive).
+
+    A ``str`` enum: it equals its text (``ExecutionType.BACKGROUND == "BACKGROUND"``).
+    A value the client does not know still decodes, as for :class:`WorkflowStatus`
+    (``is_known`` False).
+    """
+
+    BACKGROUND = "BACKGROUND"
+    INTERACTIVE = "INTERACTIVE"
 
 
 @attrs.frozen
@@ -88,7 +123,7 @@ class WorkflowExecution:
     status: WorkflowStatus
     locale: str
     ui_options: dict[str, Any]
-    execution_type: str
+    execution_type: ExecutionType
     execution_version: int | float
     origin: Origin
     expires_at: datetime | None = None
@@ -122,14 +157,17 @@ class DownloadedResult:
 
 
 @attrs.frozen
-class RunResult:
+class RunResult(Generic[Result]):
     """What ``client.workflows.run()`` returns.
 
-    ``execution`` is the terminal execution, ``result`` its decoded JSON result.
+    ``execution`` is the terminal execution, ``result`` its decoded JSON result
+    (:data:`JSONValue`), or with ``download_to=`` the :class:`DownloadedResult`; ``None``
+    when the execution did not complete and ``raise_on_failure=False``. Type checkers
+    see which from ``run``'s arguments.
     """
 
     execution: WorkflowExecution
-    result: Any
+    result: Result
 
 
 @attrs.frozen

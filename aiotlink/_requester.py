@@ -41,6 +41,7 @@ from ._polling import Fetch, Poller
 from ._redaction import mask_url, url_secrets
 from ._retry import RetryPolicy, call_with_retries
 from ._transport import (
+    STORAGE_ROUTE,
     Request,
     Response,
     api_url,
@@ -48,6 +49,7 @@ from ._transport import (
     connection_error,
     error_of_answer,
     log_attempt,
+    seconds_of,
     send,
     unusable_session,
 )
@@ -266,7 +268,11 @@ class Requester:
                 log_attempt("GET", route, display_url, attempt_number, started, response.status)
                 if response.status >= 300:
                     raise await error_of_answer(
-                        response, method="GET", display_url=display_url, secrets=secrets
+                        response,
+                        method="GET",
+                        display_url=display_url,
+                        secrets=secrets,
+                        from_api=not storage,
                     )
                 return await consume(response)
         except aiohttp.ClientPayloadError as exc:
@@ -276,10 +282,9 @@ class Requester:
                 url=display_url,
                 request_sent=True,
             )
-        except aiohttp.ClientError as exc:
-            failure = connection_error(exc, "GET", display_url)
-        except TimeoutError as exc:
-            failure = connection_error(exc, "GET", display_url)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # aiohttp's read timeouts are both
+            timeout = seconds_of(self._options.storage_timeout)
+            failure = connection_error(exc, "GET", display_url, timeout=timeout)
         except RuntimeError as exc:  # the session was closed, or is of another loop
             closed = self._sessions.cannot_send(storage=storage)
             failure = unusable_session(exc, closed=closed, method="GET", display_url=display_url)
@@ -341,7 +346,7 @@ class Requester:
             "GET",
             URL(url_text, encoded=True),
             display_url,
-            "storage",
+            STORAGE_ROUTE,
             None,  # no header of ours: storage gets no credential
             None,
             options.storage_timeout,

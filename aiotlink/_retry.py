@@ -11,6 +11,7 @@ import email.utils
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -125,10 +126,12 @@ async def call_with_retries(
     """Await ``attempt(*arguments, attempt_number)`` until it succeeds or fails for good.
 
     It fails for good on an error not worth retrying, or once retries run out.
-    ``attempt_number`` counts from 1. The last error is raised as it is.
-    ``description`` (method and URL, signatures masked) goes into the log line of
-    each retry.
+    ``attempt_number`` counts from 1. The last error is raised as it is; an
+    :class:`APIConnectionError` (no answer) is told how many attempts failed and over
+    how long, for its message. ``description`` (method and URL, signatures masked)
+    goes into the log line of each retry.
     """
+    started = time.monotonic()
     # The first attempt runs bare, and nothing is built for a retry until one is
     # needed: most calls succeed, every microsecond here is the client's overhead per
     # call, and tenacity's state is a reference cycle per call that only the cyclic GC
@@ -137,6 +140,7 @@ async def call_with_retries(
         return await attempt(*arguments, 1)
     except Exception as error:
         if policy.max_retries == 0 or retry_reason(error, idempotent=idempotent) is None:
+            _count_attempts(error, 1, started)
             raise
         first_failure = error
     return await _retry_after_failure(
@@ -145,7 +149,15 @@ async def call_with_retries(
         policy=policy,
         idempotent=idempotent,
         description=description,
+        started=started,
     )
+
+
+def _count_attempts(error: BaseException, attempts: int, started: float) -> None:
+    """Tell a no-answer error how many attempts failed, and over how many seconds."""
+    if isinstance(error, APIConnectionError):
+        error.attempts = attempts
+        error.elapsed = time.monotonic() - started
 
 
 async def _retry_after_failure(
@@ -155,6 +167,7 @@ async def _retry_after_failure(
     policy: RetryPolicy,
     idempotent: bool,
     description: str,
+    started: float,
 ) -> T:
     """Hand a failed first attempt to tenacity, which waits and retries from there."""
     attempts = policy.max_retries + 1
@@ -204,4 +217,8 @@ async def _retry_after_failure(
         before_sleep=log_retry,
         reraise=True,
     )
-    return await retrying(attempt_again)
+    try:
+        return await retrying(attempt_again)
+    except Exception as error:
+        _count_attempts(error, attempt_number - 1, started)
+        raise

@@ -25,11 +25,13 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    ErrorCode,
     ErrorDetail,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
     ResponseTooLargeError,
+    ResultNotReadyError,
     ServerError,
     TransactionLinkError,
 )
@@ -39,6 +41,8 @@ from ._retry import parse_retry_after
 logger = logging.getLogger("aiotlink")
 
 SNIPPET_CHARS = 200
+# The route that log lines and errors give requests to pre-signed storage.
+STORAGE_ROUTE = "storage"
 # An error body is read only this far: enough for any error document, and a proxy's
 # multi-megabyte page cannot hold the connection.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -125,21 +129,28 @@ def error_for_response(
     method: str,
     url: str,
     now: datetime | None = None,
+    from_api: bool = True,
 ) -> APIError:
     """The error for an HTTP error answer; the one place statuses map to error classes.
 
     Unreadable bodies (an HTML 502 from a proxy, an empty 503) still map by status and
-    keep a short snippet of the body for the message.
+    keep a short snippet of the body for the message. A 404 of the API (``from_api``;
+    storage is not the API) is an unknown route when it is not the API's error
+    document, or names an unknown path (``ErrorCode.NOT_FOUND``); a 404 with
+    ``WORKFLOW_RESULT_NOT_FOUND`` is a :class:`ResultNotReadyError`.
     """
+    document = _error_document(body)
+    fingerprint, errors = document if document is not None else (None, [])
     if status in _ERRORS_BY_STATUS:
         cls = _ERRORS_BY_STATUS[status]
     elif status >= 500:
         cls = ServerError
     else:
         cls = APIError
-    document = _error_document(body)
-    fingerprint, errors = document if document is not None else (None, [])
-    return cls(
+    codes = {error.code for error in errors}
+    if status == 404 and ErrorCode.WORKFLOW_RESULT_NOT_FOUND in codes:
+        cls = ResultNotReadyError
+    error = cls(
         status,
         method=method,
         url=url,
@@ -148,6 +159,9 @@ def error_for_response(
         body_snippet=None if document is not None else _snippet(body),
         retry_after=parse_retry_after(headers.get("Retry-After"), now=now or datetime.now(UTC)),
     )
+    if isinstance(error, NotFoundError) and from_api:
+        error.unknown_route = document is None or ErrorCode.NOT_FOUND in codes
+    return error
 
 
 _JSON_DECODER = msgspec.json.Decoder()
@@ -257,16 +271,27 @@ async def read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 async def error_of_answer(
-    response: aiohttp.ClientResponse, *, method: str, display_url: str, secrets: tuple[str, ...]
+    response: aiohttp.ClientResponse,
+    *,
+    method: str,
+    display_url: str,
+    secrets: tuple[str, ...],
+    from_api: bool = True,
 ) -> APIError:
     """The error for an error answer: its body read up to ERROR_BODY_LIMIT, secrets scrubbed.
 
-    The one way every request path (calls, storage, downloads) reads an error answer.
+    The one way every request path (calls, storage, downloads) reads an error answer;
+    ``from_api`` is False for storage.
     """
     body = await read_up_to(response, ERROR_BODY_LIMIT)
     body = scrub(body, secrets, cut=len(body) == ERROR_BODY_LIMIT)
     return error_for_response(
-        response.status, response.headers, body, method=method, url=display_url
+        response.status,
+        response.headers,
+        body,
+        method=method,
+        url=display_url,
+        from_api=from_api,
     )
 
 
@@ -300,6 +325,7 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
                     method=request.method,
                     display_url=request.display_url,
                     secrets=request.secrets,
+                    from_api=request.route != STORAGE_ROUTE,
                 )
                 if debug:
                     log_attempt(*request.described, attempt_number, started, response.status)
@@ -310,10 +336,10 @@ async def send(session: aiohttp.ClientSession, request: Request, attempt_number:
             if debug:
                 log_attempt(*request.described, attempt_number, started, response.status)
             return answer
-    except aiohttp.ClientError as exc:
-        failure = connection_error(exc, request.method, request.display_url)
-    except TimeoutError as exc:
-        failure = connection_error(exc, request.method, request.display_url)
+    except (aiohttp.ClientError, TimeoutError) as exc:  # aiohttp's read timeouts are both
+        failure = connection_error(
+            exc, request.method, request.display_url, timeout=seconds_of(request.timeout)
+        )
     except RuntimeError as exc:
         failure = unusable_session(
             exc, closed=session.closed, method=request.method, display_url=request.display_url
@@ -372,12 +398,20 @@ def unusable_session(
     )
 
 
-def connection_error(exc: BaseException, method: str, display_url: str) -> APIConnectionError:
+def seconds_of(timeout: aiohttp.ClientTimeout) -> float | None:
+    """The limit a timeout of ``timeout`` ran out on: the total, else the per-read one."""
+    return timeout.total if timeout.total is not None else timeout.sock_read
+
+
+def connection_error(
+    exc: BaseException, method: str, display_url: str, *, timeout: float | None = None
+) -> APIConnectionError:
     """The error for an aiohttp failure that left no answer (a timeout or a lost link).
 
     ``request_sent`` is False only where the server provably never saw the request:
-    the connection could not be made. Call it outside the ``except`` block that caught
-    ``exc``, or raise its result from there, never inside it (see :func:`send`).
+    the connection could not be made. ``timeout`` is the limit that applied, named in a
+    timeout's message. Call it outside the ``except`` block that caught ``exc``, or
+    raise its result from there, never inside it (see :func:`send`).
     """
     request_sent = not isinstance(
         exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError
@@ -385,7 +419,11 @@ def connection_error(exc: BaseException, method: str, display_url: str) -> APICo
     if isinstance(exc, TimeoutError):
         stage = "connecting" if not request_sent else "waiting for the answer"
         return APITimeoutError(
-            f"timed out {stage}", method=method, url=display_url, request_sent=request_sent
+            f"timed out {stage}",
+            method=method,
+            url=display_url,
+            request_sent=request_sent,
+            timeout=timeout,
         )
     if request_sent:
         # Only the type: the text of a response error names the request, headers aside.

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 from uuid import UUID
 
 from ._arguments import (
@@ -26,7 +26,7 @@ from ._arguments import (
 )
 from ._callbacks import OnProgress, OnStatus, notify
 from ._converter import DecodeError, decode_execution, encode_initialise_request
-from ._download import Downloader
+from ._download import Downloader, StreamSink
 from ._errors import (
     APIConnectionError,
     ResponseValidationError,
@@ -39,6 +39,7 @@ from ._errors import (
 from ._models import (
     DownloadedResult,
     InitialiseRequest,
+    JSONValue,
     RunResult,
     WorkflowExecution,
     WorkflowStatus,
@@ -66,6 +67,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aiotlink")
 
 DEFAULT_MAX_RESULT_BYTES = 100 * 2**20
+# stream_result's pieces: what StreamingResponse and ASGI servers send well at once.
+DEFAULT_STREAM_CHUNK_BYTES = 64 * 1024
+STREAM_TASK_NAME = "aiotlink stream_result"  # how the download of a stream shows in a dump
+# The least a stream's socket reads ask for: tiny reads cost more than the memory saved.
+MIN_STREAM_READ_BYTES = 16 * 1024
 # The remote cancel sent when a wait is cancelled must not hold up the cancellation.
 REMOTE_CANCEL_TIMEOUT = 5.0
 
@@ -264,7 +270,7 @@ class Workflows:
             the object whole. APIError, APIConnectionError: the result could not be
             had, after retries.
         """
-        path_in_api = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
+        path_in_api = f"/workflows/{check_execution_id(execution_id)}/result"
         destination = check_destination(path)
         check_callable("on_progress", on_progress)
         if max_bytes is not None:
@@ -274,6 +280,67 @@ class Workflows:
             self._requester, path_in_api, destination, on_progress, max_bytes, direct_io=direct
         )
         return await downloader.run()
+
+    def stream_result(
+        self,
+        execution_id: str | UUID,
+        *,
+        chunk_size: int = DEFAULT_STREAM_CHUNK_BYTES,
+        max_bytes: int | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The result's raw JSON bytes as they arrive, inline or from a ``$redirect``.
+
+        An async iterator of ``bytes`` of at most ``chunk_size`` bytes each (default 64
+        KiB), for ``StreamingResponse`` and the like. Memory stays bounded by a few
+        chunks whatever the size: the download reads on only as fast as the chunks are
+        taken. Nothing is sent until the first chunk is asked for; the arguments are
+        checked now. The machinery is :meth:`download_result`'s: storage gets no
+        credential, every read is an attempt of the client's retry policy, an expired
+        pre-signed URL is replaced, and a connection dropped mid-body resumes with
+        ``Range`` on the same object (its strong ETag), or skips what was already
+        yielded when storage sends that same object whole again. Bytes yielded cannot
+        be taken back: where the rest cannot be had as the same object (no ETag, an
+        inline answer cut short, an object changed), it raises :class:`DownloadError`.
+        Leaving the loop early (or ``aclose()``) stops the download at once.
+
+        Raises:
+            ValueError: a malformed argument, now, before any request. While iterating:
+            ResultNotReadyError (a NotFoundError): no result yet. ResultTooLargeError:
+            over ``max_bytes``. DownloadError: the rest could not be had whole.
+            APIError, APIConnectionError: after retries. ResponseValidationError: an
+            empty result, or one that is not JSON.
+        """
+        path_in_api = f"/workflows/{check_execution_id(execution_id)}/result"
+        chunk_size = check_count("chunk_size", chunk_size, minimum=1)
+        if max_bytes is not None:
+            check_count("max_bytes", max_bytes, minimum=1)
+        downloader = Downloader(
+            self._requester,
+            path_in_api,
+            None,
+            None,
+            max_bytes,
+            # aiohttp holds up to twice this of the body before it stops reading.
+            read_bufsize=max(chunk_size, MIN_STREAM_READ_BYTES),
+        )
+        return self._stream(downloader, chunk_size)
+
+    @staticmethod
+    async def _stream(downloader: Downloader, chunk_size: int) -> AsyncGenerator[bytes, None]:
+        sink = StreamSink(chunk_size)
+        # The download runs in a task of its own: its reads happen inside the request
+        # layer's one GET (and retry loop), handing each piece over to this generator.
+        download = asyncio.create_task(downloader.stream(sink), name=STREAM_TASK_NAME)
+        download.add_done_callback(sink.end)
+        try:
+            while (piece := await sink.take()) is not None:
+                yield piece
+        finally:
+            if not download.done():
+                download.cancel()
+                # Awaited so that the connection is released before the caller goes
+                # on; a cancellation of the caller still propagates.
+                await asyncio.wait([download])
 
     async def watch(
         self,
@@ -464,6 +531,74 @@ class Workflows:
         except (TransactionLinkError, TimeoutError) as error:
             logger.warning("could not cancel execution %s: %s", execution_id, error)
 
+    # The result's type follows from the arguments: decoded JSON in memory, or with
+    # download_to= the DownloadedResult (None only where a failure is not raised).
+    @overload
+    async def run(
+        self,
+        workflow_definition_id: str,
+        *,
+        locale: str = "en",
+        parameters: Mapping[str, Any] | None = None,
+        expires_at: datetime | timedelta | None = None,
+        record_id: UUID | str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
+        on_status: OnStatus | None = None,
+        raise_on_failure: bool = True,
+        cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
+        max_bytes: int | None = None,
+        download_to: None = None,
+        on_progress: OnProgress | None = None,
+    ) -> RunResult[JSONValue]: ...
+
+    @overload
+    async def run(
+        self,
+        workflow_definition_id: str,
+        *,
+        locale: str = "en",
+        parameters: Mapping[str, Any] | None = None,
+        expires_at: datetime | timedelta | None = None,
+        record_id: UUID | str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
+        on_status: OnStatus | None = None,
+        raise_on_failure: Literal[True] = True,
+        cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
+        max_bytes: int | None = None,
+        download_to: str | os.PathLike[str],
+        on_progress: OnProgress | None = None,
+    ) -> RunResult[DownloadedResult]: ...
+
+    @overload
+    async def run(
+        self,
+        workflow_definition_id: str,
+        *,
+        locale: str = "en",
+        parameters: Mapping[str, Any] | None = None,
+        expires_at: datetime | timedelta | None = None,
+        record_id: UUID | str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_factor: float = DEFAULT_POLL_FACTOR,
+        on_status: OnStatus | None = None,
+        raise_on_failure: bool,
+        cancel_on_timeout: bool = False,
+        cancel_remote_on_cancel: bool = False,
+        max_bytes: int | None = None,
+        download_to: str | os.PathLike[str],
+        on_progress: OnProgress | None = None,
+    ) -> RunResult[DownloadedResult | None]: ...
+
     async def run(
         self,
         workflow_definition_id: str,
@@ -483,7 +618,7 @@ class Workflows:
         max_bytes: int | None = None,
         download_to: str | os.PathLike[str] | None = None,
         on_progress: OnProgress | None = None,
-    ) -> RunResult:
+    ) -> RunResult[Any]:
         """Initialise an execution, wait for it, and fetch its result, under one ``timeout``.
 
         Every argument is checked before the execution is started. Returns a
@@ -539,6 +674,7 @@ class Workflows:
             )
             if execution.status is not WorkflowStatus.COMPLETED:
                 return RunResult(execution, None)
+            result: JSONValue | DownloadedResult
             async with asyncio.timeout_at(deadline) as phase:
                 if download_to is None:
                     result = await self.get_result(
@@ -657,17 +793,18 @@ class Workflows:
 
     async def get_result(
         self, execution_id: str | UUID, *, max_bytes: int = DEFAULT_MAX_RESULT_BYTES
-    ) -> Any:
+    ) -> JSONValue:
         """The decoded JSON result of a completed execution, held in memory.
 
         A ``$redirect`` to storage is followed with a plain GET that carries no
         credential. ``max_bytes`` (default 100 MiB) bounds the body read.
 
         Raises:
-            ValueError: ``execution_id`` is not a UUID. NotFoundError: no such execution,
-            or no result yet. ResultTooLargeError: over ``max_bytes``.
+            ValueError: ``execution_id`` is not a UUID. NotFoundError: no such
+            execution; ResultNotReadyError (a NotFoundError): no result yet.
+            ResultTooLargeError: over ``max_bytes``.
         """
-        path = f"/workflows/{check_uuid('execution_id', execution_id)}/result"
+        path = f"/workflows/{check_execution_id(execution_id)}/result"
         max_bytes = check_count("max_bytes", max_bytes, minimum=1)
         response = await self._requester.call(
             "GET",
@@ -695,9 +832,10 @@ class Workflows:
     # The errors below are raised outside the handlers that caught the decoders' errors,
     # so that those (and the body they may hold) do not ride along as __context__.
     # A problem may quote a value of the answer: scrubbed, as error bodies are.
-    def _json(self, response: Response, method: str, url: str) -> Any:
+    def _json(self, response: Response, method: str, url: str) -> JSONValue:
         try:
-            return decode_json(response)
+            payload: JSONValue = decode_json(response)  # JSON is what a JSON decoder makes
+            return payload
         except ValueError as exc:
             problem = str(exc)
         raise ResponseValidationError(

@@ -2,6 +2,7 @@
 
     POST /kyc                         start a KYC workflow; answers its id
     GET  /kyc/{id}?wait=10            wait up to `wait` seconds for it to end
+    GET  /kyc/{id}/result             the result, streamed as it comes (any size)
     POST /transactionlink/webhooks    the receiver: set this URL in TransactionLink's dashboard
 
 Waits poll only once a minute, as a safety net: each verified webhook nudges the waits
@@ -27,20 +28,25 @@ import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from aiotlink import NotFoundError, TransactionLinkClient, WaitTimeoutError, WebhookEvent
+from aiotlink import (
+    NotFoundError,
+    ResultNotReadyError,
+    TransactionLinkClient,
+    WaitTimeoutError,
+    WebhookEvent,
+)
 
 DEFINITION_ID = os.environ.get("KYC_DEFINITION_ID", "kyc-background")
 MAX_WAIT = 30.0  # seconds a request may hold its connection open
 SAFETY_NET_POLL = 60.0  # seconds between polls: the webhooks do the rest
 
-# Made at import so that the receiver can be mounted below. Creating it does no I/O:
-# its connections open on first use, inside the server's event loop; the lifespan
-# closes it.
-client = TransactionLinkClient()  # TRANSACTIONLINK_TOKEN, TRANSACTIONLINK_BASE_URL
 events: asyncio.Queue[WebhookEvent] = asyncio.Queue(maxsize=10_000)
 seen_statuses: Counter[str] = Counter()  # what the follow-up task has handled
 handled_one = asyncio.Event()
@@ -66,25 +72,47 @@ async def follow_up() -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     worker = asyncio.create_task(follow_up())
-    async with client:  # closed at shutdown
+    # Made here, in the server's loop (TRANSACTIONLINK_TOKEN, TRANSACTIONLINK_BASE_URL),
+    # so that a test's transactionlink_defaults fixture points it at the fake.
+    async with TransactionLinkClient() as client:  # closed at shutdown
+        app.state.transactionlink = client
+        app.state.webhooks = client.webhooks.asgi_app(on_event)
         yield
     worker.cancel()
 
 
+def transactionlink(request: Request) -> TransactionLinkClient:
+    """The app's one client, for the routes (a FastAPI dependency)."""
+    client: TransactionLinkClient = request.app.state.transactionlink
+    return client
+
+
+Client = Annotated[TransactionLinkClient, Depends(transactionlink)]
 app = FastAPI(lifespan=lifespan)
-# A route, not app.mount: a mount answers the bare path with a redirect to its "/" form,
-# which the provider counts as a failed delivery.
-app.add_route("/transactionlink/webhooks", client.webhooks.asgi_app(on_event))
+
+
+class WebhookReceiver:
+    """The receiver that the lifespan made with the client.
+
+    A route, not app.mount: a mount answers the bare path with a redirect to its "/"
+    form, which the provider counts as a failed delivery.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["app"].state.webhooks(scope, receive, send)
+
+
+app.router.routes.append(Route("/transactionlink/webhooks", WebhookReceiver()))
 
 
 @app.post("/kyc", status_code=202)
-async def start_kyc(parameters: dict[str, Any]) -> dict[str, Any]:
+async def start_kyc(parameters: dict[str, Any], client: Client) -> dict[str, Any]:
     execution = await client.workflows.initialise(DEFINITION_ID, parameters=parameters)
     return {"id": execution.id, "status": execution.status.value, "link": execution.link}
 
 
 @app.get("/kyc/{execution_id}")
-async def await_kyc(execution_id: str, wait: float = 10.0) -> dict[str, Any]:
+async def await_kyc(execution_id: str, client: Client, wait: float = 10.0) -> dict[str, Any]:
     try:
         execution = await client.workflows.wait_for_completion(
             execution_id,
@@ -98,6 +126,27 @@ async def await_kyc(execution_id: str, wait: float = 10.0) -> dict[str, Any]:
     except (NotFoundError, ValueError) as error:
         raise HTTPException(404, "no such execution") from error
     return {"id": execution_id, "status": execution.status.value, "done": True}
+
+
+@app.get("/kyc/{execution_id}/result")
+async def kyc_result(execution_id: str, client: Client) -> StreamingResponse:
+    """The result's JSON, streamed from TransactionLink (or its storage) as it arrives."""
+    try:
+        chunks = client.workflows.stream_result(execution_id)
+        # The request is made here, so that its errors become statuses; once the
+        # answer has started, a failure can only cut the body short.
+        first = await anext(chunks)
+    except ResultNotReadyError as error:
+        raise HTTPException(409, "the execution has no result yet") from error
+    except (NotFoundError, ValueError) as error:
+        raise HTTPException(404, "no such execution") from error
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:  # a few chunks in memory, whatever the size
+            yield chunk
+
+    return StreamingResponse(body(), media_type="application/json")
 
 
 async def check(port: int) -> None:
@@ -123,6 +172,9 @@ async def check(port: int) -> None:
                 assert finished.json()["done"], finished.text
                 # Polling alone would have taken SAFETY_NET_POLL: a webhook ended the wait.
                 assert took < SAFETY_NET_POLL / 2, took
+                result = await http.get(f"/kyc/{execution_id}/result")
+                assert result.status_code == 200, result.text
+                print("result:", len(result.content), "bytes, streamed")
                 await handled_one.wait()  # the follow-up task runs after the answer
                 print(f"finished: {finished.json()['status']} in {took:.2f} s")
                 print("webhooks handled:", dict(seen_statuses))
@@ -135,7 +187,10 @@ async def check(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="serve on 127.0.0.1:PORT")
-    asyncio.run(check(parser.parse_args().port))
+    args = parser.parse_args()
+    if not os.environ.get("TRANSACTIONLINK_TOKEN"):
+        parser.error("set TRANSACTIONLINK_TOKEN to your API token (tot_...)")
+    asyncio.run(check(args.port))
 
 
 if __name__ == "__main__":

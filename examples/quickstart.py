@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
 
 from aiotlink import NotFoundError, TransactionLinkClient
 
@@ -36,4 +36,9 @@ async def main(definition_id: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("definition_id", help="the workflow definition to run")
+    args = parser.parse_args()
+    if not os.environ.get("TRANSACTIONLINK_TOKEN"):
+        parser.error("set TRANSACTIONLINK_TOKEN to your API token (tot_...)")
+    asyncio.run(main(args.definition_id))

@@ -85,6 +85,8 @@ if __name__ == "__main__":
     resuming.add_argument("--timeout", type=float, default=600.0)
     resuming.add_argument("--poll-interval", type=float, default=1.0)
     args = parser.parse_args()
+    if not os.environ.get("TRANSACTIONLINK_TOKEN"):
+        parser.error("set TRANSACTIONLINK_TOKEN to your API token (tot_...)")
     if args.command == "start":
         asyncio.run(start(args.definition, args.count, args.state))
     else:

@@ -101,6 +101,7 @@ def run_webhooks_example() -> None:
         output = run(environment, str(HERE / "fastapi_webhooks.py"), "--port", str(port))
         assert "finished: COMPLETED" in output, output
         assert "webhooks handled:" in output, output
+        assert "bytes, streamed" in output, output
     finally:
         stop(fake)
 

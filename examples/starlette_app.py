@@ -12,6 +12,7 @@ Serve it (FastAPI works the same way: create the client in the lifespan):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -97,4 +98,8 @@ def check() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    if not os.environ.get("TRANSACTIONLINK_TOKEN"):
+        parser.error("set TRANSACTIONLINK_TOKEN to your API token (tot_...)")
     check()

@@ -85,4 +85,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--poll-interval", type=float, default=1.0)
     args = parser.parse_args()
+    if not os.environ.get("TRANSACTIONLINK_TOKEN"):
+        parser.error("set TRANSACTIONLINK_TOKEN to your API token (tot_...)")
     asyncio.run(main(args.definitions, args.count, args.concurrency, args.poll_interval))

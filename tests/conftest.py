@@ -12,10 +12,12 @@ from aioresponses import aioresponses
 from aioresponses import core as aioresponses_core
 
 from aiotlink import TransactionLinkClient
+from aiotlink.testing import FakeTransactionLink
 
 from .servers import ScriptedServer
 
 TOKEN = "tot_test_0123456789abcdefghij"
+THRESHOLD = 100_000  # results above this come as a $redirect from the fake fixture
 EXECUTION_ID = "7d0c1a3e-5b2f-4c8e-9a61-3f2b8d4e6a10"
 
 
@@ -41,6 +43,13 @@ def execution_body(**changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTransactionLink]:
+    """The fake with a small redirect threshold, so that result tests stay quick."""
+    async with FakeTransactionLink(redirect_threshold=THRESHOLD) as started:
+        yield started
 
 
 @pytest.fixture

@@ -33,11 +33,10 @@ from aiotlink import (
 from aiotlink._download import _DiskPool, _DiskQueue, content_range
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
-from .conftest import EXECUTION_ID, TOKEN
+from .conftest import EXECUTION_ID, THRESHOLD, TOKEN
 from .servers import ScriptedServer, eventually, follow_answers, reply
 
 BIG = GeneratedResult(3_000_000, seed=7)
-THRESHOLD = 100_000  # results above this come as a $redirect from the fake
 RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
 
 
@@ -78,13 +77,6 @@ def disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def is_direct(descriptor: int) -> bool:
     return bool(fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_DIRECT)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTransactionLink]:
-    """The fake with a small redirect threshold, so that tests stay quick."""
-    async with FakeTransactionLink(redirect_threshold=THRESHOLD) as started:
-        yield started
 
 
 @pytest.fixture

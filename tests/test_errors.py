@@ -135,7 +135,7 @@ def test_error_tree() -> None:
                 WorkflowFailedError, WaitTimeoutError, DownloadError, ClientClosedError,
                 ResponseTooLargeError):  # fmt: skip
         assert issubclass(cls, TransactionLinkError)
-        assert cls.__module__ == "aiotlink._errors"
+        assert cls.__module__ == "aiotlink"  # what users import (issue 20)
     assert issubclass(ResultTooLargeError, ResponseTooLargeError)
     assert issubclass(APITimeoutError, APIConnectionError)
     assert issubclass(APITimeoutError, TimeoutError)

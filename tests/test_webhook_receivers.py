@@ -467,7 +467,8 @@ async def test_a_nudge_from_another_thread_reaches_the_waits(
     await asyncio.sleep(0.05)
 
     woke = await asyncio.to_thread(client.workflows.nudge, EXECUTION_ID)
-    unknown = await asyncio.to_thread(client.workflows.nudge, "another-execution")
+    other = "00000000-0000-4000-8000-00000000abcd"
+    unknown = await asyncio.to_thread(client.workflows.nudge, other)
     async with asyncio.timeout(10):
         execution = await wait
 

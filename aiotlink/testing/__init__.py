@@ -93,7 +93,8 @@ Terminal: ``COMPLETED FAILED TIMEOUT TERMINATED EXPIRED CANCELLED``.
 - Time is the fake's ``clock``. ``FakeTransactionLink(clock=ManualClock())`` and
   ``clock.advance(seconds)`` move it by hand, for steps, expiry and URL expiry;
   a step or expiry reached to within 1 µs counts as reached (float clocks round).
-- ``fake.status_of(id)`` tells the current status without counting a poll;
+- ``fake.status_of(id)`` tells the current status (a ``WorkflowStatus``) without
+  counting a poll;
   ``expire`` and ``status_of`` raise ``KeyError`` for an unknown id.
 
 Results
@@ -230,8 +231,12 @@ and exits 1.
 
 With aiotlink installed, pytest gets the fixtures ``fake_transactionlink`` (a
 started fake) and ``transactionlink_client`` (``TransactionLinkClient(fake.token,
-base_url=fake.url)``), function-scoped and closed after each test. They need
-pytest-asyncio; without it they fail with a message saying so.
+base_url=fake.url)``), function-scoped and closed after each test, and
+``transactionlink_defaults``: for the test, every ``TransactionLinkClient`` made
+without ``token=``, ``base_url=`` or ``retry_backoff=`` (an app's own, in its
+lifespan) gets the fake's token and URL (through ``TRANSACTIONLINK_TOKEN`` and
+``TRANSACTIONLINK_BASE_URL``) and retries without sleeping; it gives the fake. They
+need pytest-asyncio; without it they fail with a message saying so.
 """
 
 from aiotlink.testing._clock import ManualClock
@@ -247,3 +252,8 @@ __all__ = [
     "WebhookAttempt",
     "WebhookDelivery",
 ]
+
+# Tracebacks and reprs name what users import (aiotlink.testing.FakeTransactionLink).
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

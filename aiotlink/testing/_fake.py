@@ -26,6 +26,7 @@ from typing import Any, Literal, Self
 import yarl
 from aiohttp import web
 
+from aiotlink._models import WorkflowStatus
 from aiotlink.testing._answers import Answer, hang_up, send
 from aiotlink.testing._auth import (
     ORG_TOKEN_PREFIX,
@@ -343,14 +344,15 @@ class FakeTransactionLink:
         execution.expires_at = datetime.fromtimestamp(self._clock(), UTC)
         self._announce(execution)
 
-    def status_of(self, execution_id: str) -> str:
+    def status_of(self, execution_id: str) -> WorkflowStatus:
         """Return an execution's current status without counting a poll.
 
+        A ``WorkflowStatus``, which equals its text (``== "COMPLETED"`` holds too).
         Raises ``KeyError`` for an unknown execution.
         """
         execution = self._execution(execution_id)
         self._announce(execution)
-        return execution.status(self._clock())
+        return WorkflowStatus(execution.status(self._clock()))
 
     def requests_for(self, route: str) -> list[RecordedRequest]:
         """Return the recorded requests of one route, in order."""

@@ -1,4 +1,6 @@
-"""pytest plugin of aiotlink: the ``fake_transactionlink`` and ``transactionlink_client`` fixtures.
+"""pytest plugin of aiotlink: fixtures for the fake, a client of it, and app-made clients.
+
+``fake_transactionlink``, ``transactionlink_client`` and ``transactionlink_defaults``.
 
 pytest loads it (entry point ``pytest11``) in every project that has aiotlink
 installed, so importing it stays cheap and never fails or warns: the fake and the
@@ -77,6 +79,30 @@ async def _transactionlink_client(
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+def transactionlink_defaults(
+    fake_transactionlink: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> FakeTransactionLink:
+    """Every ``TransactionLinkClient`` made during the test talks to the fake, without sleeps.
+
+    For an app that makes its own client (in its lifespan, from the environment): the
+    defaults the client reads are the fake's for the test, so the app runs unchanged.
+    ``TRANSACTIONLINK_TOKEN`` and ``TRANSACTIONLINK_BASE_URL`` are the fake's token
+    and URL, and a client made without ``retry_backoff=`` retries without sleeping, so
+    that faults injected into the fake (``fail_next("find", 503, times=3)``) cost no
+    backoff time. A client given ``token=``, ``base_url=`` or ``retry_backoff=``
+    keeps what it was given. Gives the fake; all is undone after the test.
+    """
+    # Imported when used: loading the plugin stays cheap.
+    from aiotlink import _client
+    from aiotlink._arguments import BASE_URL_ENV_VAR, TOKEN_ENV_VAR
+
+    monkeypatch.setenv(TOKEN_ENV_VAR, fake_transactionlink.token)
+    monkeypatch.setenv(BASE_URL_ENV_VAR, fake_transactionlink.url)
+    monkeypatch.setattr(_client, "RETRY_BACKOFF_DEFAULT", False)
+    return fake_transactionlink
 
 
 _PYTEST_ASYNCIO = _load_pytest_asyncio()
