@@ -20,7 +20,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from typing import IO, Any, TextIO
 
@@ -549,10 +549,11 @@ def cli(context: click.Context) -> int:
 
 
 @cli.command(
+    short_help="Start an execution, wait for it, show its result.",
     epilog=(
         "\b\nExample:\n  aiotlink run 6f1c... --param customerId=c-42 --timeout 600"
         "\n  aiotlink run 6f1c... --no-wait --json"
-    )
+    ),
 )
 @click.argument("definition_id")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A parameter.")
@@ -609,7 +610,7 @@ def run(
         check_text("locale", locale)
         expires_at = None
         if expires_in is not None:
-            expires_at = check_expires_at(parse_duration(expires_in), now=_now())
+            expires_at = check_expires_at(parse_duration(expires_in), now=datetime.now(UTC))
         uuid = None if record_id is None else check_uuid("--record-id", record_id)
         destination = None if download is None else str(check_destination(download))
     except ValueError as error:
@@ -660,12 +661,6 @@ def run(
         return await _run_result(client, output, execution, destination)
 
     return execute(settings, body)
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 async def _run_result(
@@ -803,10 +798,11 @@ def _read_ids_file(ids_file: IO[str]) -> list[str]:
 
 
 @cli.command(
+    short_help="Wait for many executions, with a live table.",
     epilog=(
         "\b\nExample:\n  aiotlink wait 0b6f... 9c2e... --timeout 600"
         "\n  aiotlink find ... | jq -r .id | aiotlink wait --from-file - --json"
-    )
+    ),
 )
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option(
@@ -913,7 +909,8 @@ def wait(
 
 
 @cli.command(
-    epilog=("\b\nExample:\n  aiotlink result 0b6f...\n  aiotlink result 0b6f... --out report.json")
+    short_help="Print a result, or stream it to a file.",
+    epilog=("\b\nExample:\n  aiotlink result 0b6f...\n  aiotlink result 0b6f... --out report.json"),
 )
 @click.argument("execution_id", metavar="ID")
 @click.option(
@@ -962,6 +959,7 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
 
 @cli.command(
     "fake-server",
+    short_help="Serve a fake API on 127.0.0.1 until Ctrl-C.",
     epilog=(
         "\b\nExample:\n  aiotlink fake-server --port 8080 --step-seconds 0.5"
         "\n  aiotlink fake-server --definition my-flows.json"
@@ -975,7 +973,6 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
     show_default=True,
     help="Seconds per status step (0: one step per find).",
 )
-@click.option("--token", "token", metavar="TOKEN", help="Use this tot_ token (a test token).")
 @click.option("--webhook-url", metavar="URL", help="POST signed webhooks here (webhooks extra).")
 @click.option(
     "--definition",
@@ -990,7 +987,6 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
 def fake_server(
     port: int,
     step_seconds: float,
-    token: str | None,
     webhook_url: str | None,
     definition_files: tuple[str, ...],
 ) -> int:
@@ -1006,8 +1002,6 @@ def fake_server(
     argv = ["--port", str(port), "--step-seconds", repr(step_seconds)]
     for path in definition_files:
         argv += ["--definition", path]
-    if token is not None:
-        argv += ["--token", token]
     if webhook_url is not None:
         _check_webhook_url(webhook_url)
         argv += ["--webhook-url", webhook_url]
@@ -1033,7 +1027,7 @@ def _check_webhook_url(url: str) -> None:
         raise UsageProblem("--webhook-url must be an absolute http(s) URL")
 
 
-@cli.group()
+@cli.group(short_help="Check webhook deliveries (webhooks extra).")
 def webhooks() -> None:
     """Check webhook deliveries (needs the webhooks extra: pip install "aiotlink[webhooks]")."""
 
@@ -1089,7 +1083,10 @@ def verify(signature: str, body_file: IO[bytes], **options: Any) -> int:
     return execute(settings_of(options), body)
 
 
-@cli.command(epilog="\b\nExample:\n  aiotlink demo")
+@cli.command(
+    short_help="Run a complete flow (on a built-in fake without a token).",
+    epilog="\b\nExample:\n  aiotlink demo",
+)
 @click.option("--definition", help="Workflow definition id to run (real API).")
 @click.option("--large-result-definition", help="A definition whose result is large.")
 @click.option("--cancel-definition", help="A definition to start and cancel.")
