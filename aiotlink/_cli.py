@@ -176,14 +176,18 @@ def run_demo_command(options: DemoOptions) -> int:
     try:
         if os.environ.get(TOKEN_ENV_VAR):
             if not options.definition:
-                print(f"{TOKEN_ENV_VAR} is set: pass --definition <id> to run", file=sys.stderr)
+                print(
+                    f"{TOKEN_ENV_VAR} is set: pass --definition <id> to run",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 2
             asyncio.run(_demo_on_api(options, say))
         else:
             asyncio.run(_demo_on_fake(say))
     except (TransactionLinkError, ValueError) as error:
         # ValueError: a malformed setting, e.g. a token with a stray newline
-        print(f"failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

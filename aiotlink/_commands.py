@@ -519,11 +519,10 @@ async def download(
     }
 
 
-def show_download(output: Output, record: Mapping[str, Any]) -> None:
-    """Where a downloaded result went."""
-    output.record(record)
+def download_line(record: Mapping[str, Any]) -> str:
+    """Where a downloaded result went, for a person."""
     where = "pre-signed storage" if record["redirected"] else "the API"
-    output.line(f"{clean(record['path'])}  {record['size']:,} bytes from {where}")
+    return f"{clean(record['path'])}  {record['size']:,} bytes from {where}"
 
 
 # The command tree --------------------------------------------------------------------
@@ -687,7 +686,7 @@ async def _run_result(
     output.record(record)
     output.line(f"{clean(key)}  COMPLETED")
     if "download" in record:
-        show_download(output, record["download"])
+        output.line(download_line(record["download"]))
     elif "result" in record:
         output.line(clean_lines(dump_json(record["result"], indent=2)))
     return EXIT_OK
@@ -930,7 +929,9 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
     async def body(client: TransactionLinkClient, output: Output) -> int:
         try:
             if destination is not None:
-                show_download(output, await download(client, output, execution_id, destination))
+                saved = await download(client, output, execution_id, destination)
+                output.record(saved)
+                output.line(download_line(saved))
                 return EXIT_OK
             value = await client.workflows.get_result(
                 execution_id, max_bytes=MAX_PRINTED_RESULT_BYTES
