@@ -99,6 +99,13 @@ class UsageProblem(Exception):
     """A bad option or input: shown as one line, exit code 2, before any request."""
 
 
+class StdoutClosed(Exception):
+    """stdout was closed under us (a pipe into ``head``): exit code 141, quietly.
+
+    Not an ``OSError``: click would turn a broken pipe into exit code 1 on its own.
+    """
+
+
 def clean(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
     r"""``value`` as text safe to print to a terminal, at most ``limit`` characters.
 
@@ -333,7 +340,10 @@ def execute(
             return await body(client, output)
 
     with library_logs(settings.verbose, sys.stderr):
-        return asyncio.run(main())
+        try:
+            return asyncio.run(main())
+        except BrokenPipeError:
+            raise StdoutClosed from None
 
 
 def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -1124,6 +1134,6 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (KeyboardInterrupt, click.Abort):
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except (BrokenPipeError, StdoutClosed):
         return _quiet_broken_pipe()
     return code if isinstance(code, int) else EXIT_OK

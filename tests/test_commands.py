@@ -195,7 +195,8 @@ def test_run_of_a_large_result_hints_at_result_out(served: Fake) -> None:
     assert hint in record["result_omitted"]
     assert hint in invoked.err
     human = invoke(["run", served.large, "--poll-interval", "0.01"], env=served.env)
-    assert "aiotlink result " in human.err and "--out PATH" in human.err
+    assert "aiotlink result " in human.err
+    assert "--out PATH" in human.err
 
 
 def test_run_download_streams_the_result_to_a_file(served: Fake, tmp_path: Path) -> None:
@@ -303,7 +304,8 @@ def test_a_missing_token_says_how_to_set_one() -> None:
     """No token: one line naming the variable and --token-file, exit 2."""
     invoked = invoke(["find", MISSING], env={"TRANSACTIONLINK_TOKEN": None})
     assert invoked.code == 2
-    assert "TRANSACTIONLINK_TOKEN" in invoked.err and "--token-file" in invoked.err
+    assert "TRANSACTIONLINK_TOKEN" in invoked.err
+    assert "--token-file" in invoked.err
     assert invoked.err.count("\n") == 1
 
 
@@ -320,7 +322,8 @@ def test_token_file_errors_never_show_its_content(
         ["find", MISSING, "--token-file", str(path)], env={"TRANSACTIONLINK_TOKEN": None}
     )
     assert invoked.code == 2
-    assert "s3cret" not in invoked.err and "xxxx" not in invoked.err
+    assert "s3cret" not in invoked.err
+    assert "xxxx" not in invoked.err
     assert invoked.err.count("\n") == 1
     missing = invoke(["find", MISSING, "--token-file", str(tmp_path / "nope")])
     assert (missing.code, missing.err.count("\n")) == (2, 1)
@@ -398,7 +401,8 @@ def test_wait_reads_ids_from_stdin_and_prints_plain_lines(served: Fake) -> None:
     )
     assert invoked.code == 0, invoked.err
     lines = invoked.out.splitlines()
-    assert f"{first}  COMPLETED" in lines and f"{second}  COMPLETED" in lines
+    assert f"{first}  COMPLETED" in lines
+    assert f"{second}  COMPLETED" in lines
     assert lines[-1] == "2 executions: 2 COMPLETED"
     assert invoked.err == ""
 
