@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from ._commands import cli_main
     except ImportError as error:
-        if error.name not in ("click", "rich"):
+        if (error.name or "").partition(".")[0] not in ("click", "rich"):
             raise
         arguments = list(sys.argv[1:] if argv is None else argv)
         if arguments[:1] == ["demo"]:

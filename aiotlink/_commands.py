@@ -39,6 +39,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from . import TransactionLinkClient
 from ._arguments import (
     BASE_URL_ENV_VAR,
     MAX_EXPIRY,
@@ -52,7 +53,6 @@ from ._arguments import (
     check_uuid,
     parse_strict_json,
 )
-from ._client import TransactionLinkClient
 from ._errors import (
     APIError,
     ResultTooLargeError,

@@ -658,3 +658,180 @@ def test_the_group_is_click() -> None:
     import click
 
     assert isinstance(cli, click.Group)
+
+
+# fake-server in-process, and its definition files ----------------------------------------
+
+
+def test_fake_server_serves_the_definitions_of_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fake-server --definition FILE adds its definitions; the banner lists them."""
+    import asyncio
+
+    from aiotlink.testing import _process
+
+    path = tmp_path / "flows.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "kyc-custom",
+                "statuses": ["RUNNING", "COMPLETED"],
+                "result": {"ok": True},
+                "step_seconds": 0.5,
+                "interactive": True,
+            }
+        )
+    )
+
+    async def serve_once(options: Any) -> int:
+        stop = asyncio.Event()
+        stop.set()
+        return await _process.serve(options, stop=stop, out=sys.stdout, err=sys.stderr)
+
+    monkeypatch.setattr(_process, "serve_until_signal", serve_once)
+    invoked = invoke(["fake-server", "--port", "0", "--definition", str(path)])
+    assert invoked.code == 0, invoked.err
+    custom = _process.load_definitions(str(path))[0]
+    assert re.search(rf"^    {custom.definition_id}  kyc-custom ", invoked.out, re.M)
+    assert (custom.statuses, custom.step_seconds, custom.interactive) == (
+        ("RUNNING", "COMPLETED"),
+        0.5,
+        True,
+    )
+    hooks = invoke(["fake-server", "--port", "0", "--webhook-url", "http://127.0.0.1:9/x"])
+    assert hooks.code == 0, hooks.err
+    assert "webhooks http://127.0.0.1:9/x" in hooks.out
+
+
+BAD_DEFINITIONS = {
+    "not an object": "[1]",
+    "empty list": "[]",
+    "unknown key": '{"name": "x", "statuses": ["COMPLETED"], "colour": 1}',
+    "no name": '{"statuses": ["COMPLETED"]}',
+    "no statuses": '{"name": "x"}',
+    "bad status": '{"name": "x", "statuses": ["DONE"]}',
+    "bad id": '{"name": "x", "statuses": ["COMPLETED"], "id": 5}',
+    "bad step": '{"name": "x", "statuses": ["COMPLETED"], "step_seconds": -1}',
+    "bad interactive": '{"name": "x", "statuses": ["COMPLETED"], "interactive": "yes"}',
+    "result and bytes": '{"name": "x", "statuses": ["COMPLETED"], "result": 1, "result_bytes": 9}',
+    "tiny bytes": '{"name": "x", "statuses": ["COMPLETED"], "result_bytes": 1}',
+    "nan": '{"name": "x", "statuses": ["COMPLETED"], "result": NaN}',
+    "deep": '{"name": "x", "statuses": ["COMPLETED"], "result": ' + "[" * 70 + "]" * 70 + "}",
+    "not json": "{name",
+    "not utf-8": b'{"name": "\xff"}',
+    "too large": b" " * (2**20 + 1),
+}
+
+
+@pytest.mark.parametrize("content", BAD_DEFINITIONS.values(), ids=list(BAD_DEFINITIONS))
+def test_a_bad_definition_file_is_a_usage_error(tmp_path: Path, content: str | bytes) -> None:
+    """Each problem of a definition file is one line naming the file, exit 2."""
+    path = tmp_path / "flows.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    invoked = invoke(["fake-server", "--port", "0", "--definition", str(path)])
+    assert invoked.code == 2
+    assert str(path) in invoked.err
+    assert invoked.err.count("\n") == 1
+
+
+def test_the_process_parser_checks_ports_and_steps() -> None:
+    """python -m aiotlink.testing refuses a port out of range and a NaN step (argparse, 2)."""
+    from aiotlink.testing import _process
+
+    for arguments in (["--port", "70000"], ["--storage-port", "x"], ["--step-seconds", "nan"]):
+        with pytest.raises(SystemExit) as exited:
+            _process.build_parser().parse_args(arguments)
+        assert exited.value.code == 2
+
+
+def test_broken_pipe_in_process_exits_141(served: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write to a closed stdout ends the command with 141 (click would say 1)."""
+    from aiotlink import _commands
+
+    def closed(*_: object) -> None:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(_commands.Output, "record", closed)
+    monkeypatch.setattr(_commands.os, "dup2", lambda *_: None)
+    assert invoke(["find", MISSING, "--json"], env=served.env).code == 141
+
+
+def test_ctrl_c_in_process_exits_130(served: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt (Ctrl-C) ends any command with 130."""
+    from aiotlink import _commands
+
+    def interrupted(coroutine: Any) -> None:
+        coroutine.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_commands.asyncio, "run", interrupted)
+    assert invoke(["find", MISSING], env=served.env).code == 130
+
+
+@pytest.mark.parametrize(
+    ("arguments", "stdin"),
+    [(["demo"], None), (["find", MISSING], None), (["demo", "--help"], None)],
+)
+def test_without_the_cli_extra_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    stdin: None,
+) -> None:
+    """Without click: the install line for the commands, the demo on argparse."""
+    from aiotlink import _cli
+
+    monkeypatch.delitem(sys.modules, "aiotlink._commands")
+    monkeypatch.setitem(sys.modules, "click", None)
+    monkeypatch.setenv("TRANSACTIONLINK_TOKEN", "tot_x")
+    if arguments == ["demo", "--help"]:
+        with pytest.raises(SystemExit) as exited:
+            _cli.main(arguments)
+        assert exited.value.code == 0
+        assert "--large-result-definition" in capsys.readouterr().out
+        return
+    assert _cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    expected = "--definition" if arguments == ["demo"] else 'pip install "aiotlink[cli]"'
+    assert expected in err
+
+
+def test_an_import_error_of_another_module_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a missing click or rich means the extra is missing; other errors are raised."""
+    from aiotlink import _cli
+
+    monkeypatch.delitem(sys.modules, "aiotlink._commands")
+    monkeypatch.setitem(sys.modules, "rich.live", None)
+    assert _cli.main(["find", MISSING]) == 2
+    monkeypatch.setitem(sys.modules, "attrs", None)
+    with pytest.raises(ImportError):
+        _cli.main(["find", MISSING])
+
+
+# Live views in-process, with rich told the output is a terminal ------------------------------
+
+TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120", "LINES": "30"}
+IN_PLACE = re.compile(r"\x1b\[\d*[AK]|\x1b\[2K|\r(?!\n)")
+
+
+def test_live_views_redraw_in_place(served: Fake, tmp_path: Path) -> None:
+    """run, wait and result --out on a terminal redraw in place; --json keeps stdout JSON."""
+    env = {**served.env, **TERMINAL}
+    ran = invoke(["run", served.ok, "--poll-interval", "0.01"], env=env)
+    assert ran.code == 0, ran.err
+    assert IN_PLACE.search(ran.out)
+    keys = [started(served, served.ok) for _ in range(3)]
+    waited = invoke(["wait", *keys, "--poll-interval", "0.01"], env=env)
+    assert waited.code == 0
+    assert IN_PLACE.search(waited.out)
+    assert "3 executions: 3 COMPLETED" in waited.out
+    big = invoke(["run", served.large, "--json", "--poll-interval", "0.01"], env=served.env)
+    target = tmp_path / "big.json"
+    saved = invoke(["result", big.records()[0]["id"], "--out", str(target)], env=env)
+    assert saved.code == 0
+    assert "1.5/1.5 MB" in saved.out
+    as_json = invoke(["wait", *keys, "--json", "--poll-interval", "0.01"], env=env)
+    assert "\x1b" not in as_json.out
+    assert len(as_json.records()) == 3
+    assert IN_PLACE.search(as_json.err)
