@@ -835,3 +835,27 @@ def test_live_views_redraw_in_place(served: Fake, tmp_path: Path) -> None:
     assert "\x1b" not in as_json.out
     assert len(as_json.records()) == 3
     assert IN_PLACE.search(as_json.err)
+
+
+def test_readme_transcripts_of_usage_errors_are_what_the_commands_print() -> None:
+    """The README's usage-error transcript is the commands' output, character for character."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme[readme.index("Bad input is one line") :]
+    block = block[block.index("```console\n") + 11 :]
+    block = block[: block.index("\n```")]
+    commands: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            commands.append((line[2:], ""))
+        else:
+            commands[-1] = (commands[-1][0], commands[-1][1] + line + "\n")
+    assert len(commands) == 2
+    for command, expected in commands:
+        arguments = command.split()
+        env: dict[str, str | None] = {"TRANSACTIONLINK_TOKEN": "tot_x"}
+        if arguments[:2] == ["env", "-u"]:
+            env = {arguments[2]: None}
+            arguments = arguments[3:]
+        invoked = invoke(arguments[1:], env=env)
+        assert invoked.code == 2
+        assert invoked.err == expected.rstrip("\n") + "\n"
