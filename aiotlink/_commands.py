@@ -1038,9 +1038,13 @@ def _check_webhook_url(url: str) -> None:
         raise UsageProblem("--webhook-url must be an absolute http(s) URL")
 
 
-@cli.group(short_help="Check webhook deliveries (webhooks extra).")
-def webhooks() -> None:
+@cli.group(short_help="Check webhook deliveries (webhooks extra).", invoke_without_command=True)
+@click.pass_context
+def webhooks(context: click.Context) -> int:
     """Check webhook deliveries (needs the webhooks extra: pip install "aiotlink[webhooks]")."""
+    if context.invoked_subcommand is None:
+        click.echo(context.get_help())
+    return EXIT_OK
 
 
 @webhooks.command(

@@ -105,6 +105,9 @@ def test_help_lists_every_command_and_the_exit_codes() -> None:
     for code in ("0", "1", "2", "3", "4", "130", "141"):
         assert re.search(rf"^    {code} ", invoked.out, re.M), code
     assert invoke([]).out == invoked.out
+    group = invoke(["webhooks"])
+    assert group.code == 0
+    assert "verify " in group.out
 
 
 @pytest.mark.parametrize(

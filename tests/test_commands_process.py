@@ -172,13 +172,18 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(server: dict
         )
         assert process.stdout is not None
         assert process.stderr is not None
-        out = read_until(process.stdout.fileno(), lambda data: b"AWAITING" in data, 30)
-        key = found(r"started (\S+)", out.decode())
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
-        err = process.stderr.read().decode()
-        process.stdout.close()
-        process.stderr.close()
+        try:
+            out = read_until(process.stdout.fileno(), lambda data: b"AWAITING" in data, 30)
+            key = found(r"started (\S+)", out.decode())
+            process.send_signal(signal.SIGINT)
+            code = process.wait(timeout=30)
+            err = process.stderr.read().decode()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+            process.stderr.close()
         assert code == 130, err
         assert "Traceback" not in err
         now = run_process(["find", key, "--json"], env)
