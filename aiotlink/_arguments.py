@@ -229,3 +229,19 @@ def parse_strict_json(text: str | bytes, what: str) -> Any:
                 stack.extend((child, depth + 1) for child in children)
         return value
     raise ValueError(problem)
+
+
+def read_small_file(path: str, limit: int, name: str) -> bytes:
+    """The bytes of a file a person names (a token, a definition), at most ``limit``.
+
+    ``ValueError`` names ``name`` and the OS's reason, or that the file is too large,
+    never what it holds: it may be a secret, or a wrong file read by mistake.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+    except OSError as error:
+        raise ValueError(f"cannot read {name}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ValueError(f"{name} is over {limit} bytes (not shown)")
+    return data

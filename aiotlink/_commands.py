@@ -52,6 +52,7 @@ from ._arguments import (
     check_text,
     check_uuid,
     parse_strict_json,
+    read_small_file,
 )
 from ._errors import (
     APIError,
@@ -286,12 +287,9 @@ def library_logs(verbose: int, stream: TextIO) -> Iterator[None]:
 def read_token_file(path: str) -> str:
     """The token in ``path``, surrounding whitespace stripped; never shown in an error."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as error:
-        raise UsageProblem(f"cannot read --token-file {path}: {error.strerror or error}") from None
-    if len(data) > MAX_TOKEN_FILE_BYTES:
-        raise UsageProblem(f"--token-file {path} is too large for a token (not shown)")
+        data = read_small_file(path, MAX_TOKEN_FILE_BYTES, f"--token-file {path}")
+    except ValueError as error:
+        raise UsageProblem(str(error)) from None
     try:
         token = data.decode("ascii").strip()
     except UnicodeDecodeError:
@@ -702,6 +700,20 @@ async def _run_result(
     return EXIT_OK
 
 
+async def each_id(
+    output: Output, keys: Sequence[str], act: Callable[[str], Awaitable[None]]
+) -> int:
+    """``act`` on each id in turn; an API error is shown for its id (exit code 4)."""
+    codes = []
+    for key in keys:
+        try:
+            await act(key)
+        except TransactionLinkError as error:
+            output.error(key, error)
+            codes.append(EXIT_API_ERROR)
+    return worst(codes)
+
+
 @cli.command(epilog="\b\nExample:\n  aiotlink find 0b6f... 9c2e... --json")
 @click.argument("ids", nargs=-1, required=True, metavar="ID...")
 @common_options
@@ -710,14 +722,10 @@ def find(ids: tuple[str, ...], **options: Any) -> int:
     keys = _execution_ids(ids)
 
     async def body(client: TransactionLinkClient, output: Output) -> int:
-        codes = []
-        for key in keys:
-            try:
-                show_execution(output, await client.workflows.find(key))
-            except TransactionLinkError as error:
-                output.error(key, error)
-                codes.append(EXIT_API_ERROR)
-        return worst(codes)
+        async def show(key: str) -> None:
+            show_execution(output, await client.workflows.find(key))
+
+        return await each_id(output, keys, show)
 
     return execute(settings_of(options), body)
 
@@ -730,17 +738,12 @@ def cancel(ids: tuple[str, ...], **options: Any) -> int:
     keys = _execution_ids(ids)
 
     async def body(client: TransactionLinkClient, output: Output) -> int:
-        codes = []
-        for key in keys:
-            try:
-                await client.workflows.cancel(key)
-            except TransactionLinkError as error:
-                output.error(key, error)
-                codes.append(EXIT_API_ERROR)
-                continue
+        async def cancel_one(key: str) -> None:
+            await client.workflows.cancel(key)
             output.record({"id": key, "cancelled": True})
             output.line(f"{clean(key)}  cancelled")
-        return worst(codes)
+
+        return await each_id(output, keys, cancel_one)
 
     return execute(settings_of(options), body)
 

@@ -103,6 +103,22 @@ def child_env(token: str, url: str) -> dict[str, str]:
     return {"TRANSACTIONLINK_TOKEN": token, "TRANSACTIONLINK_BASE_URL": url}
 
 
+def read_banner(process: subprocess.Popen[str]) -> dict[str, str]:
+    """The fake process's banner: its URL, token, the ids by name, and the banner itself."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line)
+        if "Ctrl-C" in line:
+            break
+    banner = "".join(lines)
+    info = {name: key for key, name in re.findall(r"^ {4}(\S+)\s+(\S+)", banner, re.M)}
+    info["banner"] = banner
+    info["url"] = found(r"listening on (\S+)", banner)
+    info["token"] = found(r"token\s+(\S+)", banner)
+    return info
+
+
 @contextlib.contextmanager
 def fake_server_process(*arguments: str) -> Iterator[dict[str, str]]:
     """``aiotlink fake-server`` as a process: its URL, token, banner and definition ids."""
@@ -112,17 +128,7 @@ def fake_server_process(*arguments: str) -> Iterator[dict[str, str]]:
         text=True,
     )
     try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        for line in process.stdout:
-            lines.append(line)
-            if "Ctrl-C" in line:
-                break
-        banner = "".join(lines)
-        info = {name: key for key, name in re.findall(r"^ {4}(\S+)\s+(\S+)", banner, re.M)}
-        info["banner"] = banner
-        info["url"] = found(r"listening on (\S+)", banner)
-        info["token"] = found(r"token\s+(\S+)", banner)
+        info = read_banner(process)
         yield info
     finally:
         process.send_signal(signal.SIGINT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import pytest
 
 from aiotlink._cli import main
 from aiotlink._client import TOKEN_ENV_VAR
+
+from .cli_helpers import read_banner
 
 STEPS = [
     "1. initialise",
@@ -74,17 +75,7 @@ def api_process() -> Iterator[dict[str, str]]:
         text=True,
     )
     try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        for line in process.stdout:  # the banner ends with "Press Ctrl-C to stop."
-            lines.append(line)
-            if "Ctrl-C" in line:
-                break
-        banner = "".join(lines)
-        ids = dict(re.findall(r"^\s+(\S+)\s+(kyc-\S+|large-report)", banner, re.MULTILINE))
-        info = {name: definition_id for definition_id, name in ids.items()}
-        info["url"] = re.search(r"listening on (\S+)", banner)[1]
-        info["token"] = re.search(r"token\s+(\S+)", banner)[1]
+        info = read_banner(process)
         yield info
     finally:
         process.send_signal(signal.SIGINT)

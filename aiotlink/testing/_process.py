@@ -13,7 +13,7 @@ from typing import TextIO, TypeVar
 
 import attrs
 
-from aiotlink._arguments import parse_strict_json
+from aiotlink._arguments import parse_strict_json, read_small_file
 from aiotlink.testing._executions import check_statuses, check_step_seconds
 from aiotlink.testing._fake import (
     DEFAULT_REDIRECT_THRESHOLD,
@@ -129,13 +129,7 @@ def load_definitions(path: str) -> list[FileDefinition]:
     that size), ``step_seconds`` and ``interactive``. The error names the file and the
     problem, never the file's text.
     """
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_DEFINITION_FILE_BYTES + 1)
-    except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
-    if len(data) > MAX_DEFINITION_FILE_BYTES:
-        raise ValueError(f"{path} is over {MAX_DEFINITION_FILE_BYTES} bytes")
+    data = read_small_file(path, MAX_DEFINITION_FILE_BYTES, path)
     document = parse_strict_json(data, path)
     entries = document if isinstance(document, list) else [document]
     if not entries:
