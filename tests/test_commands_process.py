@@ -159,11 +159,16 @@ def test_a_definition_file_with_nan_or_deep_nesting_is_refused(tmp_path: Path) -
         assert done.stderr.count("\n") == 1
 
 
-def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(server: dict[str, str]) -> None:
-    """SIGINT exits 130; --cancel-on-interrupt cancels the remote execution, else it goes on."""
+def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(
+    server: dict[str, str],
+) -> None:
+    """SIGINT exits 130; --cancel-on-interrupt cancels the remote execution, else it goes on.
+
+    The second run is in JSON mode: its interruption is a record with the id.
+    """
     env = env_of(server)
     outcomes = {}
-    for option in (["--cancel-on-interrupt"], []):
+    for option in (["--cancel-on-interrupt"], ["--json", "-v"]):
         process = subprocess.Popen(
             [AIOTLINK, "run", server["stuck"], "--poll-interval", "0.05", *option],
             stdout=subprocess.PIPE,
@@ -173,10 +178,15 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(server: dict
         assert process.stdout is not None
         assert process.stderr is not None
         try:
-            out = read_until(process.stdout.fileno(), lambda data: b"AWAITING" in data, 30)
-            key = found(r"started (\S+)", out.decode())
+            if "--json" in option:
+                seen = read_until(process.stderr.fileno(), lambda data: b"AWAITING" in data, 30)
+                key = found(r"initialised execution (\S+)", seen.decode())
+            else:
+                seen = read_until(process.stdout.fileno(), lambda data: b"AWAITING" in data, 30)
+                key = found(r"started (\S+)", seen.decode())
             process.send_signal(signal.SIGINT)
             code = process.wait(timeout=30)
+            out = process.stdout.read().decode()
             err = process.stderr.read().decode()
         finally:
             if process.poll() is None:
@@ -187,8 +197,15 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(server: dict
         assert code == 130, err
         assert "Traceback" not in err
         now = run_process(["find", key, "--json"], env)
-        outcomes[bool(option)] = now.records()[0]["status"]
-    assert outcomes == {True: "CANCELLED", False: "AWAITING"}
+        outcomes[option[0]] = now.records()[0]["status"]
+        if "--json" in option:
+            interrupted = {"type": "Interrupted", "cancelled": False}
+            assert [strict_json(line) for line in out.splitlines()] == [
+                {"id": key, "error": interrupted}
+            ]
+        else:
+            assert f"interrupted: execution {key}: asked to cancel it" in err
+    assert outcomes == {"--cancel-on-interrupt": "CANCELLED", "--json": "AWAITING"}
 
 
 def test_a_closed_stdout_ends_quietly_with_141(server: dict[str, str]) -> None:
