@@ -397,6 +397,19 @@ def _execution_ids(values: Sequence[str], where: str = "") -> list[str]:
     return list(values)
 
 
+timeout_option = click.option(
+    "--timeout", type=float, callback=_positive_seconds, help="Wait at most this many seconds."
+)
+poll_interval_option = click.option(
+    "--poll-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=_positive_seconds,
+    help="Seconds between the first polls (they grow while nothing changes).",
+)
+
+
 def parse_duration(text: str) -> timedelta:
     """``45m``, ``2h``, ``7d`` or seconds as a timedelta; ``UsageProblem`` otherwise."""
     match = _DURATION.fullmatch(text.strip())
@@ -573,17 +586,8 @@ def cli(context: click.Context) -> int:
 @click.option("--expires-in", metavar="DURATION", help="Expire after 30m to 30d, e.g. 2h, 7d.")
 @click.option("--record-id", metavar="UUID", help="The record the execution belongs to.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the end.")
-@click.option(
-    "--timeout", type=float, callback=_positive_seconds, help="Wait at most this many seconds."
-)
-@click.option(
-    "--poll-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    callback=_positive_seconds,
-    help="Seconds between the first polls (they grow while nothing changes).",
-)
+@timeout_option
+@poll_interval_option
 @click.option("--download", metavar="PATH", help="Stream the result to PATH, not stdout.")
 @click.option(
     "--cancel-on-interrupt",
@@ -823,17 +827,8 @@ def _read_ids_file(ids_file: IO[str]) -> list[str]:
     type=click.File("r"),
     help="Also the ids in FILE, one a line ('-': stdin; # starts a comment).",
 )
-@click.option(
-    "--timeout", type=float, callback=_positive_seconds, help="Wait at most this many seconds."
-)
-@click.option(
-    "--poll-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    callback=_positive_seconds,
-    help="Seconds between the first polls (they grow while nothing changes).",
-)
+@timeout_option
+@poll_interval_option
 @common_options
 def wait(
     ids: tuple[str, ...],

@@ -119,14 +119,15 @@ def read_banner(process: subprocess.Popen[str]) -> dict[str, str]:
     return info
 
 
-@contextlib.contextmanager
-def fake_server_process(*arguments: str) -> Iterator[dict[str, str]]:
+def fake_server_process(*arguments: str) -> contextlib.AbstractContextManager[dict[str, str]]:
     """``aiotlink fake-server`` as a process: its URL, token, banner and definition ids."""
-    process = subprocess.Popen(
-        [AIOTLINK, "fake-server", "--port", "0", *arguments],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    return serving([AIOTLINK, "fake-server", "--port", "0", *arguments])
+
+
+@contextlib.contextmanager
+def serving(command: Sequence[str]) -> Iterator[dict[str, str]]:
+    """The fake run by ``command`` as a process, until SIGINT: what its banner says."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         info = read_banner(process)
         yield info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 from aiotlink._cli import main
 from aiotlink._client import TOKEN_ENV_VAR
 
-from .cli_helpers import read_banner
+from .cli_helpers import serving
 
 STEPS = [
     "1. initialise",
@@ -69,19 +68,9 @@ def test_token_without_definition_asks_for_one(
 @pytest.fixture
 def api_process() -> Iterator[dict[str, str]]:
     """The fake as a separate process (as a real API would be): its URL, token and ids."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aiotlink.testing", "--port", "0", "--step-seconds", "0.05"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        info = read_banner(process)
+    command = [sys.executable, "-m", "aiotlink.testing", "--port", "0", "--step-seconds", "0.05"]
+    with serving(command) as info:
         yield info
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_demo_against_an_api_with_a_token(
