@@ -546,6 +546,13 @@ def download_line(record: Mapping[str, Any]) -> str:
     return f"{clean(record['path'])}  {record['size']:,} bytes from {where}"
 
 
+def help_if_alone(context: click.Context) -> int:
+    """A group given no command prints its help (exit code 0)."""
+    if context.invoked_subcommand is None:
+        click.echo(context.get_help())
+    return EXIT_OK
+
+
 # The command tree --------------------------------------------------------------------
 
 
@@ -563,9 +570,7 @@ def download_line(record: Mapping[str, Any]) -> str:
 @click.pass_context
 def cli(context: click.Context) -> int:
     """The ``aiotlink`` command group."""
-    if context.invoked_subcommand is None:
-        click.echo(context.get_help())
-    return EXIT_OK
+    return help_if_alone(context)
 
 
 @cli.command(
@@ -1040,9 +1045,7 @@ def _check_webhook_url(url: str) -> None:
 @click.pass_context
 def webhooks(context: click.Context) -> int:
     """Check webhook deliveries (needs the webhooks extra: pip install "aiotlink[webhooks]")."""
-    if context.invoked_subcommand is None:
-        click.echo(context.get_help())
-    return EXIT_OK
+    return help_if_alone(context)
 
 
 @webhooks.command(
