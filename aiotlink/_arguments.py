@@ -185,3 +185,59 @@ def check_destination(path: str | os.PathLike[str]) -> Path:
     if not destination.parent.is_dir():
         raise ValueError(f"path's folder does not exist: {destination.parent}")
     return destination
+
+
+# How deep a JSON document a person hands in (a parameters file, a definition file) may
+# nest: far beyond any real one, and far below what would exhaust the interpreter's stack.
+MAX_JSON_DEPTH = 64
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (JSON has no NaN or Infinity)")
+
+
+def parse_strict_json(text: str | bytes, what: str) -> Any:
+    """The JSON value of ``text``, else ``ValueError`` naming ``what`` (never quoting it).
+
+    Stricter than ``json.loads``: ``NaN`` and ``Infinity`` are refused (they are not
+    JSON, and the API could not read them back), and so is nesting deeper than
+    ``MAX_JSON_DEPTH``. The message gives the position, not the text: the file may
+    hold a secret.
+    """
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        problem = f"{what} nests deeper than {MAX_JSON_DEPTH} levels"
+    except UnicodeDecodeError as error:
+        problem = f"{what} is not UTF-8 ({error.reason})"
+    except json.JSONDecodeError as error:
+        problem = f"{what} is not valid JSON: {error.msg} at line {error.lineno}"
+    except ValueError as error:  # from _refuse_constant
+        problem = f"{what}: {error}"
+    else:
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, dict | list):
+                if depth > MAX_JSON_DEPTH:
+                    raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children)
+        return value
+    raise ValueError(problem)
+
+
+def read_small_file(path: str, limit: int, name: str) -> bytes:
+    """The bytes of a file a person names (a token, a definition), at most ``limit``.
+
+    ``ValueError`` names ``name`` and the OS's reason, or that the file is too large,
+    never what it holds: it may be a secret, or a wrong file read by mistake.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+    except OSError as error:
+        raise ValueError(f"cannot read {name}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ValueError(f"{name} is over {limit} bytes (not shown)")
+    return data

@@ -1,4 +1,6 @@
-"""The ``aiotlink`` command: ``aiotlink demo`` runs a complete, visible flow.
+"""The ``aiotlink`` command's entry point, and ``aiotlink demo``: a complete, visible flow.
+
+The other commands live in ``_commands.py`` (the ``cli`` extra).
 
 Without ``TRANSACTIONLINK_TOKEN`` the demo starts the fake server in this process and
 runs against it; with the token and ``--definition`` it runs against the API at
@@ -25,6 +27,7 @@ from ._errors import NotFoundError, TransactionLinkError
 from ._models import DownloadedResult, WorkflowExecution
 
 Say = Callable[[str], None]
+INSTALL_CLI = 'pip install "aiotlink[cli]"'
 # An id no execution has: the demo's way to show an error as a user sees it.
 MISSING_EXECUTION_ID = "00000000-0000-4000-8000-000000000000"
 
@@ -138,61 +141,90 @@ async def _demo_on_fake(say: Say) -> None:
             await run_demo(client, plan, say)
 
 
-async def _demo_on_api(args: argparse.Namespace, say: Say) -> None:
+@attrs.frozen
+class DemoOptions:
+    """The options of ``aiotlink demo``."""
+
+    definition: str | None = None
+    large_result_definition: str | None = None
+    cancel_definition: str | None = None
+    base_url: str | None = None
+    poll_interval: float = 1.0
+    timeout: float = 600.0
+
+
+async def _demo_on_api(options: DemoOptions, say: Say) -> None:
+    assert options.definition is not None
     plan = DemoPlan(
-        definition=args.definition,
-        large_result_definition=args.large_result_definition,
-        cancel_definition=args.cancel_definition,
-        poll_interval=args.poll_interval,
-        timeout=args.timeout,
+        definition=options.definition,
+        large_result_definition=options.large_result_definition,
+        cancel_definition=options.cancel_definition,
+        poll_interval=options.poll_interval,
+        timeout=options.timeout,
     )
-    async with TransactionLinkClient(base_url=args.base_url) as client:
+    async with TransactionLinkClient(base_url=options.base_url) as client:
         say(f"running against {client.base_url} with the token from {TOKEN_ENV_VAR}")
         await run_demo(client, plan, say)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aiotlink", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="run a complete flow (on a built-in fake server unless a token is set)",
-        description=(
-            f"Without {TOKEN_ENV_VAR}, runs on a fake server in this process. "
-            f"With {TOKEN_ENV_VAR} set, runs against the API: --definition is then required."
-        ),
-    )
-    demo.add_argument("--definition", help="workflow definition id to run (real API)")
-    demo.add_argument("--large-result-definition", help="a definition whose result is large")
-    demo.add_argument("--cancel-definition", help="a definition to start and cancel")
-    demo.add_argument(
-        "--base-url",
-        help=f"API base URL (default: ${BASE_URL_ENV_VAR}, else {DEFAULT_BASE_URL})",
-    )
-    demo.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
-    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+def run_demo_command(options: DemoOptions) -> int:
+    """Run the demo; return the exit status (1: it failed, 2: --definition missing)."""
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     try:
         if os.environ.get(TOKEN_ENV_VAR):
-            if not args.definition:
-                print(f"{TOKEN_ENV_VAR} is set: pass --definition <id> to run", file=sys.stderr)
+            if not options.definition:
+                print(
+                    f"{TOKEN_ENV_VAR} is set: pass --definition <id> to run",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 2
-            asyncio.run(_demo_on_api(args, say))
+            asyncio.run(_demo_on_api(options, say))
         else:
             asyncio.run(_demo_on_fake(say))
     except (TransactionLinkError, ValueError) as error:
         # ValueError: a malformed setting, e.g. a token with a stray newline
-        print(f"failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    """The demo's own command line, for an install without the cli extra."""
+    parser = argparse.ArgumentParser(prog="aiotlink demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--definition", help="workflow definition id to run (real API)")
+    parser.add_argument("--large-result-definition", help="a definition whose result is large")
+    parser.add_argument("--cancel-definition", help="a definition to start and cancel")
+    parser.add_argument(
+        "--base-url",
+        help=f"API base URL (default: ${BASE_URL_ENV_VAR}, else {DEFAULT_BASE_URL})",
+    )
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    The commands need the ``cli`` extra (click and rich). Without it, ``demo`` still
+    runs (it needs nothing more than the client), and anything else prints the one
+    line that installs the extra.
+    """
+    try:
+        from ._commands import cli_main
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] not in ("click", "rich"):
+            raise
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        if arguments[:1] == ["demo"]:
+            parsed = _demo_parser().parse_args(arguments[1:])
+            return run_demo_command(DemoOptions(**vars(parsed)))
+        print(f"aiotlink: the command line needs the cli extra: {INSTALL_CLI}", file=sys.stderr)
+        return 2
+    return cli_main(argv)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +11,8 @@ import pytest
 
 from aiotlink._cli import main
 from aiotlink._client import TOKEN_ENV_VAR
+
+from .cli_helpers import serving
 
 STEPS = [
     "1. initialise",
@@ -68,29 +68,9 @@ def test_token_without_definition_asks_for_one(
 @pytest.fixture
 def api_process() -> Iterator[dict[str, str]]:
     """The fake as a separate process (as a real API would be): its URL, token and ids."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aiotlink.testing", "--port", "0", "--step-seconds", "0.05"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        for line in process.stdout:  # the banner ends with "Press Ctrl-C to stop."
-            lines.append(line)
-            if "Ctrl-C" in line:
-                break
-        banner = "".join(lines)
-        ids = dict(re.findall(r"^\s+(\S+)\s+(kyc-\S+|large-report)", banner, re.MULTILINE))
-        info = {name: definition_id for definition_id, name in ids.items()}
-        info["url"] = re.search(r"listening on (\S+)", banner)[1]
-        info["token"] = re.search(r"token\s+(\S+)", banner)[1]
+    command = [sys.executable, "-m", "aiotlink.testing", "--port", "0", "--step-seconds", "0.05"]
+    with serving(command) as info:
         yield info
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_demo_against_an_api_with_a_token(

@@ -8,11 +8,13 @@ import contextlib
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import TextIO, TypeVar
 
 import attrs
 
+from aiotlink._arguments import parse_strict_json, read_small_file
+from aiotlink.testing._executions import check_statuses, check_step_seconds
 from aiotlink.testing._fake import (
     DEFAULT_REDIRECT_THRESHOLD,
     DEFAULT_URL_TTL,
@@ -21,7 +23,14 @@ from aiotlink.testing._fake import (
 )
 from aiotlink.testing._results import GeneratedResult
 
+T = TypeVar("T")
 DEFAULT_PORT = 8080
+# A definition file is a few lines a person wrote: a bound keeps a wrong path (a log, a
+# device) from being read whole.
+MAX_DEFINITION_FILE_BYTES = 2**20
+DEFINITION_KEYS = frozenset(
+    {"id", "name", "statuses", "result", "result_bytes", "step_seconds", "interactive"}
+)
 
 
 @attrs.frozen
@@ -37,6 +46,107 @@ class DemoDefinition:
     def definition_id(self) -> str:
         """A UUID derived from the name: the same on every run."""
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://aiotlink.invalid/fake/{self.name}"))
+
+
+@attrs.frozen
+class FileDefinition:
+    """A definition read from a ``--definition`` file, checked."""
+
+    definition_id: str
+    name: str
+    statuses: tuple[str, ...]
+    result: object
+    step_seconds: float | None
+    interactive: bool
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (pick one) to 65535; ``ValueError`` otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"a port is a whole number from 0 to 65535, got {text[:20]!r}")
+    return port
+
+
+def step_seconds(text: str) -> float:
+    """Seconds per status step: a finite number, 0 or more; ``ValueError`` otherwise."""
+    try:
+        return check_step_seconds(float(text))
+    except ValueError:
+        pass
+    raise ValueError(f"step seconds must be a finite number, 0 or more, got {text[:20]!r}")
+
+
+def _file_definition(entry: object, where: str) -> FileDefinition:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be a JSON object")
+    unknown = sorted(set(entry) - DEFINITION_KEYS)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; known: {sorted(DEFINITION_KEYS)}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f'{where} needs a "name" (a non-empty string)')
+    statuses = entry.get("statuses")
+    if not isinstance(statuses, list) or not all(isinstance(s, str) for s in statuses):
+        raise ValueError(f'{where} needs "statuses": a list of status names')
+    try:
+        walk = check_statuses(statuses)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    definition_id = entry.get("id", DemoDefinition(name, walk).definition_id)
+    if not isinstance(definition_id, str) or not definition_id.strip():
+        raise ValueError(f'{where}: "id" must be a non-empty string')
+    step = entry.get("step_seconds")
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, int | float) or not 0 <= step < 1e9
+    ):
+        raise ValueError(f'{where}: "step_seconds" must be a number of seconds, 0 or more')
+    interactive = entry.get("interactive", False)
+    if not isinstance(interactive, bool):
+        raise ValueError(f'{where}: "interactive" must be true or false')
+    result: object = entry.get("result", {"definition": name, "decision": "APPROVED"})
+    if "result_bytes" in entry:
+        size = entry["result_bytes"]
+        if "result" in entry or isinstance(size, bool) or not isinstance(size, int):
+            raise ValueError(f'{where}: "result_bytes" is a whole number, without "result"')
+        try:
+            result = GeneratedResult(size)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    return FileDefinition(
+        definition_id, name, walk, result, None if step is None else float(step), interactive
+    )
+
+
+def load_definitions(path: str) -> list[FileDefinition]:
+    """The definitions in a JSON file: one object, or a list of them; ``ValueError`` if bad.
+
+    Each object has ``name`` and ``statuses``, and may have ``id`` (else one derived
+    from the name), ``result`` (any JSON) or ``result_bytes`` (a generated result of
+    that size), ``step_seconds`` and ``interactive``. The error names the file and the
+    problem, never the file's text.
+    """
+    data = read_small_file(path, MAX_DEFINITION_FILE_BYTES, path)
+    document = parse_strict_json(data, path)
+    entries = document if isinstance(document, list) else [document]
+    if not entries:
+        raise ValueError(f"{path} holds no definition")
+    return [_file_definition(entry, f"{path}, definition {n}") for n, entry in enumerate(entries)]
+
+
+def _argparse_type(check: Callable[[str], T]) -> Callable[[str], T]:
+    """``check`` for argparse: its ``ValueError`` becomes argparse's usage error (exit 2)."""
+
+    def checked(text: str) -> T:
+        try:
+            return check(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return checked
 
 
 DEMO_DEFINITIONS = (
@@ -57,12 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m aiotlink.testing",
         description="Serve a fake TransactionLink Workflows API on 127.0.0.1 until Ctrl-C.",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="API port; 0 picks one")
-    parser.add_argument("--storage-port", type=int, default=0, help="storage port; 0 picks one")
+    port = _argparse_type(port_number)
+    parser.add_argument("--port", type=port, default=DEFAULT_PORT, help="API port; 0 picks one")
+    parser.add_argument("--storage-port", type=port, default=0, help="storage port; 0 picks one")
     parser.add_argument("--token", help="use this tot_ token instead of a random one")
     parser.add_argument(
         "--step-seconds",
-        type=float,
+        type=_argparse_type(step_seconds),
         default=1.0,
         help="seconds per status step of the demo definitions; 0 steps once per find",
     )
@@ -82,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-url",
         help="POST a signed webhook for every status change here (needs aiotlink[webhooks])",
     )
+    parser.add_argument(
+        "--definition",
+        dest="definitions",
+        type=_argparse_type(load_definitions),
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also add the definitions in this JSON file (repeatable)",
+    )
     return parser
 
 
@@ -100,6 +220,23 @@ def add_demo_definitions(
             step_seconds=step_seconds,
             interactive=demo.interactive,
             name=demo.name,
+        )
+
+
+def add_file_definitions(
+    fake: FakeTransactionLink, definitions: Sequence[FileDefinition], *, step_seconds: float
+) -> None:
+    """Add the definitions read from ``--definition`` files to ``fake``."""
+    for definition in definitions:
+        fake.add_definition(
+            definition.definition_id,
+            definition.statuses,
+            result=definition.result,
+            step_seconds=step_seconds
+            if definition.step_seconds is None
+            else definition.step_seconds,
+            interactive=definition.interactive,
+            name=definition.name,
         )
 
 
@@ -125,10 +262,19 @@ def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
         if demo.large:
             notes += f"  ({options.large_result_mib} MiB result, redirected to storage)"
         lines.append(f"    {demo.definition_id}  {demo.name:<16} {notes}")
+    for definitions in options.definitions:
+        for definition in definitions:
+            notes = " > ".join(definition.statuses)
+            lines.append(f"    {definition.definition_id}  {definition.name:<16} {notes}")
     first = DEMO_DEFINITIONS[0].definition_id
+    # Commands that exist: the demo in every install, `run` with the cli extra.
     lines.append(
         f"  try: TRANSACTIONLINK_TOKEN={fake.token} python -m aiotlink demo"
         f" --base-url {fake.url} --definition {first}"
+    )
+    lines.append(
+        f"  or:  TRANSACTIONLINK_TOKEN={fake.token} python -m aiotlink run {first}"
+        f" --base-url {fake.url}   (needs aiotlink[cli])"
     )
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)
@@ -160,6 +306,8 @@ async def serve(
         step_seconds=options.step_seconds,
         large_result_bytes=options.large_result_mib * 2**20,
     )
+    for definitions in options.definitions:
+        add_file_definitions(fake, definitions, step_seconds=options.step_seconds)
     try:
         await fake.start()
     except OSError as exc:
@@ -174,7 +322,8 @@ async def serve(
     return 0
 
 
-async def _serve_until_signal(options: argparse.Namespace) -> int:
+async def serve_until_signal(options: argparse.Namespace) -> int:
+    """Serve as :func:`serve` does until SIGINT or SIGTERM; return the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -193,6 +342,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the process mode with ``argv`` (default: the command line); return the exit code."""
     options = build_parser().parse_args(argv)
     try:
-        return asyncio.run(_serve_until_signal(options))
+        return asyncio.run(serve_until_signal(options))
     except KeyboardInterrupt:  # where the loop has no signal handlers (Windows)
         return 0

@@ -1,0 +1,864 @@
+"""The operator's command line: every command in-process (click's runner) against the fake."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from aiohttp import web
+
+from aiotlink._commands import EXIT_CODES_HELP, clean, cli, dump_json
+from aiotlink.testing import FakeTransactionLink, GeneratedResult
+
+from .cli_helpers import LoopThread, hostile_app, invoke, strict_json
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+
+@attrs.frozen
+class Fake:
+    """The fake, served from a thread, with the definitions the tests use."""
+
+    fake: FakeTransactionLink
+    thread: LoopThread
+    env: dict[str, str | None]
+    ok: str
+    failing: str
+    interactive: str
+    slow: str
+    large: str
+
+    def requests(self) -> int:
+        """How many requests the fake has had."""
+        return len(self.fake.requests)
+
+    def status(self, key: str) -> str:
+        """The status of an execution, as the fake has it."""
+        return str(self.thread.call(self._find(key)))
+
+    async def _find(self, key: str) -> str:
+        from aiotlink import TransactionLinkClient
+
+        async with TransactionLinkClient(self.fake.token, base_url=self.fake.url) as client:
+            return (await client.workflows.find(key)).status.value
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Fake]:
+    """One fake for the module (each test makes its own executions)."""
+    thread = LoopThread()
+
+    async def start() -> Fake:
+        fake = FakeTransactionLink(redirect_threshold=100_000)
+        await fake.start()
+        env: dict[str, str | None] = {
+            "TRANSACTIONLINK_TOKEN": fake.token,
+            "TRANSACTIONLINK_BASE_URL": fake.url,
+        }
+        return Fake(
+            fake,
+            thread,
+            env,
+            ok=fake.add_definition(
+                statuses=["INITIALISED", "RUNNING", "COMPLETED"],
+                result={"decision": "APPROVED", "score": 0.97},
+            ),
+            failing=fake.add_definition(statuses=["INITIALISED", "RUNNING", "FAILED"]),
+            interactive=fake.add_definition(statuses=["INITIALISED", "AWAITING"], interactive=True),
+            slow=fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=60),
+            large=fake.add_definition(
+                statuses=["RUNNING", "COMPLETED"], result=GeneratedResult(1_500_000)
+            ),
+        )
+
+    fake = thread.call(start())
+    yield fake
+    thread.call(fake.fake.close())
+    thread.close()
+
+
+def started(served: Fake, definition: str) -> str:
+    """The id of a new execution of ``definition``, started through the CLI."""
+    invoked = invoke(["run", definition, "--no-wait", "--json"], env=served.env)
+    assert invoked.code == 0, invoked.err
+    return str(invoked.records()[0]["id"])
+
+
+# Help, version ------------------------------------------------------------------------
+
+COMMANDS = ["run", "find", "cancel", "wait", "result", "fake-server", "demo", "webhooks"]
+
+
+def test_help_lists_every_command_and_the_exit_codes() -> None:
+    """`aiotlink --help` names each command and documents every exit code."""
+    invoked = invoke(["--help"])
+    assert invoked.code == 0
+    for command in COMMANDS:
+        assert re.search(rf"^  {command} ", invoked.out, re.M), command
+    for code in ("0", "1", "2", "3", "4", "130", "141"):
+        assert re.search(rf"^    {code} ", invoked.out, re.M), code
+    assert invoke([]).out == invoked.out
+    group = invoke(["webhooks"])
+    assert group.code == 0
+    assert "verify " in group.out
+
+
+@pytest.mark.parametrize(
+    "command", [*COMMANDS[:-1], "webhooks verify"], ids=lambda command: command
+)
+def test_each_command_has_plain_help_with_an_example(command: str) -> None:
+    """Each command's --help has an example and no reStructuredText markup."""
+    invoked = invoke([*command.split(), "--help"])
+    assert invoked.code == 0
+    assert "Example:" in invoked.out
+    assert f"aiotlink {command}" in invoked.out
+    assert "``" not in invoked.out
+    assert ":func:" not in invoked.out
+
+
+def test_version() -> None:
+    """--version prints the installed version."""
+    from importlib.metadata import version
+
+    invoked = invoke(["--version"])
+    assert (invoked.code, invoked.out.strip()) == (0, f"aiotlink, version {version('aiotlink')}")
+
+
+def test_exit_codes_are_distinct() -> None:
+    """The documented codes are six distinct outcomes and a closed stdout."""
+    codes = re.findall(r"^  (\d+) ", EXIT_CODES_HELP, re.M)
+    assert codes == ["0", "1", "2", "3", "4", "130", "141"]
+
+
+# run -----------------------------------------------------------------------------------
+
+
+def test_run_waits_and_prints_the_result(served: Fake) -> None:
+    """run waits for the end and prints the result; plain lines when not a terminal."""
+    invoked = invoke(
+        ["run", served.ok, "--param", "customerId=c-42", "--poll-interval", "0.01"], env=served.env
+    )
+    assert invoked.code == 0, invoked.err
+    lines = invoked.out.splitlines()
+    assert lines[0].startswith("started ")
+    key = lines[0].split()[1]
+    assert "RUNNING" in invoked.out
+    assert f"{key}  COMPLETED" in lines
+    assert json.loads(invoked.out[invoked.out.index("{") :]) == {
+        "decision": "APPROVED",
+        "score": 0.97,
+    }
+    assert "\x1b" not in invoked.out
+
+
+def test_run_json_is_one_record_with_the_result(served: Fake, tmp_path: Path) -> None:
+    """run --json writes one object: the execution, its parameters and result."""
+    params = tmp_path / "params.json"
+    params.write_text('{"customerId": "c-1", "tier": 2}')
+    arguments = ["run", served.ok, "--json", "--params-file", str(params), "--param", "tier=3"]
+    invoked = invoke(
+        [*arguments, "--poll-interval", "0.01", "--record-id", MISSING], env=served.env
+    )
+    assert invoked.code == 0, invoked.err
+    [record] = invoked.records()
+    assert record["status"] == "COMPLETED"
+    assert record["parameters"] == {"customerId": "c-1", "tier": "3"}
+    assert record["result"] == {"decision": "APPROVED", "score": 0.97}
+    assert record["record_id"] == MISSING
+
+
+def test_run_of_a_failing_workflow_exits_1(served: Fake) -> None:
+    """A run that ends FAILED exits 1 with the execution on stdout."""
+    invoked = invoke(["run", served.failing, "--json", "--poll-interval", "0.01"], env=served.env)
+    assert invoked.code == 1
+    assert invoked.records()[0]["status"] == "FAILED"
+
+
+def test_run_without_wait_prints_the_execution(served: Fake) -> None:
+    """--no-wait prints the new execution with its link, and exits 0."""
+    invoked = invoke(["run", served.interactive, "--no-wait", "--expires-in", "2h"], env=served.env)
+    assert invoked.code == 0
+    key, status, link = invoked.out.split()
+    assert (status, link) == ("INITIALISED", f"{served.fake.url}/hosted/{key}")
+
+
+def test_run_of_a_large_result_hints_at_result_out(served: Fake) -> None:
+    """A result too large to print (a $redirect here) gives the command that saves it."""
+    invoked = invoke(["run", served.large, "--poll-interval", "0.01", "--json"], env=served.env)
+    assert invoked.code == 0, invoked.err
+    [record] = invoked.records()
+    hint = f"aiotlink result {record['id']} --out PATH"
+    assert hint in record["result_omitted"]
+    assert hint in invoked.err
+    human = invoke(["run", served.large, "--poll-interval", "0.01"], env=served.env)
+    assert "aiotlink result " in human.err
+    assert "--out PATH" in human.err
+
+
+def test_run_download_streams_the_result_to_a_file(served: Fake, tmp_path: Path) -> None:
+    """--download PATH writes the whole result, from storage, and says where."""
+    target = tmp_path / "result.json"
+    arguments = ["run", served.large, "--download", str(target), "--poll-interval", "0.01"]
+    invoked = invoke([*arguments, "--json"], env=served.env)
+    assert invoked.code == 0, invoked.err
+    [record] = invoked.records()
+    assert record["download"] == {
+        "id": record["id"],
+        "path": str(target),
+        "size": 1_500_000,
+        "redirected": True,
+    }
+    assert target.stat().st_size == 1_500_000
+
+
+def test_run_past_its_timeout_exits_3(served: Fake) -> None:
+    """A wait that outlasts --timeout exits 3 with an error record naming the id."""
+    invoked = invoke(["run", served.slow, "--timeout", "0.2", "--json"], env=served.env)
+    assert invoked.code == 3
+    [record] = invoked.records()
+    assert record["error"]["type"] == "WaitTimeoutError"
+    assert re.fullmatch(r"[0-9a-f-]{36}", record["id"])
+
+
+def test_run_of_an_unknown_definition_exits_4(served: Fake) -> None:
+    """An API error exits 4, with a record whose id is null (no execution was made)."""
+    invoked = invoke(["run", "no-such-definition", "--json"], env=served.env)
+    assert invoked.code == 4
+    [record] = invoked.records()
+    assert record["id"] is None
+    assert record["error"]["status"] == 404
+    human = invoke(["run", "no-such-definition"], env=served.env)
+    assert human.code == 4
+    assert human.err.startswith("error: NotFoundError: 404")
+    assert human.out == ""
+
+
+# Bad input: a usage error before any request -----------------------------------------
+
+
+def _deep(tmp_path: Path) -> list[str]:
+    path = tmp_path / "deep.json"
+    path.write_text('{"a": ' + "[" * 1000 + "]" * 1000 + "}")
+    return ["run", "kyc", "--params-file", str(path)]
+
+
+def _nan(tmp_path: Path) -> list[str]:
+    path = tmp_path / "nan.json"
+    path.write_text('{"score": NaN}')
+    return ["run", "kyc", "--params-file", str(path)]
+
+
+def _list(tmp_path: Path) -> list[str]:
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    return ["run", "kyc", "--params-file", str(path)]
+
+
+BAD_INPUT: dict[str, Any] = {
+    "empty definition": ["run", ""],
+    "empty locale": ["run", "kyc", "--locale", ""],
+    "expiry overflow": ["run", "kyc", "--expires-in", "99999999999d"],
+    "expiry too soon": ["run", "kyc", "--expires-in", "5m"],
+    "expiry not a duration": ["run", "kyc", "--expires-in", "soon"],
+    "param without =": ["run", "kyc", "--param", "customerId"],
+    "param without key": ["run", "kyc", "--param", "=x"],
+    "record id": ["run", "kyc", "--record-id", "nope"],
+    "timeout nan": ["run", "kyc", "--timeout", "nan"],
+    "timeout inf": ["wait", MISSING, "--timeout", "inf"],
+    "poll interval negative": ["wait", MISSING, "--poll-interval", "-1"],
+    "download to a folder": ["run", "kyc", "--download", "/tmp/"],
+    "find a path": ["find", "../etc"],
+    "cancel no id": ["cancel"],
+    "wait no id": ["wait"],
+    "result not a uuid": ["result", "kyc"],
+    "result out to a folder": ["result", MISSING, "--out", "/tmp"],
+    "unknown option": ["find", MISSING, "--colour"],
+    "nan params": _nan,
+    "deep params": _deep,
+    "params not an object": _list,
+}
+
+
+@pytest.mark.parametrize("arguments", BAD_INPUT.values(), ids=list(BAD_INPUT))
+def test_bad_input_is_a_one_line_usage_error_before_any_request(
+    served: Fake, tmp_path: Path, arguments: Any
+) -> None:
+    """Exit 2, one line on stderr naming the problem, nothing on stdout, no request."""
+    if callable(arguments):
+        arguments = arguments(tmp_path)
+    before = served.requests()
+    invoked = invoke([*arguments, "--json"], env=served.env)
+    assert invoked.code == 2, invoked
+    assert invoked.out == ""
+    assert invoked.err.count("\n") == 1, invoked.err
+    assert invoked.err.startswith("aiotlink")
+    assert "Traceback" not in invoked.err
+    assert served.requests() == before
+
+
+def test_a_missing_token_says_how_to_set_one() -> None:
+    """No token: one line naming the variable and --token-file, exit 2."""
+    invoked = invoke(["find", MISSING], env={"TRANSACTIONLINK_TOKEN": None})
+    assert invoked.code == 2
+    assert "TRANSACTIONLINK_TOKEN" in invoked.err
+    assert "--token-file" in invoked.err
+    assert invoked.err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "content", [b"tot_s3cret value\n", "tot_s3cret\u00e9".encode(), b"", b"x" * 70_000]
+)
+def test_token_file_errors_never_show_its_content(
+    served: Fake, tmp_path: Path, content: bytes
+) -> None:
+    """A bad --token-file is one usage line that does not echo what the file holds."""
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    invoked = invoke(
+        ["find", MISSING, "--token-file", str(path)], env={"TRANSACTIONLINK_TOKEN": None}
+    )
+    assert invoked.code == 2
+    assert "s3cret" not in invoked.err
+    assert "xxxx" not in invoked.err
+    assert invoked.err.count("\n") == 1
+    missing = invoke(["find", MISSING, "--token-file", str(tmp_path / "nope")])
+    assert (missing.code, missing.err.count("\n")) == (2, 1)
+    assert "cannot read --token-file" in missing.err
+
+
+def test_token_file_is_used(served: Fake, tmp_path: Path) -> None:
+    """A token in --token-file (with a trailing newline) is the one sent."""
+    path = tmp_path / "token"
+    path.write_text(served.fake.token + "\n")
+    env = {"TRANSACTIONLINK_TOKEN": "tot_wrong", "TRANSACTIONLINK_BASE_URL": served.fake.url}
+    key = started(served, served.interactive)
+    invoked = invoke(["find", key, "--token-file", str(path), "--json"], env=env)
+    assert invoked.code == 0, invoked.err
+    assert invoked.records()[0]["id"] == key
+
+
+# find, cancel --------------------------------------------------------------------------
+
+
+def test_find_shows_each_and_an_error_record_with_its_id(served: Fake) -> None:
+    """find ID... prints one record per id; a missing one is an error record, exit 4."""
+    key = started(served, served.interactive)
+    invoked = invoke(["find", key, MISSING, "--json"], env=served.env)
+    assert invoked.code == 4
+    found, missing = invoked.records()
+    assert (found["id"], found["status"]) == (key, "AWAITING")  # a step per find
+    assert found["link"] == f"{served.fake.url}/hosted/{key}"
+    assert "token" not in found
+    assert missing["id"] == MISSING
+    assert (missing["error"]["status"], missing["error"]["code"]) == (404, "WORKFLOW_NOT_FOUND")
+    human = invoke(["find", key], env=served.env)
+    assert human.code == 0
+    assert human.out.split()[:2] == [key, "AWAITING"]
+
+
+def test_cancel_cancels_and_reports_errors(served: Fake) -> None:
+    """cancel ID... cancels each; an execution that ended is an error, exit 4."""
+    key = started(served, served.interactive)
+    invoked = invoke(["cancel", key, "--json"], env=served.env)
+    assert (invoked.code, invoked.records()) == (0, [{"id": key, "cancelled": True}])
+    assert served.status(key) == "CANCELLED"
+    done = started(served, served.failing)
+    assert invoke(["wait", done, "--poll-interval", "0.01"], env=served.env).code == 1
+    again = invoke(["cancel", done], env=served.env)
+    assert again.code == 4
+    assert again.err.startswith(f"error: {done}: BadRequestError: 400 WORKFLOW_ALREADY_FINISHED")
+
+
+# wait ----------------------------------------------------------------------------------
+
+
+def test_wait_for_many_with_duplicates_and_other_cases(served: Fake) -> None:
+    """Rows are keyed by the id as typed; duplicates are waited for once; counts add up."""
+    ok, failed = started(served, served.ok), started(served, served.failing)
+    arguments = ["wait", ok.upper(), failed, ok, MISSING, "--poll-interval", "0.01", "--json"]
+    invoked = invoke(arguments, env=served.env)
+    assert invoked.code == 4
+    records = {record["id"]: record for record in invoked.records()}
+    assert set(records) == {ok.upper(), failed, MISSING}
+    assert records[ok.upper()]["status"] == "COMPLETED"
+    assert records[failed]["status"] == "FAILED"
+    assert records[MISSING]["error"]["type"] == "NotFoundError"
+    assert invoked.err.strip() == (
+        "3 executions: 1 COMPLETED, 1 FAILED, 1 error (1 duplicate ids waited for once)"
+    )
+
+
+def test_wait_reads_ids_from_stdin_and_prints_plain_lines(served: Fake) -> None:
+    """--from-file - reads ids (comments and blank lines skipped); plain lines, exit 0."""
+    first, second = started(served, served.ok), started(served, served.ok)
+    stdin = f"# a batch\n{first}\n\n  {second}  \n"
+    invoked = invoke(
+        ["wait", "--from-file", "-", "--poll-interval", "0.01"], env=served.env, stdin=stdin
+    )
+    assert invoked.code == 0, invoked.err
+    lines = invoked.out.splitlines()
+    assert f"{first}  COMPLETED" in lines
+    assert f"{second}  COMPLETED" in lines
+    assert lines[-1] == "2 executions: 2 COMPLETED"
+    assert invoked.err == ""
+
+
+def test_wait_past_its_timeout_exits_3(served: Fake) -> None:
+    """Executions still running at --timeout are timed out (exit 3), not failed."""
+    slow, done = started(served, served.slow), started(served, served.ok)
+    arguments = ["wait", slow, done, "--timeout", "0.5", "--poll-interval", "0.01", "--json"]
+    invoked = invoke(arguments, env=served.env)
+    assert invoked.code == 3
+    records = {record["id"]: record for record in invoked.records()}
+    assert records[slow]["error"]["type"] == "WaitTimeoutError"
+    assert records[done]["status"] == "COMPLETED"
+    assert "1 COMPLETED, 1 timed out" in invoked.err
+
+
+def test_wait_with_a_bad_id_in_the_file_names_its_line(served: Fake, tmp_path: Path) -> None:
+    """A malformed id in --from-file is a usage error naming the line."""
+    path = tmp_path / "ids"
+    path.write_text(f"{MISSING}\nnot/an/id\n")
+    invoked = invoke(["wait", "--from-file", str(path)], env=served.env)
+    assert invoked.code == 2
+    assert "--from-file line 2" in invoked.err
+
+
+# result --------------------------------------------------------------------------------
+
+
+def test_result_prints_a_small_one_and_hints_at_a_large_one(served: Fake, tmp_path: Path) -> None:
+    """result ID prints JSON; a large one exits 4 with the --out hint; --out saves it."""
+    small = invoke(["run", served.ok, "--json", "--poll-interval", "0.01"], env=served.env)
+    key = small.records()[0]["id"]
+    printed = invoke(["result", key, "--json"], env=served.env)
+    assert printed.records() == [{"id": key, "result": {"decision": "APPROVED", "score": 0.97}}]
+    assert json.loads(invoke(["result", key], env=served.env).out) == {
+        "decision": "APPROVED",
+        "score": 0.97,
+    }
+    large = invoke(["run", served.large, "--json", "--poll-interval", "0.01"], env=served.env)
+    big = large.records()[0]["id"]
+    too_large = invoke(["result", big, "--json"], env=served.env)
+    assert too_large.code == 4
+    [record] = too_large.records()
+    assert record["id"] == big
+    assert f"aiotlink result {big} --out PATH" in record["error"]["message"]
+    target = tmp_path / "big.json"
+    saved = invoke(["result", big, "--out", str(target)], env=served.env)
+    assert saved.code == 0
+    assert saved.out == f"{target}  1,500,000 bytes from pre-signed storage\n"
+    assert target.stat().st_size == 1_500_000
+    missing = invoke(["result", MISSING, "--json"], env=served.env)
+    assert missing.code == 4
+    assert missing.records()[0]["id"] == MISSING
+
+
+# Logs ----------------------------------------------------------------------------------
+
+
+def test_library_warnings_show_only_with_verbose(served: Fake) -> None:
+    """A retry's WARNING is silent by default and on stderr with -v."""
+    key = started(served, served.interactive)
+    served.thread.call(_fail_next_find(served.fake))
+    quiet = invoke(["find", key], env=served.env)
+    assert quiet.code == 0
+    assert quiet.err == ""
+    served.thread.call(_fail_next_find(served.fake))
+    loud = invoke(["find", key, "-v"], env=served.env)
+    assert loud.code == 0
+    assert "WARNING aiotlink: " in loud.err
+    assert served.fake.token not in loud.err
+
+
+async def _fail_next_find(fake: FakeTransactionLink) -> None:
+    fake.fail_next("find", 503, retry_after=0)
+
+
+# A hostile server: escape sequences, ids in another case, NaN ----------------------------
+
+EVIL = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\r\x08\u202e"
+
+
+def _execution(key: str, **changes: Any) -> dict[str, Any]:
+    from .conftest import execution_body
+
+    return execution_body(id=key, **changes)
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[dict[str, str | None]]:
+    """A server that answers with terminal escapes, ids in upper case and NaN."""
+    thread = LoopThread()
+    key = "7d0c1a3e-5b2f-4c8e-9a61-3f2b8d4e6a10"
+
+    def evil_execution() -> web.Response:
+        body = _execution(
+            key.upper() + "\x1b[2J", status="COMPLETED" + EVIL, link="https://x/" + EVIL
+        )
+        return web.json_response(body)
+
+    def upper_case_execution() -> web.Response:
+        return web.json_response(_execution(key.upper(), status="COMPLETED"))
+
+    def evil_error() -> web.Response:
+        errors = [{"code": "NOPE" + EVIL, "message": "gone" + EVIL}]
+        return web.json_response({"errors": errors, "fingerprint": "f" + EVIL}, status=404)
+
+    def nan_result() -> web.Response:
+        return web.Response(
+            body=b'{"score": NaN, "big": -Infinity}', content_type="application/json"
+        )
+
+    routes = {
+        ("GET", f"/workflows/{key}"): upper_case_execution,
+        ("GET", f"/workflows/{MISSING}"): evil_error,
+        ("GET", "/workflows/11111111-1111-4111-8111-111111111111"): evil_execution,
+        ("GET", f"/workflows/{key}/result"): nan_result,
+    }
+    url, runner = thread.call(hostile_app(routes))
+    yield {"TRANSACTIONLINK_TOKEN": "tot_x", "TRANSACTIONLINK_BASE_URL": url, "key": key}
+    thread.call(runner.cleanup())
+    thread.close()
+
+
+def test_server_strings_cannot_inject_terminal_escapes(hostile: dict[str, str | None]) -> None:
+    """Status, link, id and error texts from the server are shown without control chars."""
+    env = {name: value for name, value in hostile.items() if name != "key"}
+    shown = invoke(["find", "11111111-1111-4111-8111-111111111111", MISSING], env=env)
+    assert shown.code == 4
+    for text in (shown.out, shown.err):
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202e]", text), repr(text)
+    assert "\\x1b]0;pwned\\x07" in shown.out
+    assert "gone\\x1b" in shown.err
+    as_json = invoke(["find", "11111111-1111-4111-8111-111111111111", "--json"], env=env)
+    assert "\x1b" not in as_json.out
+    assert as_json.records()[0]["link"] == "https://x/" + EVIL
+
+
+def test_wait_keys_by_the_id_asked_when_the_server_answers_in_upper_case(
+    hostile: dict[str, str | None],
+) -> None:
+    """The server names the execution in upper case: the row is still the one asked for."""
+    env = {name: value for name, value in hostile.items() if name != "key"}
+    key = str(hostile["key"])
+    invoked = invoke(["wait", key, "--json", "--poll-interval", "0.01"], env=env)
+    assert invoked.code == 0, invoked.err
+    assert [record["id"] for record in invoked.records()] == [key]
+    human = invoke(["wait", key, "--poll-interval", "0.01"], env=env)
+    assert f"{key}  COMPLETED" in human.out.splitlines()
+
+
+def test_json_output_is_strict_even_for_a_nan_result(hostile: dict[str, str | None]) -> None:
+    """A result holding NaN and -Infinity is written as strict JSON (null)."""
+    env = {name: value for name, value in hostile.items() if name != "key"}
+    invoked = invoke(["result", str(hostile["key"]), "--json"], env=env)
+    assert invoked.code == 0, invoked.err
+    assert invoked.records()[0]["result"] == {"score": None, "big": None}
+    human = invoke(["result", str(hostile["key"])], env=env)
+    assert strict_json(human.out) == {"score": None, "big": None}
+
+
+def test_clean_and_dump_json() -> None:
+    """clean() escapes control and format characters; dump_json() never writes NaN."""
+    assert clean("ok ü") == "ok ü"
+    assert clean("a\x1b[2Jb\u202ec") == "a\\x1b[2Jb\\u202ec"
+    assert clean("x" * 500, limit=10) == "x" * 9 + "…"
+    assert dump_json({"a": [float("nan"), (1, float("inf"))]}) == '{"a": [null, [1, null]]}'
+
+
+# webhooks verify -----------------------------------------------------------------------
+
+
+def test_webhooks_verify_checks_a_captured_delivery(tmp_path: Path) -> None:
+    """A delivery of the fake verifies (exit 0, the event); a changed body does not (exit 1)."""
+    thread = LoopThread()
+
+    async def capture() -> tuple[FakeTransactionLink, bytes, str]:
+        fake = FakeTransactionLink(
+            webhook_url="http://127.0.0.1:9/hooks", webhook_retry_seconds=0.01
+        )
+        await fake.start()
+        kyc = fake.add_definition(statuses=["INITIALISED", "COMPLETED"])
+        from aiotlink import TransactionLinkClient
+
+        async with TransactionLinkClient(fake.token, base_url=fake.url) as client:
+            await client.workflows.initialise(kyc)
+        await fake.webhooks_settled(timeout=10)
+        delivery = fake.webhook_deliveries[0]
+        return fake, delivery.body, delivery.signature
+
+    fake, body, signature = thread.call(capture())
+    try:
+        env: dict[str, str | None] = {
+            "TRANSACTIONLINK_TOKEN": fake.token,
+            "TRANSACTIONLINK_BASE_URL": fake.url,
+        }
+        path = tmp_path / "body.json"
+        path.write_bytes(body)
+        arguments = ["webhooks", "verify", "--signature", signature, "--json"]
+        invoked = invoke([*arguments, "--body-file", str(path)], env=env)
+        assert invoked.code == 0, invoked.err
+        [record] = invoked.records()
+        assert record["verified"] is True
+        assert record["id"] == json.loads(body)["workflowExecutionId"]
+        from_stdin = invoke(
+            ["webhooks", "verify", "--signature", signature], env=env, stdin=body.decode()
+        )
+        assert from_stdin.code == 0
+        assert from_stdin.out.startswith("verified: WORKFLOW_STATUS_UPDATED for ")
+        changed = invoke(
+            arguments, env=env, stdin=body.decode().replace("INITIALISED", "COMPLETED")
+        )
+        assert changed.code == 1
+        assert changed.records()[0]["id"] is None
+        assert changed.records()[0]["error"]["type"] == "WebhookVerificationError"
+    finally:
+        thread.call(fake.close())
+        thread.close()
+
+
+# demo and the entry point -------------------------------------------------------------
+
+
+def test_demo_is_a_command_of_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aiotlink demo` through click asks for --definition when a token is set."""
+    invoked = invoke(["demo"], env={"TRANSACTIONLINK_TOKEN": "tot_x"})
+    assert invoked.code == 2
+    assert "--definition" in invoked.err
+
+
+def test_without_the_cli_extra_the_command_says_how_to_install_it() -> None:
+    """Without click and rich: one line naming the extra (exit 2); demo's help still works."""
+    script = (
+        "import sys; sys.modules['click'] = None; sys.modules['rich'] = None\n"
+        "from aiotlink._cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    missing = subprocess.run(
+        [sys.executable, "-c", script, "find", MISSING], capture_output=True, text=True, timeout=30
+    )
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        'aiotlink: the command line needs the cli extra: pip install "aiotlink[cli]"\n'
+    )
+    demo = subprocess.run(
+        [sys.executable, "-c", script, "demo", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert demo.returncode == 0
+    assert "--definition" in demo.stdout
+
+
+def test_the_group_is_click() -> None:
+    """The command tree is click's (the cli extra)."""
+    import click
+
+    assert isinstance(cli, click.Group)
+
+
+# fake-server in-process, and its definition files ----------------------------------------
+
+
+def test_fake_server_serves_the_definitions_of_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fake-server --definition FILE adds its definitions; the banner lists them."""
+    import asyncio
+
+    from aiotlink.testing import _process
+
+    path = tmp_path / "flows.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "kyc-custom",
+                "statuses": ["RUNNING", "COMPLETED"],
+                "result": {"ok": True},
+                "step_seconds": 0.5,
+                "interactive": True,
+            }
+        )
+    )
+
+    async def serve_once(options: Any) -> int:
+        stop = asyncio.Event()
+        stop.set()
+        return await _process.serve(options, stop=stop, out=sys.stdout, err=sys.stderr)
+
+    monkeypatch.setattr(_process, "serve_until_signal", serve_once)
+    invoked = invoke(["fake-server", "--port", "0", "--definition", str(path)])
+    assert invoked.code == 0, invoked.err
+    custom = _process.load_definitions(str(path))[0]
+    assert re.search(rf"^    {custom.definition_id}  kyc-custom ", invoked.out, re.M)
+    assert (custom.statuses, custom.step_seconds, custom.interactive) == (
+        ("RUNNING", "COMPLETED"),
+        0.5,
+        True,
+    )
+    hooks = invoke(["fake-server", "--port", "0", "--webhook-url", "http://127.0.0.1:9/x"])
+    assert hooks.code == 0, hooks.err
+    assert "webhooks http://127.0.0.1:9/x" in hooks.out
+
+
+BAD_DEFINITIONS = {
+    "not an object": "[1]",
+    "empty list": "[]",
+    "unknown key": '{"name": "x", "statuses": ["COMPLETED"], "colour": 1}',
+    "no name": '{"statuses": ["COMPLETED"]}',
+    "no statuses": '{"name": "x"}',
+    "bad status": '{"name": "x", "statuses": ["DONE"]}',
+    "bad id": '{"name": "x", "statuses": ["COMPLETED"], "id": 5}',
+    "bad step": '{"name": "x", "statuses": ["COMPLETED"], "step_seconds": -1}',
+    "bad interactive": '{"name": "x", "statuses": ["COMPLETED"], "interactive": "yes"}',
+    "result and bytes": '{"name": "x", "statuses": ["COMPLETED"], "result": 1, "result_bytes": 9}',
+    "tiny bytes": '{"name": "x", "statuses": ["COMPLETED"], "result_bytes": 1}',
+    "nan": '{"name": "x", "statuses": ["COMPLETED"], "result": NaN}',
+    "deep": '{"name": "x", "statuses": ["COMPLETED"], "result": ' + "[" * 70 + "]" * 70 + "}",
+    "not json": "{name",
+    "not utf-8": b'{"name": "\xff"}',
+    "too large": b" " * (2**20 + 1),
+}
+
+
+@pytest.mark.parametrize("content", BAD_DEFINITIONS.values(), ids=list(BAD_DEFINITIONS))
+def test_a_bad_definition_file_is_a_usage_error(tmp_path: Path, content: str | bytes) -> None:
+    """Each problem of a definition file is one line naming the file, exit 2."""
+    path = tmp_path / "flows.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    invoked = invoke(["fake-server", "--port", "0", "--definition", str(path)])
+    assert invoked.code == 2
+    assert str(path) in invoked.err
+    assert invoked.err.count("\n") == 1
+
+
+def test_the_process_parser_checks_ports_and_steps() -> None:
+    """python -m aiotlink.testing refuses a port out of range and a NaN step (argparse, 2)."""
+    from aiotlink.testing import _process
+
+    for arguments in (["--port", "70000"], ["--storage-port", "x"], ["--step-seconds", "nan"]):
+        with pytest.raises(SystemExit) as exited:
+            _process.build_parser().parse_args(arguments)
+        assert exited.value.code == 2
+
+
+def test_broken_pipe_in_process_exits_141(served: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write to a closed stdout ends the command with 141 (click would say 1)."""
+    from aiotlink import _commands
+
+    def closed(*_: object) -> None:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(_commands.Output, "record", closed)
+    monkeypatch.setattr(_commands.os, "dup2", lambda *_: None)
+    assert invoke(["find", MISSING, "--json"], env=served.env).code == 141
+
+
+def test_ctrl_c_in_process_exits_130(served: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt (Ctrl-C) ends any command with 130."""
+    from aiotlink import _commands
+
+    def interrupted(coroutine: Any) -> None:
+        coroutine.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_commands.asyncio, "run", interrupted)
+    assert invoke(["find", MISSING], env=served.env).code == 130
+
+
+@pytest.mark.parametrize(
+    ("arguments", "stdin"),
+    [(["demo"], None), (["find", MISSING], None), (["demo", "--help"], None)],
+)
+def test_without_the_cli_extra_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    stdin: None,
+) -> None:
+    """Without click: the install line for the commands, the demo on argparse."""
+    from aiotlink import _cli
+
+    monkeypatch.delitem(sys.modules, "aiotlink._commands")
+    monkeypatch.setitem(sys.modules, "click", None)
+    monkeypatch.setenv("TRANSACTIONLINK_TOKEN", "tot_x")
+    if arguments == ["demo", "--help"]:
+        with pytest.raises(SystemExit) as exited:
+            _cli.main(arguments)
+        assert exited.value.code == 0
+        assert "--large-result-definition" in capsys.readouterr().out
+        return
+    assert _cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    expected = "--definition" if arguments == ["demo"] else 'pip install "aiotlink[cli]"'
+    assert expected in err
+
+
+def test_an_import_error_of_another_module_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a missing click or rich means the extra is missing; other errors are raised."""
+    from aiotlink import _cli
+
+    monkeypatch.delitem(sys.modules, "aiotlink._commands")
+    monkeypatch.setitem(sys.modules, "rich.live", None)
+    assert _cli.main(["find", MISSING]) == 2
+    monkeypatch.setitem(sys.modules, "attrs", None)
+    with pytest.raises(ImportError):
+        _cli.main(["find", MISSING])
+
+
+# Live views in-process, with rich told the output is a terminal ------------------------------
+
+TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120", "LINES": "30"}
+IN_PLACE = re.compile(r"\x1b\[\d*[AK]|\x1b\[2K|\r(?!\n)")
+
+
+def test_live_views_redraw_in_place(served: Fake, tmp_path: Path) -> None:
+    """run, wait and result --out on a terminal redraw in place; --json keeps stdout JSON."""
+    env = {**served.env, **TERMINAL}
+    ran = invoke(["run", served.ok, "--poll-interval", "0.01"], env=env)
+    assert ran.code == 0, ran.err
+    assert IN_PLACE.search(ran.out)
+    keys = [started(served, served.ok) for _ in range(3)]
+    waited = invoke(["wait", *keys, "--poll-interval", "0.01"], env=env)
+    assert waited.code == 0
+    assert IN_PLACE.search(waited.out)
+    assert "3 executions: 3 COMPLETED" in waited.out
+    big = invoke(["run", served.large, "--json", "--poll-interval", "0.01"], env=served.env)
+    target = tmp_path / "big.json"
+    saved = invoke(["result", big.records()[0]["id"], "--out", str(target)], env=env)
+    assert saved.code == 0
+    assert "1.5/1.5 MB" in saved.out
+    as_json = invoke(["wait", *keys, "--json", "--poll-interval", "0.01"], env=env)
+    assert "\x1b" not in as_json.out
+    assert len(as_json.records()) == 3
+    assert IN_PLACE.search(as_json.err)
+
+
+def test_readme_transcripts_of_usage_errors_are_what_the_commands_print() -> None:
+    """The README's usage-error transcript is the commands' output, character for character."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme[readme.index("Bad input is one line") :]
+    block = block[block.index("```console\n") + 11 :]
+    block = block[: block.index("\n```")]
+    commands: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            commands.append((line[2:], ""))
+        else:
+            commands[-1] = (commands[-1][0], commands[-1][1] + line + "\n")
+    assert len(commands) == 2
+    for command, expected in commands:
+        arguments = command.split()
+        env: dict[str, str | None] = {"TRANSACTIONLINK_TOKEN": "tot_x"}
+        if arguments[:2] == ["env", "-u"]:
+            env = {arguments[2]: None}
+            arguments = arguments[3:]
+        invoked = invoke(arguments[1:], env=env)
+        assert invoked.code == 2
+        assert invoked.err == expected.rstrip("\n") + "\n"
