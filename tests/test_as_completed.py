@@ -12,7 +12,7 @@ import time
 import types
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -188,9 +188,24 @@ async def test_breaking_out_stops_every_poll(
 
     poller = fake_client.workflows._poller
     await eventually(lambda: poller.active_polls == 0)
-    lookups = len(fake.requests_for("find"))
-    await asyncio.sleep(0.1)
+    # Lookups sent before the break may reach the fake (on this loop) a little later
+    # on a busy machine: wait for its count to settle, which it never would if 20
+    # executions were still polled every 10 ms, then check that it stays.
+    lookups = await settled(lambda: len(fake.requests_for("find")))
+    await asyncio.sleep(0.2)
     assert len(fake.requests_for("find")) == lookups  # nothing polled any more
+
+
+async def settled(count: Callable[[], int], quiet: float = 0.1) -> int:
+    """``count()`` once it has not changed for ``quiet`` seconds (within 5 s)."""
+    async with asyncio.timeout(5):
+        last = count()
+        while True:
+            await asyncio.sleep(quiet)
+            now = count()
+            if now == last:
+                return now
+            last = now
 
 
 async def test_cancelling_the_iterating_task_stops_every_poll(
