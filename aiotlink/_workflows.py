@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from . import _instrument
 from ._arguments import (
     check_callable,
     check_count,
@@ -229,6 +230,7 @@ class Workflows:
         """
         return self._requester.poller(self._find)
 
+    @_instrument.observed("download")
     async def download_result(
         self,
         execution_id: str | UUID,
@@ -464,6 +466,7 @@ class Workflows:
         except (TransactionLinkError, TimeoutError) as error:
             logger.warning("could not cancel execution %s: %s", execution_id, error)
 
+    @_instrument.observed("run")
     async def run(
         self,
         workflow_definition_id: str,
