@@ -31,6 +31,7 @@ FULL = {
     "waiters_100k": ["--waiters", "100000", "--rounds", "1", "--step-seconds", "40"],
     "download": ["--mib", "1024", "--rounds", "6"],
     "webhooks": ["--executions", "1000", "--spread", "30", "--rounds", "1"],
+    "otel": ["--calls", "5000", "--rounds", "7", "--repeats", "3"],
 }
 SMOKE = {
     "calls": ["--calls", "64", "--httpx-calls", "64", "--rounds", "1"],
@@ -38,9 +39,11 @@ SMOKE = {
     "waiters": ["--waiters", "50", "--rounds", "1"],
     "download": ["--mib", "8", "--rounds", "1", "--concurrency", "2,4", "--concurrent-mib", "1"],
     "webhooks": ["--executions", "20", "--spread", "2", "--setup-seconds", "0.5"],
+    "otel": ["--calls", "200", "--rounds", "1", "--repeats", "1"],
 }
 LIBRARIES = ("aiotlink", "aiohttp", "yarl", "attrs", "cattrs", "msgspec", "tenacity", "httpx")
 LIBRARIES += ("pydantic", "pydantic-core", "joserfc", "cryptography")
+LIBRARIES += ("opentelemetry-api", "opentelemetry-sdk")
 
 
 # Measures that run a script of another name.
@@ -320,6 +323,44 @@ def webhooks_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def otel_section(report: dict[str, Any]) -> list[str]:
+    sides = [("before", "before the hooks"), ("off", "tracing off"), ("on", "tracing on")]
+    sides = [(side, name) for side, name in sides if f"{side}_per_second" in report]
+    lines = [
+        "## Observability when off: `find()` before the hooks, with tracing off, and on",
+        "",
+        f"{report['rounds']} rounds, each side in a fresh process per round, each round"
+        " starting with another side;",
+        f"in each process the median of {report['repeats']} runs of {report['calls']} calls"
+        f" at {report['in_flight']} in flight, against",
+        "the server of the call benchmark in its own process on its own core. Before: the"
+        f" package at git revision {report['baseline'] or '(git not available: not measured)'};",
+        "on: instrumented with the OpenTelemetry SDK (spans to a `BatchSpanProcessor` whose",
+        "exporter drops them, metrics to an in-memory reader).",
+        "",
+        "| side | calls/s | client CPU µs/call |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {cell(report[f'{side}_per_second'], 0)} "
+        f"| {cell(report[f'{side}_cpu_us_per_call'])} |"
+        for side, name in sides
+    ]
+    lines.append("")
+    if report["baseline"] is not None:
+        lines.append(
+            "Tracing off against before the hooks: calls/s"
+            f" {cell(report['off_rate_vs_before'], 3)}, CPU per call"
+            f" {cell(report['off_cpu_vs_before'], 3)}."
+        )
+    lines += [
+        f"Tracing on against off: calls/s {cell(report['on_rate_vs_off'], 3)}, CPU per call"
+        f" {cell(report['on_cpu_vs_off'], 3)}.",
+        "",
+    ]
+    return lines
+
+
 def concurrent_target_rows(shapes: list[dict[str, Any]]) -> list[tuple[str, float, bool]]:
     """The targets of downloads at concurrency, per count."""
     rows = []
@@ -393,6 +434,13 @@ def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
         ("webhook waits: >= 3x fewer GETs than polling (min)",
          hooks["polling_gets_over_webhooks"]["min"], met["at_least_3x_fewer_gets"]),
     ]  # fmt: skip
+    if "targets" in reports.get("otel", {}):
+        otel = reports["otel"]
+        rows.append(
+            ("find() calls/s with tracing off >= 0.98 x before the hooks",
+             otel["off_rate_vs_before"]["median"],
+             otel["targets"]["off_rate_at_least_0.98_of_before"])
+        )  # fmt: skip
     lines = [
         "## Targets",
         "",
@@ -425,6 +473,7 @@ def write(reports: dict[str, dict[str, Any]], target: Path, smoke: bool) -> None
         *(waiters_section(reports["waiters_100k"]) if "waiters_100k" in reports else []),
         *download_section(reports["download"]),
         *webhooks_section(reports["webhooks"]),
+        *(otel_section(reports["otel"]) if "otel" in reports else []),
     ]
     notes = HERE / "NOTES.md"
     if notes.exists():

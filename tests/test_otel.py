@@ -725,6 +725,17 @@ async def test_a_follow_job_links_to_the_trace_that_asked_for_it(
     assert list(garbled.links) == []
 
 
+def test_the_module_offers_what_the_api_promises() -> None:
+    """aiotlink.otel exports instrument and uninstrument, both providers defaulting to None."""
+    assert aiotlink.otel.__all__ == ["instrument", "uninstrument"]
+    defaults = aiotlink.otel.instrument.__defaults__
+    assert aiotlink.otel.instrument.__code__.co_varnames[:2] == (
+        "tracer_provider",
+        "meter_provider",
+    )
+    assert defaults == (None, None)
+
+
 def test_without_the_extra_the_import_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without opentelemetry-api, importing aiotlink.otel says which extra to install."""
     monkeypatch.delitem(sys.modules, "aiotlink.otel")
