@@ -52,16 +52,13 @@ async def fake_server_process(*options: str) -> AsyncIterator[FakeProcess]:
         await asyncio.wait_for(process.wait(), timeout=30)
 
 
-def run_script(
-    command: list[str], *, timeout: float, env: dict[str, str] | None = None
-) -> dict[str, Any]:
+def run_script(command: list[str], *, timeout: float) -> dict[str, Any]:
     """Run a benchmark script in a fresh interpreter; the JSON report it prints.
 
-    Its warnings and errors go to our stderr as they come. ``env``: its environment
-    (ours by default).
+    Its warnings and errors go to our stderr as they come.
     """
     finished = subprocess.run(
-        command, stdout=subprocess.PIPE, text=True, check=False, timeout=timeout, env=env
+        command, stdout=subprocess.PIPE, text=True, check=False, timeout=timeout
     )
     if finished.returncode != 0:
         raise SystemExit(f"{' '.join(command[1:])} failed (its errors are above)")
