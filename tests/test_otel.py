@@ -725,6 +725,47 @@ async def test_a_follow_job_links_to_the_trace_that_asked_for_it(
     assert list(garbled.links) == []
 
 
+def test_url_full_keeps_no_credential_query_or_fragment() -> None:
+    """Userinfo becomes REDACTED; storage loses its query; the API keeps it; no fragment."""
+    from yarl import URL
+
+    from aiotlink.otel._hooks import full_url
+
+    given = URL("https://user:pass@host.example/path?pem=true#part", encoded=True)
+    assert full_url(given, storage=False) == (
+        "https://REDACTED:REDACTED@host.example/path?pem=true"
+    )
+    assert full_url(given, storage=True) == "https://REDACTED:REDACTED@host.example/path"
+
+
+async def test_a_cancelled_run_and_a_wait_from_before_instrument(
+    fake: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """A run cancelled: outcome cancelled, no error; a wait begun while off makes no span."""
+    slow = fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=60)
+    execution_id = (await client.workflows.initialise(slow)).id
+    before = asyncio.create_task(client.workflows.wait_for_completion(execution_id, **FAST))
+    await eventually(lambda: len(fake.requests_for("find")) >= 1)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    aiotlink.otel.instrument(tracer_provider=provider)
+    try:
+        running = asyncio.create_task(client.workflows.run(slow, **FAST))
+        await eventually(lambda: len(fake.requests_for("find")) >= 4)
+        for task in (running, before):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        aiotlink.otel.uninstrument()
+    names = sorted(span.name for span in exporter.get_finished_spans())
+    assert names.count("aiotlink.wait") == 1  # the run's: the one from before has none
+    (run,) = [span for span in exporter.get_finished_spans() if span.name == "aiotlink.run"]
+    assert (run.attributes or {})["aiotlink.outcome"] == "cancelled"
+    assert run.status.status_code is StatusCode.UNSET
+
+
 def test_the_module_offers_what_the_api_promises() -> None:
     """aiotlink.otel exports instrument and uninstrument, both providers defaulting to None."""
     assert aiotlink.otel.__all__ == ["instrument", "uninstrument"]

@@ -152,13 +152,13 @@ def _cancelled(error: BaseException) -> bool:
     return isinstance(error, asyncio.CancelledError)
 
 
-def full_url(display_url: str, *, storage: bool) -> str:
+def full_url(display_url: URL, *, storage: bool) -> str:
     """``url.full`` of the conventions: no credentials, and no query for pre-signed storage.
 
     ``display_url`` has its signatures masked already; a pre-signed URL's whole query is
     its credential, so none of it is kept.
     """
-    url = URL(display_url, encoded=True).with_fragment(None)
+    url = display_url.with_fragment(None)
     if storage:
         url = url.with_query(None)
     if url.user is not None or url.password is not None:
@@ -324,7 +324,7 @@ class OpenTelemetryHooks:
             measured["server.port"] = url.port
         if not storage:
             measured["url.template"] = route
-        attributes: Attributes = {**measured, "url.full": full_url(display_url, storage=storage)}
+        attributes: Attributes = {**measured, "url.full": full_url(url, storage=storage)}
         if attempt_number > 1:  # the conventions: set on resends only
             attributes["http.request.resend_count"] = attempt_number - 1
         if resumed is not None:
