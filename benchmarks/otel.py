@@ -191,11 +191,13 @@ async def run(calls: int, rounds: int, baseline: str) -> dict[str, Any]:
         await server.wait()
     report = summarise(results, calls, rounds, baseline)
     report["off_path_ns"] = off_path_ns()
-    # What the layer adds, as a share of a find's CPU time before it.
+    # What the layer adds, in percent of a find's CPU time before it (a percentage, so
+    # that the report's rounding to 3 decimals keeps it).
     if "before" in results:
-        share = report["off_path_ns"]["added"] / 1000 / report["before_cpu_us_per_call"]["median"]
-        report["off_path_share"] = share
-        report["targets"]["off_path_under_2_percent"] = share < 0.02
+        added_us = report["off_path_ns"]["added"] / 1000
+        percent = 100 * added_us / report["before_cpu_us_per_call"]["median"]
+        report["off_path_percent"] = percent
+        report["targets"]["off_path_under_2_percent"] = percent < 2
     return report
 
 

@@ -364,8 +364,8 @@ def otel_section(report: dict[str, Any]) -> list[str]:
         f"against {cost['before']:.0f} ns for the direct call it wraps: {cost['added']:.0f} ns"
         " more per call"
         + (
-            f", {report['off_path_share']:.3%} of a find's CPU time before the hooks."
-            if "off_path_share" in report
+            f", {report['off_path_percent']:.2f}% of a find's CPU time before the hooks."
+            if "off_path_percent" in report
             else "."
         ),
         "",
@@ -452,7 +452,7 @@ def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
             ("find() calls/s with tracing off >= 0.98 x before the hooks",
              otel["off_rate_vs_before"]["median"],
              otel["targets"]["off_rate_at_least_0.98_of_before"]),
-            ("hooks off: time added per call < 2% of a find's CPU", otel["off_path_share"],
+            ("hooks off: time added per call < 2% of a find's CPU, in %", otel["off_path_percent"],
              otel["targets"]["off_path_under_2_percent"]),
         ]  # fmt: skip
     lines = [
