@@ -867,7 +867,7 @@ class Downloader:
             return await streaming
         return await hook.stream_attempt(
             streaming,
-            url=source.url,
+            url=mask_url(source.url),
             route=route,
             storage=source.redirected,
             attempt_number=attempt_number,

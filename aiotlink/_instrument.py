@@ -16,6 +16,8 @@ Nothing here imports OpenTelemetry: the hooks are implemented in ``aiotlink.otel
 Durable following and the CLI carry the same spans by calling the client as usual,
 and a job that follows an execution for someone else links to that someone's trace
 with :func:`trace_context` (when the job is made) and :func:`following` (when it runs).
+A new path that streams with ``Requester.stream`` gets its attempt spans by awaiting
+the stream through ``hook.stream_attempt``, as ``Downloader._read_once`` does.
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ class Hooks(Protocol):
         attempt_number: int,
         resumed: bool,
     ) -> T:
-        """Await one streamed GET of a download (``Requester.stream``), inside its span."""
+        """Await one streamed GET of a download (``Requester.stream``), inside its span.
+
+        ``url`` has its signatures masked; ``resumed``: it asks for a ``Range``.
+        """
 
     def responded(self, status: int) -> None:
         """The streamed GET in progress got an answer with ``status``."""
