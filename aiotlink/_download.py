@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import aiohttp
 import attrs
 
+from . import _instrument
 from ._budget import ByteBudget
 from ._callbacks import OnProgress, notify
 from ._errors import (
@@ -889,6 +890,8 @@ class Downloader:
                     refreshes,
                     MAX_URL_REFRESHES,
                 )
+                if (hook := _instrument.current) is not None:
+                    hook.url_refreshed()
                 # Our own error (scrubbed) is the worst context a failed refresh gets.
                 source.url = await self._fresh_url()
                 continue
@@ -956,15 +959,26 @@ class Downloader:
             assert self._etag is not None  # else restarted just above
             headers["Range"] = f"bytes={temp.size}-"
             headers["If-Range"] = self._etag
-        return await self._requester.stream(
+        route = STORAGE_ROUTE if source.redirected else "/workflows/{id}/result"
+        streaming = self._requester.stream(
             source.url,
             storage=source.redirected,
             headers=headers,
-            route=STORAGE_ROUTE if source.redirected else "/workflows/{id}/result",
+            route=route,
             attempt_number=attempt_number,
             read_bufsize=self._read_bufsize
             or self._budget.share(MAX_READ_BUFFER_BYTES, MIN_READ_BUFFER_BYTES) // 4,
             consume=partial(self._stream, source=source, temp=temp, probe_redirect=probe_redirect),
+        )
+        if (hook := _instrument.current) is None:
+            return await streaming
+        return await hook.stream_attempt(
+            streaming,
+            url=mask_url(source.url),
+            route=route,
+            storage=source.redirected,
+            attempt_number=attempt_number,
+            resumed="Range" in headers,
         )
 
     async def _stream(
@@ -976,6 +990,8 @@ class Downloader:
         probe_redirect: bool,
     ) -> str | None:
         """Write the answer's body to ``temp``; the ``$redirect`` instead, if it is one."""
+        if (hook := _instrument.current) is not None:
+            hook.responded(response.status)
         display_url = mask_url(source.url)
         total = await self._line_up(response, temp, display_url)
         content = response.content

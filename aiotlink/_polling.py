@@ -26,6 +26,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
+from . import _instrument
 from ._arguments import check_seconds, shown
 from ._converter import decode_execution
 from ._errors import APIConnectionError, APIError, TransactionLinkError, WaitTimeoutError
@@ -661,6 +662,11 @@ class Poller:
         )
         self._table.subscribe(execution_id, subscription)
         self._waiting += 1
+        if (hook := _instrument.current) is not None:
+            last_status = self._table.last_status.get(execution_id)
+            hook.wait_started(
+                subscription, None if last_status is None else WorkflowStatus(last_status)
+            )
         # Without every_change, the last change (never terminal: that ends the poll)
         # would only be dropped.
         last = self.last_seen(execution_id) if every_change else None
@@ -723,6 +729,8 @@ class Poller:
             return
         subscription.active = False
         self._waiting -= 1
+        if (hook := _instrument.current) is not None:
+            hook.wait_ended(subscription, subscription._error)
         execution_id = subscription.execution_id
         if subscription not in self._table.subscribers_of(execution_id):
             return  # its poll loop has ended already (the end seen, or a failure)
@@ -867,7 +875,9 @@ class Poller:
 
     async def _poll_once(self, execution_id: str) -> None:
         try:
-            lookup = await self._fetch(execution_id)
+            fetching = self._fetch(execution_id)
+            hook = _instrument.current
+            lookup = await (fetching if hook is None else hook.poll(execution_id, fetching))
         except GeneratorExit:
             raise  # the event loop is closing with this poll pending: start nothing new
         except Exception as error:

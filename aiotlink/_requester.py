@@ -29,6 +29,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from . import _instrument
 from ._budget import ByteBudget
 from ._errors import (
     APIConnectionError,
@@ -220,7 +221,10 @@ class Requester:
 
     def nudge(self, execution_id: str, status: WorkflowStatus | None) -> bool:
         """Look ``execution_id`` up now in every wait of the client and its views."""
-        return self._sessions.nudge(execution_id, status)
+        woke = self._sessions.nudge(execution_id, status)
+        if (hook := _instrument.current) is not None:
+            hook.nudged(execution_id, status, woke)
+        return woke
 
     async def stream(
         self,
@@ -326,13 +330,8 @@ class Requester:
             self.secrets,
             False,  # allow_redirects: credentials must not follow a redirect
         )
-        return await call_with_retries(
-            send,
-            session,
-            request,
-            policy=options.retry_policy,
-            idempotent=idempotent,
-            description=f"{method} {url_text}",
+        return await self._retrying(
+            session, request, idempotent=idempotent, description=f"{method} {url_text}"
         )
 
     async def fetch_storage(
@@ -357,14 +356,33 @@ class Requester:
             url_secrets(url_text) + self.secrets,
             True,  # allow_redirects: nothing secret is sent along
         )
-        return await call_with_retries(
-            send,
+        return await self._retrying(
+            session, request, idempotent=True, description=f"GET {display_url}"
+        )
+
+    def _retrying(
+        self,
+        session: aiohttp.ClientSession,
+        request: Request,
+        *,
+        idempotent: bool,
+        description: str,
+    ) -> Awaitable[Response]:
+        """``request``'s attempts under the retry policy: the one path of every API call.
+
+        Not a coroutine of its own: off, observability costs a global read per call,
+        not a frame (_instrument).
+        """
+        hook = _instrument.current
+        calling = call_with_retries(
+            send if hook is None else hook.send,
             session,
             request,
-            policy=options.retry_policy,
-            idempotent=True,
-            description=f"GET {display_url}",
+            policy=self._options.retry_policy,
+            idempotent=idempotent,
+            description=description,
         )
+        return calling if hook is None else hook.call(request, calling)
 
 
 def _encode_body(body: Any) -> bytes:

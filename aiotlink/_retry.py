@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import attrs
 import tenacity
 
+from . import _instrument
 from ._errors import APIConnectionError, APIError
 
 T = TypeVar("T")
@@ -208,6 +209,8 @@ async def _retry_after_failure(
             attempts,
             error and retry_reason(error, idempotent=idempotent),
         )
+        if (hook := _instrument.current) is not None:
+            hook.retry(sleep, retry_state.attempt_number, error)
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(attempts),

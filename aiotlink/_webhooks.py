@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
+from . import _instrument
 from ._arguments import check_callable, check_count, check_seconds, check_uuid
 from ._errors import (
     NotFoundError,
@@ -301,6 +302,8 @@ class WebhookKeys:
     async def get(self, key_id: str, requester: Requester) -> RSAKey:
         """The key named ``key_id``: cached, or fetched once for all who ask at once."""
         key = self._pinned.get(key_id) or self._keys.get(key_id)
+        if (hook := _instrument.current) is not None:
+            hook.webhook_key(cached=key is not None)
         if key is not None:
             return key
         forget_at = self._unknown.get(key_id)
@@ -394,6 +397,7 @@ class Webhooks:
     def __repr__(self) -> str:
         return f"<Webhooks base_url={self._requester.base_url!r}>"
 
+    @_instrument.observed("verify")
     async def verify(self, body: bytes, signature: str | bytes | None) -> WebhookEvent:
         """The event of a delivery, verified.
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, overload
 from uuid import UUID
 
+from . import _instrument
 from ._arguments import (
     check_callable,
     check_count,
@@ -235,6 +236,7 @@ class Workflows:
         """
         return self._requester.poller(self._find)
 
+    @_instrument.observed("download")
     async def download_result(
         self,
         execution_id: str | UUID,
@@ -599,6 +601,7 @@ class Workflows:
         on_progress: OnProgress | None = None,
     ) -> RunResult[DownloadedResult | None]: ...
 
+    @_instrument.observed("run")
     async def run(
         self,
         workflow_definition_id: str,

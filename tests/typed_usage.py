@@ -80,6 +80,17 @@ async def receive_webhooks(client: TransactionLinkClient, body: bytes, signature
     print(mounted, woke)
 
 
+def traced() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import aiotlink.otel
+
+    aiotlink.otel.instrument()
+    aiotlink.otel.instrument(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    aiotlink.otel.uninstrument()
+
+
 async def main() -> None:
     async with TransactionLinkClient(base_url="http://127.0.0.1:8080") as client:
         await start_and_check(client)
