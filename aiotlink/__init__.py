@@ -36,6 +36,7 @@ from ._models import (
     WorkflowExecution,
     WorkflowStatus,
 )
+from ._webhooks import Webhooks
 from ._workflows import Workflows
 
 __version__ = _version("aiotlink")
@@ -68,6 +69,7 @@ __all__ = [
     "WaitTimeoutError",
     "WebhookEvent",
     "WebhookVerificationError",
+    "Webhooks",
     "WorkflowExecution",
     "WorkflowFailedError",
     "WorkflowStatus",

@@ -52,10 +52,12 @@ def check_seconds(name: str, value: object, *, allow_none: bool = False) -> floa
     return seconds
 
 
-def check_count(name: str, value: object, *, minimum: int) -> int:
-    """A whole number at least ``minimum``, else ``ValueError``."""
+def check_count(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    """A whole number at least ``minimum`` (and at most ``maximum``), else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {shown(value)}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {shown(value)}")
     return value
 
 

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -41,6 +42,7 @@ from ._budget import ByteBudget
 from ._callbacks import OnProgress, notify
 from ._errors import (
     APIConnectionError,
+    APIError,
     DownloadError,
     PermissionDeniedError,
     ResponseValidationError,
@@ -774,7 +776,7 @@ class StreamSink:
 
     def end(self, download: asyncio.Task[object]) -> None:
         """The download's task is done: tell the reader how (a done callback)."""
-        if self._piece.done():  # the reader was cancelled in take(), and its future with it
+        if self._piece.done():  # the reader was cancelled in take(), or has left (close)
             return
         if download.cancelled():
             self._piece.cancel()
@@ -782,6 +784,17 @@ class StreamSink:
             self._piece.set_exception(error)
         else:
             self._piece.set_result(None)
+
+    def close(self) -> None:
+        """The reader has left: what the download ends with is nobody's to hear.
+
+        Its error, set on a piece nobody takes, would otherwise be logged by asyncio as
+        "exception was never retrieved" (with its traceback) once collected.
+        """
+        if not self._piece.done():
+            self._piece.cancel()
+        elif not self._piece.cancelled():
+            self._piece.exception()  # retrieved: the reader chose not to hear it
 
 
 class Downloader:
@@ -871,7 +884,7 @@ class Downloader:
         while True:
             try:
                 return await call_with_retries(
-                    self._read_once,
+                    self._read_or_start_over,
                     source,
                     temp,
                     probe_redirect,
@@ -941,6 +954,26 @@ class Downloader:
             method="GET",
             url=self._api_url,
         )
+
+    async def _read_or_start_over(
+        self, source: _Source, temp: _Sink, probe_redirect: bool, attempt_number: int
+    ) -> str | None:
+        """:meth:`_read_once`; a resume that storage refuses (416) starts over from byte 0.
+
+        Storage may answer a ``Range`` it will not serve (the object shrank, a proxy
+        that does not do ranges) with 416: the download takes the object whole again,
+        as an attempt of the same retry policy, rather than fail with a bare 416.
+        """
+        resuming = bool(temp.size) and source.redirected and self._etag is not None
+        try:
+            return await self._read_once(source, temp, probe_redirect, attempt_number)
+        except APIError as error:
+            if not resuming or error.status != HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE:
+                raise
+        problem = "storage refused to resume it (416)"
+        await temp.restart(reason=problem)
+        self._etag = self._total = None
+        raise _Unusable(problem, url=mask_url(source.url))
 
     async def _read_once(
         self, source: _Source, temp: _Sink, probe_redirect: bool, attempt_number: int

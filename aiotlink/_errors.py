@@ -79,6 +79,11 @@ class ErrorCode(enum.StrEnum):
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"  # 413
     WEBHOOK_KEY_NOT_FOUND = "WEBHOOK_KEY_NOT_FOUND"  # 404: no webhook key of that kid
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"  # 500
+    # S3-style storage behind a $redirect, from its XML <Error><Code>:
+    STORAGE_ACCESS_DENIED = "AccessDenied"  # 403: no signature, or the URL expired
+    STORAGE_SIGNATURE_DOES_NOT_MATCH = "SignatureDoesNotMatch"  # 403: the URL was changed
+    STORAGE_NO_SUCH_KEY = "NoSuchKey"  # 404: no such object
+    STORAGE_INVALID_RANGE = "InvalidRange"  # 416: a Range past the object's end
 
 
 @attrs.frozen

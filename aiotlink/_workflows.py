@@ -70,6 +70,9 @@ logger = logging.getLogger("aiotlink")
 DEFAULT_MAX_RESULT_BYTES = 100 * 2**20
 # stream_result's pieces: what StreamingResponse and ASGI servers send well at once.
 DEFAULT_STREAM_CHUNK_BYTES = 64 * 1024
+# The most a piece may be: aiohttp holds up to twice a stream's read size of the body
+# for a slow reader, and sizes past a C long overflow inside it.
+MAX_STREAM_CHUNK_BYTES = 16 * 2**20
 STREAM_TASK_NAME = "aiotlink stream_result"  # how the download of a stream shows in a dump
 # The least a stream's socket reads ask for: tiny reads cost more than the memory saved.
 MIN_STREAM_READ_BYTES = 16 * 1024
@@ -303,7 +306,9 @@ class Workflows:
         yielded when storage sends that same object whole again. Bytes yielded cannot
         be taken back: where the rest cannot be had as the same object (no ETag, an
         inline answer cut short, an object changed), it raises :class:`DownloadError`.
-        Leaving the loop early (or ``aclose()``) stops the download at once.
+        Cancelling the task that reads, or ``aclose()``, stops the download at once;
+        after a ``break``, the generator (and its connection) lives on until it is
+        closed or collected, so read it inside ``contextlib.aclosing(...)``.
 
         Raises:
             ValueError: a malformed argument, now, before any request. While iterating:
@@ -313,7 +318,9 @@ class Workflows:
             empty result, or one that is not JSON.
         """
         path_in_api = f"/workflows/{check_execution_id(execution_id)}/result"
-        chunk_size = check_count("chunk_size", chunk_size, minimum=1)
+        chunk_size = check_count(
+            "chunk_size", chunk_size, minimum=1, maximum=MAX_STREAM_CHUNK_BYTES
+        )
         if max_bytes is not None:
             check_count("max_bytes", max_bytes, minimum=1)
         downloader = Downloader(
@@ -338,6 +345,7 @@ class Workflows:
             while (piece := await sink.take()) is not None:
                 yield piece
         finally:
+            sink.close()
             if not download.done():
                 download.cancel()
                 # Awaited so that the connection is released before the caller goes

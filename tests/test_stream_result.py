@@ -404,3 +404,85 @@ async def test_a_fastapi_streaming_response_serves_the_result(
     assert answer.headers["content-type"] == "application/json"
     assert hashlib.sha256(answer.content).hexdigest() == BIG.sha256()
     assert not_yet.status_code == 404
+
+
+async def test_a_chunk_size_past_the_cap_is_refused_before_any_request(
+    server: ScriptedServer,
+) -> None:
+    """A huge chunk_size (once an OverflowError inside aiohttp) is a ValueError at the call."""
+    from aiotlink._workflows import MAX_STREAM_CHUNK_BYTES
+
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        for size in (MAX_STREAM_CHUNK_BYTES + 1, 2**63, 2**70):
+            with pytest.raises(ValueError, match="chunk_size must be at most"):
+                client.workflows.stream_result(EXECUTION_ID, chunk_size=size)
+        # The cap itself is allowed.
+        client.workflows.stream_result(EXECUTION_ID, chunk_size=MAX_STREAM_CHUNK_BYTES)
+    assert server.seen == []
+
+
+def refuse_range(payload: bytes) -> Any:
+    """A 416 for any Range, as storage answers one it will not serve."""
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=416,
+            text="<Error><Code>InvalidRange</Code></Error>",
+            headers={"Content-Range": f"bytes */{len(payload)}"},
+        )
+
+    return handler
+
+
+async def test_a_refused_resume_after_yielding_raises_download_error(
+    server: ScriptedServer, storage: ScriptedServer
+) -> None:
+    """A 416 for the Range of a resume: DownloadError (bytes yielded), not a bare APIError."""
+    redirect_to(server, storage)
+    storage.script(*OBJECT, dropped(V1, '"v1"'), refuse_range(V1), whole(V1, '"v1"'))
+    body, error = await stream_scripted(server)
+    assert isinstance(error, DownloadError), repr(error)
+    assert "416" in str(error)
+    assert V1.startswith(body)
+
+
+async def test_a_refused_resume_starts_a_download_over(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Any
+) -> None:
+    """download_result, given a 416 for its resume, takes the object whole again."""
+    redirect_to(server, storage)
+    storage.script(*OBJECT, dropped(V1, '"v1"'), refuse_range(V1), whole(V1, '"v1"'))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == V1
+    ranges = [seen.headers.get("Range") for seen in storage.requests_to(*OBJECT)]
+    assert ranges == [None, f"bytes={CUT}-", None]
+
+
+async def test_a_stream_left_after_its_download_failed_logs_nothing(
+    server: ScriptedServer, storage: ScriptedServer
+) -> None:
+    """The reader leaves after the download failed: no "exception never retrieved"."""
+    import gc
+
+    redirect_to(server, storage)
+    storage.script(*OBJECT, dropped(V1, '"v1"', after=100))  # two pieces, then gone
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        async with TransactionLinkClient(
+            TOKEN, base_url=server.url, retry_backoff=False, max_retries=0
+        ) as client:
+            chunks = client.workflows.stream_result(EXECUTION_ID, chunk_size=50)
+            await anext(chunks)
+            await anext(chunks)
+            await eventually(lambda: downloads() == [])  # failed, nobody has heard
+            await chunks.aclose()
+            del chunks
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []

@@ -296,3 +296,43 @@ async def test_a_storage_read_that_times_out_names_its_timeout(
     assert caught.value.timeout == 0.2
     assert "(timeout=0.2 s)" in str(caught.value)
     assert "X-Amz-Signature=ab" not in str(caught.value)
+
+
+async def test_every_code_the_fakes_storage_sends_is_a_constant() -> None:
+    """The S3-style codes of the fake's storage (behind a $redirect) are ErrorCode members."""
+    import re
+
+    import aiohttp
+    import yarl
+
+    from aiotlink.testing import GeneratedResult
+
+    async with (
+        FakeTransactionLink(redirect_threshold=1000) as fake,
+        TransactionLinkClient(fake.token, base_url=fake.url) as client,
+    ):
+        definition = fake.add_definition(statuses=["COMPLETED"], result=GeneratedResult(150_000))
+        execution_id = (await client.workflows.initialise(definition)).id
+        await client.workflows.wait_for_completion(execution_id, poll_interval=0.01)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{fake.url}/workflows/{execution_id}/result",
+                headers={"Authorization": fake.token},
+            ) as answer:
+                url = (await answer.json())["$redirect"]
+            path = url.partition("?")[0]
+            tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=00", 1)
+            attempts: list[tuple[str, dict[str, str]]] = [
+                (path, {}),  # no signature
+                (tampered, {}),  # a changed URL
+                (url, {"Range": "bytes=999999999-"}),  # past the object's end
+            ]
+            codes: set[str] = set()
+            for target, headers in attempts:
+                async with session.get(yarl.URL(target, encoded=True), headers=headers) as answer:
+                    found = re.search(r"<Code>([^<]+)</Code>", await answer.text())
+                    assert found is not None, (answer.status, target)
+                    codes.add(found.group(1))
+    assert codes == {"AccessDenied", "SignatureDoesNotMatch", "InvalidRange"}
+    assert codes <= set(ErrorCode)
+    assert "NoSuchKey" in set(ErrorCode)  # the fake's answer for an object it lacks
