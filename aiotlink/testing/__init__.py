@@ -232,11 +232,20 @@ With aiotlink installed, pytest gets the fixtures ``fake_transactionlink`` (a
 started fake) and ``transactionlink_client`` (``TransactionLinkClient(fake.token,
 base_url=fake.url)``), function-scoped and closed after each test. They need
 pytest-asyncio; without it they fail with a message saying so.
+
+Redis
+-----
+``RedisServer(directory=None, *, port=0)`` runs the real ``redis-server`` (from the
+system's package) on 127.0.0.1 with its append-only file on, for tests of durable
+following (``aiotlink.arq``): ``with RedisServer() as redis:`` starts it on a free
+port in a fresh temporary directory, ``redis.url`` is its URL, ``restart()`` stops
+and starts it on the same port from the same files, ``kill()`` ends it with SIGKILL.
 """
 
 from aiotlink.testing._clock import ManualClock
 from aiotlink.testing._fake import FakeTransactionLink
 from aiotlink.testing._records import RecordedRequest, WebhookAttempt, WebhookDelivery
+from aiotlink.testing._redis import RedisServer
 from aiotlink.testing._results import GeneratedResult
 
 __all__ = [
@@ -244,6 +253,7 @@ __all__ = [
     "GeneratedResult",
     "ManualClock",
     "RecordedRequest",
+    "RedisServer",
     "WebhookAttempt",
     "WebhookDelivery",
 ]
