@@ -32,7 +32,7 @@ logger = logging.getLogger("aiotlink")
 NUDGE_TIMEOUT = 0.5
 
 
-def _check_redis(redis: object) -> ArqRedis:
+def check_redis(redis: object) -> ArqRedis:
     from arq.connections import ArqRedis
 
     if not isinstance(redis, ArqRedis):
@@ -66,7 +66,7 @@ async def follow(
         ValueError: a malformed argument (before Redis is asked).
         TypeError: ``redis`` is not an ``ArqRedis``.
     """
-    pool = _check_redis(redis)
+    pool = check_redis(redis)
     key = check_execution_id(execution_id)
     handler = check_text("on_terminal", on_terminal)
     schedule = poll_schedule(poll_interval, max_poll_interval, poll_factor)
@@ -113,7 +113,7 @@ async def nudge(
     The next poll then starts at the workers' next look at the queue (arq's
     ``poll_delay``).
     """
-    pool = _check_redis(redis)
+    pool = check_redis(redis)
     key = check_execution_id(execution_id)
     hint = None if status is None else WorkflowStatus(check_text("status", status))
     maybe_end = hint is None or hint.is_terminal

@@ -15,7 +15,6 @@ The keys are computed inside the scripts, so this needs one Redis, not a cluster
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -234,11 +233,12 @@ def seconds(value: str) -> float | None:
 
 
 def encode(data: dict[str, Any]) -> str:
-    """A delivery's payload or a dead letter, as stored (JSON, keys sorted)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    """A delivery's payload or a dead letter, as stored (JSON).
 
-
-def finite(value: float) -> float:
-    """``value``, which a check before made finite (a guard for the scripts' numbers)."""
-    assert math.isfinite(value)
-    return value
+    The execution's body goes last: arq logs the first 80 characters of a job's
+    arguments, and the body holds the execution's token.
+    """
+    ordered = {key: value for key, value in data.items() if key != "body"}
+    if "body" in data:
+        ordered["body"] = data["body"]
+    return json.dumps(ordered, separators=(",", ":"))
