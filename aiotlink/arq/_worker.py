@@ -203,7 +203,7 @@ def configure(
         func(
             deliver,
             name=DELIVER_FUNCTION,
-            timeout=handler_seconds + 10,
+            timeout=handler_seconds + 2,  # its own bookkeeping after the handler
             keep_result=0,
             max_tries=1000,
         ),
