@@ -21,8 +21,8 @@ import attrs
 from arq.worker import Function, func
 from redis.exceptions import RedisError
 
+from .. import TransactionLinkClient
 from .._arguments import check_count, check_seconds, shown
-from .._client import TransactionLinkClient
 from .._converter import decode_execution
 from .._errors import APIError, TransactionLinkError
 from .._models import WorkflowExecution
