@@ -50,7 +50,12 @@ WorkerSettings = {
         conn_retries=50,
         conn_retry_delay=1,
         retry_on_error=[ConnectionError, TimeoutError],
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 40),
+        # OSError too: a refused connection while Redis restarts is no redis error.
+        retry=Retry(
+            ExponentialBackoff(cap=0.5, base=0.05),
+            40,
+            supported_errors=(ConnectionError, TimeoutError, OSError),
+        ),
     ),
     "poll_delay": 0.05,
     "job_timeout": 5,
