@@ -58,7 +58,8 @@ def start_fake(step_seconds: float, log: Path) -> tuple[subprocess.Popen[str], s
         banner += line
     url = re.search(r"listening on (\S+)", banner)
     definition = re.search(r"^\s+(\S+)\s+kyc-background", banner, re.MULTILINE)
-    assert url is not None and definition is not None, banner
+    assert url is not None, banner
+    assert definition is not None, banner
     return fake, url[1], definition[1]
 
 
@@ -119,6 +120,19 @@ def worker_peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def start_workers(count: int, environment: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "arq", "durable_worker.WorkerSettings"],
+            cwd=HERE,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+
+
 async def commands(redis: ArqRedis) -> int:
     stats = await redis.info("commandstats")
     return sum(int(value["calls"]) for value in stats.values())
@@ -136,16 +150,7 @@ async def durable(
         "TRANSACTIONLINK_BASE_URL": url,
     }
     redis = await create_pool(RedisSettings(host="127.0.0.1", port=redis_port))
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "arq", "durable_worker.WorkerSettings"],
-            cwd=HERE,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(workers)
-    ]
+    processes = start_workers(workers, environment)
     try:
         async with TransactionLinkClient(TOKEN, base_url=url) as client:
             made = await create(client, definition, count)

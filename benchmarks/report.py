@@ -31,6 +31,7 @@ FULL = {
     "waiters_100k": ["--waiters", "100000", "--rounds", "1", "--step-seconds", "40"],
     "download": ["--mib", "1024", "--rounds", "6"],
     "webhooks": ["--executions", "1000", "--spread", "30", "--rounds", "1"],
+    "durable": ["--executions", "100000", "--workers", "4"],
 }
 SMOKE = {
     "calls": ["--calls", "64", "--httpx-calls", "64", "--rounds", "1"],
@@ -38,6 +39,7 @@ SMOKE = {
     "waiters": ["--waiters", "50", "--rounds", "1"],
     "download": ["--mib", "8", "--rounds", "1", "--concurrency", "2,4", "--concurrent-mib", "1"],
     "webhooks": ["--executions", "20", "--spread", "2", "--setup-seconds", "0.5"],
+    "durable": ["--smoke"],
 }
 LIBRARIES = ("aiotlink", "aiohttp", "yarl", "attrs", "cattrs", "msgspec", "tenacity", "httpx")
 LIBRARIES += ("pydantic", "pydantic-core", "joserfc", "cryptography")
@@ -320,6 +322,30 @@ def webhooks_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def durable_section(report: dict[str, Any]) -> list[str]:
+    local, remote = report["in_process"], report["durable"]
+    return [
+        f"## Durable following: {report['executions']:,} executions, {report['workers']}"
+        " arq worker processes",
+        "",
+        "One fake (its own process) and a real Redis (AOF on). Each side starts its own",
+        f"executions (each ends {2 * report['step_seconds']:g} s after it started), then follows",
+        "them all: in-process with one `as_completed`, durably with `follow` and the workers.",
+        "The floor is when the schedule, without jitter, would see the last one end.",
+        "",
+        "| measure | in-process | durable |",
+        "|---|---:|---:|",
+        f"| GETs per execution | {local['gets_per_execution']:.2f}"
+        f" | {remote['gets_per_execution']:.2f} |",
+        f"| drain, s (floor) | {local['seconds']:.1f} ({local['floor_seconds']:.1f})"
+        f" | {remote['seconds']:.1f} ({remote['floor_seconds']:.1f}) |",
+        f"| Redis commands per poll | | {remote['redis_commands_per_poll']:.1f} |",
+        f"| peak RSS per worker, MiB | | {max(remote['peak_rss_mib']):.0f} |",
+        f"| handlers run, once each | | {remote['handled']:,}, {remote['handled_once']:,} |",
+        "",
+    ]
+
+
 def concurrent_target_rows(shapes: list[dict[str, Any]]) -> list[tuple[str, float, bool]]:
     """The targets of downloads at concurrency, per count."""
     rows = []
@@ -393,6 +419,18 @@ def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
         ("webhook waits: >= 3x fewer GETs than polling (min)",
          hooks["polling_gets_over_webhooks"]["min"], met["at_least_3x_fewer_gets"]),
     ]  # fmt: skip
+    if "durable" in reports:
+        durable, met = reports["durable"], reports["durable"]["targets"]
+        remote = durable["durable"]
+        rows += [
+            ("durable: GETs per execution <= 1.1 x in-process",
+             remote["gets_per_execution"] / durable["in_process"]["gets_per_execution"],
+             met["gets_within_10_percent_of_in_process"]),
+            ("durable: drain <= 1.25 x the schedule's floor", remote["drain_over_floor"],
+             met["drain_within_1.25x_floor"]),
+            ("durable: peak RSS per worker < 200 MiB", max(remote["peak_rss_mib"]),
+             met["worker_rss_under_200_mib"]),
+        ]  # fmt: skip
     lines = [
         "## Targets",
         "",
@@ -425,6 +463,7 @@ def write(reports: dict[str, dict[str, Any]], target: Path, smoke: bool) -> None
         *(waiters_section(reports["waiters_100k"]) if "waiters_100k" in reports else []),
         *download_section(reports["download"]),
         *webhooks_section(reports["webhooks"]),
+        *(durable_section(reports["durable"]) if "durable" in reports else []),
     ]
     notes = HERE / "NOTES.md"
     if notes.exists():
