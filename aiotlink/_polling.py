@@ -133,6 +133,53 @@ def honoured(retry_after: float | None) -> float:
     return 0.0 if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
 
 
+def interval_after(schedule: PollSchedule, interval: float, *, changed: bool) -> float:
+    """The gap the schedule gives after an answer: back to the start when the status changed.
+
+    An unchanged status, or a failed lookup (``changed=False``), grows ``interval``.
+    Shared by the in-process poller and the durable one (``aiotlink.arq``).
+    """
+    return schedule.poll_interval if changed else schedule.next_interval(interval)
+
+
+def nudge_floor(not_before: float, started_at: float) -> float:
+    """The earliest a nudge may bring a poll forward to (a time on any one clock).
+
+    Never before the last answer's ``Retry-After`` (``not_before``), nor sooner than
+    NUDGE_MIN_GAP after the last lookup started (``started_at``).
+    """
+    return max(not_before, started_at + NUDGE_MIN_GAP)
+
+
+class NextPoll(NamedTuple):
+    """When to poll next, as times of the clock ``now`` was read from."""
+
+    due: float
+    not_before: float  # the answer's Retry-After, honoured: nothing polls before it
+
+
+def next_poll(
+    now: float,
+    interval: float,
+    *,
+    retry_after: float | None,
+    random_fraction: float,
+    started_at: float,
+    nudged: bool,
+) -> NextPoll:
+    """The next poll after an answer at ``now``: one schedule for every kind of wait.
+
+    ``interval`` less jitter, never before ``retry_after``; if the execution was
+    nudged while its lookup was in flight (whose answer may predate the news), as soon
+    as :func:`nudge_floor` allows instead.
+    """
+    not_before = now + honoured(retry_after)
+    if nudged:
+        return NextPoll(nudge_floor(not_before, started_at), not_before)
+    delay = poll_delay(interval, retry_after=retry_after, random_fraction=random_fraction)
+    return NextPoll(now + delay, not_before)
+
+
 class DeadlinePassed(Exception):
     """A waiter's deadline passed before the execution ended (internal signal)."""
 
@@ -786,15 +833,17 @@ class Poller:
 
     def _schedule(self, execution_id: str, retry_after: float | None) -> None:
         table = self._table
-        delay = poll_delay(
-            table.interval[execution_id], retry_after=retry_after, random_fraction=random.random()
+        nudged = execution_id in table.nudged  # nudged while this lookup was in flight
+        table.nudged.discard(execution_id)
+        due, table.not_before[execution_id] = next_poll(
+            asyncio.get_running_loop().time(),
+            table.interval[execution_id],
+            retry_after=retry_after,
+            random_fraction=random.random(),
+            started_at=table.started_at[execution_id],
+            nudged=nudged,
         )
-        now = asyncio.get_running_loop().time()
-        table.not_before[execution_id] = now + honoured(retry_after)
-        if execution_id in table.nudged:  # nudged while this lookup was in flight
-            table.nudged.discard(execution_id)
-            delay = max(honoured(retry_after), table.started_at[execution_id] + NUDGE_MIN_GAP - now)
-        self._poll_at(execution_id, now + delay)
+        self._poll_at(execution_id, due)
 
     def _poll_at(self, execution_id: str, due: float) -> None:
         """Set the next poll of ``execution_id`` for ``due``, a time of the loop's clock."""
@@ -863,11 +912,8 @@ class Poller:
                 self._urgent.append(execution_id)
         elif due is not None:
             now = asyncio.get_running_loop().time()
-            sooner = max(
-                now,
-                table.not_before[execution_id],
-                table.started_at[execution_id] + NUDGE_MIN_GAP,
-            )
+            floor = nudge_floor(table.not_before[execution_id], table.started_at[execution_id])
+            sooner = max(now, floor)
             if sooner < due:
                 self._poll_at(execution_id, sooner)
         # Else held for admission: its first lookup comes within a few iterations.
@@ -904,7 +950,7 @@ class Poller:
     # its request task, which then never gets past the await of its fetch.
     def _failed(self, execution_id: str, error: Exception) -> None:
         subscribers = self._table.subscribers_of(execution_id)
-        if not _is_transient(error):
+        if not is_transient(error):
             self._stop(execution_id)
             for subscriber in subscribers:
                 subscriber.fail(error, execution_id)
@@ -913,22 +959,23 @@ class Poller:
         logger.warning("polling execution %s failed, will poll again: %s", execution_id, error)
         schedule = PollSchedule.merge([subscriber.schedule for subscriber in subscribers])
         interval = self._table.interval
-        interval[execution_id] = schedule.next_interval(interval[execution_id])
+        interval[execution_id] = interval_after(schedule, interval[execution_id], changed=False)
         self._schedule(execution_id, error.retry_after if isinstance(error, APIError) else None)
 
     def _seen(self, execution_id: str, lookup: Lookup) -> None:
         table, execution = self._table, lookup.execution
         subscribers = table.subscribers_of(execution_id)
         schedule = PollSchedule.merge([subscriber.schedule for subscriber in subscribers])
-        if execution.status != table.last_status.get(execution_id):
+        changed = execution.status != table.last_status.get(execution_id)
+        table.interval[execution_id] = interval_after(
+            schedule, table.interval[execution_id], changed=changed
+        )
+        if changed:
             logger.debug("execution %s is %s", execution_id, execution.status.value)
             table.last_status[execution_id] = execution.status.value
             table.last_body[execution_id] = lookup.body
-            table.interval[execution_id] = schedule.poll_interval
             for subscriber in subscribers:
                 subscriber.push(execution, execution_id)
-        else:
-            table.interval[execution_id] = schedule.next_interval(table.interval[execution_id])
         if execution.is_terminal:
             # Done: a later waiter on this id starts afresh with one lookup.
             self._stop(execution_id)
@@ -944,7 +991,7 @@ def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _is_transient(error: Exception) -> bool:
+def is_transient(error: BaseException) -> bool:
     """Whether a failed poll is worth another one later, whatever its ``Retry-After``.
 
     A wait outlives any one answer: a 503 that asks for ten minutes ends the session

@@ -52,6 +52,7 @@ from ._transport import parse_json
 
 if TYPE_CHECKING:
     from aiohttp import web
+    from arq.connections import ArqRedis
     from joserfc.jwk import RSAKey
 
     from ._requester import Requester
@@ -393,6 +394,8 @@ class Webhooks:
         self._requester = requester
         self._keys = keys
         self._nudge = nudge
+        # Durable nudges in flight (aiotlink.arq), held so that none is collected early.
+        self._durable_nudges: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<Webhooks base_url={self._requester.base_url!r}>"
@@ -444,12 +447,13 @@ class Webhooks:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        arq_redis: ArqRedis | None = None,
     ) -> Receiver:
         """An ASGI app that receives deliveries: mount it in Starlette or FastAPI.
 
-        See :class:`Receiver` for what it answers.
+        See :class:`Receiver` for what it answers, and ``arq_redis``.
         """
-        return Receiver(self, on_event, max_body_bytes, handler_timeout)
+        return Receiver(self, on_event, max_body_bytes, handler_timeout, arq_redis)
 
     def aiohttp_handler(
         self,
@@ -457,15 +461,21 @@ class Webhooks:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        arq_redis: ArqRedis | None = None,
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """An aiohttp request handler that receives deliveries (``router.add_post``).
 
-        See :class:`Receiver` for what it answers.
+        See :class:`Receiver` for what it answers, and ``arq_redis``.
         """
-        return Receiver(self, on_event, max_body_bytes, handler_timeout).aiohttp
+        return Receiver(self, on_event, max_body_bytes, handler_timeout, arq_redis).aiohttp
 
     async def receive(
-        self, on_event: OnEvent, body: bytes, signature: str | None, handler_timeout: float
+        self,
+        on_event: OnEvent,
+        body: bytes,
+        signature: str | None,
+        handler_timeout: float,
+        arq_redis: ArqRedis | None = None,
     ) -> tuple[int, bytes]:
         """Verify one delivery, nudge its waits, hand it to ``on_event``: the answer."""
         try:
@@ -484,6 +494,8 @@ class Webhooks:
                 self._nudge(event.execution_id, status=event.status)
             except Exception:  # the waits poll on regardless: the delivery is still good
                 logger.exception("could not nudge the waits on %s", event.execution_id)
+            if arq_redis is not None:
+                self._nudge_durable(arq_redis, event)
         try:
             async with asyncio.timeout(handler_timeout) as deadline:
                 outcome = on_event(event)
@@ -504,6 +516,21 @@ class Webhooks:
             return 503, b"event handler timed out"
         return 204, b""
 
+    def _nudge_durable(self, arq_redis: ArqRedis, event: WebhookEvent) -> None:
+        """Nudge the durable follow (aiotlink.arq) in the background, bounded in time.
+
+        The answer to the provider never waits for Redis: a slow or unreachable Redis
+        costs a log line after NUDGE_TIMEOUT seconds, and the follow's polls carry on.
+        """
+        from .arq._follow import NUDGE_TIMEOUT, nudge_within
+
+        assert event.execution_id is not None
+        task = asyncio.get_running_loop().create_task(
+            nudge_within(arq_redis, str(event.execution_id), event.status, NUDGE_TIMEOUT)
+        )
+        self._durable_nudges.add(task)
+        task.add_done_callback(self._durable_nudges.discard)
+
 
 class Receiver:
     """One receiver's rules, for ASGI (the instance is the app) and aiohttp alike.
@@ -515,12 +542,26 @@ class Receiver:
     ``on_event`` (a function or a coroutine function): 204 once it returns, 500 if it
     raises (the provider then redelivers), 503 if it runs past ``handler_timeout``
     seconds (it is cancelled).
+
+    With ``arq_redis`` (an ``arq`` pool; needs the ``arq`` extra), a verified event also
+    nudges the durable follow of its execution (``aiotlink.arq.nudge``, with the
+    event's status), in the background: the answer does not wait for Redis.
     """
 
     def __init__(
-        self, webhooks: Webhooks, on_event: OnEvent, max_body_bytes: int, handler_timeout: float
+        self,
+        webhooks: Webhooks,
+        on_event: OnEvent,
+        max_body_bytes: int,
+        handler_timeout: float,
+        arq_redis: ArqRedis | None = None,
     ) -> None:
         _joserfc()  # at mount time, not at the first delivery
+        if arq_redis is not None:
+            from .arq._follow import check_redis
+
+            check_redis(arq_redis)
+        self._arq_redis = arq_redis
         check_callable("on_event", on_event)
         if on_event is None:
             raise ValueError("on_event is required: a function called with each event")
@@ -555,7 +596,9 @@ class Receiver:
             return 408, b"body not received in time"
         if body is None:
             return 413, b"body too large"
-        return await self._webhooks.receive(self._on_event, body, signature, self._handler_timeout)
+        return await self._webhooks.receive(
+            self._on_event, body, signature, self._handler_timeout, self._arq_redis
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI app (``asgi_app``)."""

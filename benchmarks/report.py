@@ -32,6 +32,7 @@ FULL = {
     "download": ["--mib", "1024", "--rounds", "6"],
     "webhooks": ["--executions", "1000", "--spread", "30", "--rounds", "1"],
     "otel": ["--calls", "1000", "--rounds", "60"],
+    "durable": ["--executions", "100000", "--workers", "4"],
 }
 SMOKE = {
     "calls": ["--calls", "64", "--httpx-calls", "64", "--rounds", "1"],
@@ -40,6 +41,7 @@ SMOKE = {
     "download": ["--mib", "8", "--rounds", "1", "--concurrency", "2,4", "--concurrent-mib", "1"],
     "webhooks": ["--executions", "20", "--spread", "2", "--setup-seconds", "0.5"],
     "otel": ["--calls", "200", "--rounds", "1"],
+    "durable": ["--smoke"],
 }
 LIBRARIES = ("aiotlink", "aiohttp", "yarl", "attrs", "cattrs", "msgspec", "tenacity", "httpx")
 LIBRARIES += ("pydantic", "pydantic-core", "joserfc", "cryptography")
@@ -373,6 +375,30 @@ def otel_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def durable_section(report: dict[str, Any]) -> list[str]:
+    local, remote = report["in_process"], report["durable"]
+    return [
+        f"## Durable following: {report['executions']:,} executions, {report['workers']}"
+        " arq worker processes",
+        "",
+        "One fake (its own process) and a real Redis (AOF on). Each side starts its own",
+        f"executions (each ends {2 * report['step_seconds']:g} s after it started), then follows",
+        "them all: in-process with one `as_completed`, durably with `follow` and the workers.",
+        "The floor is when the schedule, without jitter, would see the last one end.",
+        "",
+        "| measure | in-process | durable |",
+        "|---|---:|---:|",
+        f"| GETs per execution | {local['gets_per_execution']:.2f}"
+        f" | {remote['gets_per_execution']:.2f} |",
+        f"| drain, s (floor) | {local['seconds']:.1f} ({local['floor_seconds']:.1f})"
+        f" | {remote['seconds']:.1f} ({remote['floor_seconds']:.1f}) |",
+        f"| Redis commands per poll | | {remote['redis_commands_per_poll']:.1f} |",
+        f"| peak RSS per worker, MiB | | {max(remote['peak_rss_mib']):.0f} |",
+        f"| handlers run, once each | | {remote['handled']:,}, {remote['handled_once']:,} |",
+        "",
+    ]
+
+
 def concurrent_target_rows(shapes: list[dict[str, Any]]) -> list[tuple[str, float, bool]]:
     """The targets of downloads at concurrency, per count."""
     rows = []
@@ -455,6 +481,18 @@ def targets_section(reports: dict[str, dict[str, Any]]) -> list[str]:
             ("hooks off: time added per call < 2% of a find's CPU, in %", otel["off_path_percent"],
              otel["targets"]["off_path_under_2_percent"]),
         ]  # fmt: skip
+    if "durable" in reports:
+        durable, met = reports["durable"], reports["durable"]["targets"]
+        remote = durable["durable"]
+        rows += [
+            ("durable: GETs per execution within 10% of in-process (ratio)",
+             remote["gets_per_execution"] / durable["in_process"]["gets_per_execution"],
+             met["gets_within_10_percent_of_in_process"]),
+            ("durable: drain <= 1.25 x the schedule's floor", remote["drain_over_floor"],
+             met["drain_within_1.25x_floor"]),
+            ("durable: peak RSS per worker < 200 MiB", max(remote["peak_rss_mib"]),
+             met["worker_rss_under_200_mib"]),
+        ]  # fmt: skip
     lines = [
         "## Targets",
         "",
@@ -488,6 +526,7 @@ def write(reports: dict[str, dict[str, Any]], target: Path, smoke: bool) -> None
         *download_section(reports["download"]),
         *webhooks_section(reports["webhooks"]),
         *(otel_section(reports["otel"]) if "otel" in reports else []),
+        *(durable_section(reports["durable"]) if "durable" in reports else []),
     ]
     notes = HERE / "NOTES.md"
     if notes.exists():

@@ -81,6 +81,7 @@ def main() -> None:
             output = run(environment, resume, "resume", "--state", state, "--poll-interval", "0.05")
             assert "20 of 20 finished" in output, output
         run_webhooks_example()
+        run_durable_example()
         print("all examples ran against the fake")
     finally:
         stop(fake)
@@ -102,6 +103,30 @@ def run_webhooks_example() -> None:
         assert "finished: COMPLETED" in output, output
         assert "webhooks handled:" in output, output
         assert "bytes, streamed" in output, output
+    finally:
+        stop(fake)
+
+
+def run_durable_example() -> None:
+    """The FastAPI app that hands executions to arq, its worker, a real Redis."""
+    from aiotlink.testing import RedisServer
+
+    port = free_port()
+    hooks = f"http://127.0.0.1:{port}/transactionlink/webhooks"
+    fake, fake_info = start_fake("--webhook-url", hooks)
+    try:
+        with RedisServer() as redis, tempfile.TemporaryDirectory() as results:
+            environment = {
+                **os.environ,
+                "TRANSACTIONLINK_BASE_URL": fake_info["url"],
+                "TRANSACTIONLINK_TOKEN": TOKEN,
+                "KYC_DEFINITION_ID": fake_info["large-report"],
+                "REDIS_URL": redis.url,
+                "KYC_RESULTS_DIR": results,
+            }
+            output = run(environment, str(HERE / "durable_app.py"), "--port", str(port))
+            assert "handled: COMPLETED" in output, output
+            assert f"result downloaded: {2**20} bytes" in output, output
     finally:
         stop(fake)
 

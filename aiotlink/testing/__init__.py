@@ -237,11 +237,20 @@ without ``token=``, ``base_url=`` or ``retry_backoff=`` (an app's own, in its
 lifespan) gets the fake's token and URL (through ``TRANSACTIONLINK_TOKEN`` and
 ``TRANSACTIONLINK_BASE_URL``) and retries without sleeping; it gives the fake. They
 need pytest-asyncio; without it they fail with a message saying so.
+
+Redis
+-----
+``RedisServer(directory=None, *, port=0)`` runs the real ``redis-server`` (from the
+system's package) on 127.0.0.1 with its append-only file on, for tests of durable
+following (``aiotlink.arq``): ``with RedisServer() as redis:`` starts it on a free
+port in a fresh temporary directory, ``redis.url`` is its URL, ``restart()`` stops
+and starts it on the same port from the same files, ``kill()`` ends it with SIGKILL.
 """
 
 from aiotlink.testing._clock import ManualClock
 from aiotlink.testing._fake import FakeTransactionLink
 from aiotlink.testing._records import RecordedRequest, WebhookAttempt, WebhookDelivery
+from aiotlink.testing._redis import RedisServer
 from aiotlink.testing._results import GeneratedResult
 
 __all__ = [
@@ -249,6 +258,7 @@ __all__ = [
     "GeneratedResult",
     "ManualClock",
     "RecordedRequest",
+    "RedisServer",
     "WebhookAttempt",
     "WebhookDelivery",
 ]

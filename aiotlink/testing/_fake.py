@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import enum
 import math
+import random
 import secrets
 import time
 import uuid
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TextIO
 
 import yarl
 from aiohttp import web
@@ -53,6 +54,7 @@ from aiotlink.testing._executions import (
 from aiotlink.testing._faults import (
     DropFault,
     ErrorBody,
+    Fault,
     FaultPlan,
     Route,
     SlowFault,
@@ -65,6 +67,7 @@ from aiotlink.testing._faults import (
     WebhookUnknownKey,
     check_after_bytes,
     check_reorder_count,
+    check_route,
     check_seconds,
     fault_answer,
     status_fault,
@@ -105,6 +108,16 @@ _Handler = Callable[[web.Request, bytes], Answer]
 _Permission = Literal["can_run", "can_view_workspace"]
 
 
+# What fail_randomly answers with: a rate limit, server errors, a dropped connection.
+_RANDOM_FAULTS: tuple[Fault, ...] = (
+    StatusFault(429, "1", "auto"),
+    StatusFault(500, None, "auto"),
+    StatusFault(502, None, "auto"),
+    StatusFault(503, None, "auto"),
+    DropFault(None),
+)
+
+
 class _Echo(enum.Enum):
     ECHO = "echo"
 
@@ -127,7 +140,9 @@ class FakeTransactionLink:
     ``expiresAt``, time-based steps and URL expiry; pass a ``ManualClock`` to move
     time by hand. ``record_requests=False`` keeps ``requests`` empty, for long
     benchmarks. ``token`` fixes the all-permission ``tot_`` token (e.g. for a demo)
-    instead of a random one.
+    instead of a random one. ``request_log`` gets a line per request: the time
+    (``time.time()``), the route, the path and ``ok`` or the fault it was answered
+    with; never a header or a body.
 
     ``webhook_url`` (or ``set_webhook_url`` later) has every status change of every
     execution POSTed there, signed like the provider's webhooks (needs the
@@ -148,6 +163,7 @@ class FakeTransactionLink:
         webhook_url: str | None = None,
         webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
         webhook_retry_seconds: float = DEFAULT_WEBHOOK_RETRY_SECONDS,
+        request_log: TextIO | None = None,
     ) -> None:
         """Prepare the fake, with one all-permission token and JWT; nothing listens yet.
 
@@ -173,6 +189,9 @@ class FakeTransactionLink:
         self._definitions: dict[str, Definition] = {}
         self._executions: dict[str, Execution] = {}
         self._faults = FaultPlan()
+        self._random_faults: dict[str, float] = {}
+        self._random = random.Random()
+        self._request_log = request_log
         self._storage = Storage(clock=clock, url_ttl=url_ttl)
         self._runners: list[web.AppRunner] = []
         self._closing = asyncio.Event()
@@ -397,6 +416,25 @@ class FakeTransactionLink:
         """
         self._faults.add(route, SlowFault(check_seconds(seconds)), times)
 
+    def fail_randomly(self, route: Route, rate: float, *, seed: int | None = None) -> None:
+        """Answer a ``rate`` fraction of ``route``'s requests, at random, with a fault.
+
+        Each faulty answer is one of 429 (``Retry-After: 1``), 500, 502, 503, or a
+        connection dropped before answering. Planned faults come first. ``rate`` 0
+        stops it. Raises ``ValueError`` for a rate outside 0..1 or an unknown route.
+        """
+        check_route(route)
+        if not 0 <= rate <= 1:
+            raise ValueError(f"rate must be between 0 and 1, got {rate!r}")
+        self._random_faults[route] = rate
+        self._random = random.Random(seed)
+
+    def _random_fault(self, route: str) -> Fault | None:
+        rate = self._random_faults.get(route, 0.0)
+        if not rate or self._random.random() >= rate:
+            return None
+        return self._random.choice(_RANDOM_FAULTS)
+
     def pending_faults(self, route: Route) -> int:
         """Count the faults planned for ``route`` and not yet used."""
         return self._faults.pending(route)
@@ -618,6 +656,7 @@ class FakeTransactionLink:
         self, route: str, handler: _Handler, request: web.Request
     ) -> web.StreamResponse:
         self._announce_due()
+        now = time.monotonic()
         try:
             body: bytes | None = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -625,9 +664,15 @@ class FakeTransactionLink:
         if self._record_requests:
             path, _, query = request.raw_path.partition("?")
             self.requests.append(
-                RecordedRequest(route, request.method, path, query, request.headers, body or b"")
+                RecordedRequest(
+                    route, request.method, path, query, request.headers, body or b"", now
+                )
             )
-        fault = self._faults.take(route)
+        fault = self._faults.take(route) or self._random_fault(route)
+        if self._request_log is not None:
+            # Route and path only: never a header (the credential) or a body.
+            marker = "ok" if fault is None else type(fault).__name__
+            self._request_log.write(f"{time.time():.6f} {route} {request.path} {marker}\n")
         cut_after = None
         if isinstance(fault, StatusFault):
             return await send(request, fault_answer(fault, route), closing=self._closing)

@@ -202,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also add the definitions in this JSON file (repeatable)",
     )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="answer this fraction of lookups (GET /workflows/{id}) with a random 429/5xx"
+        " or a dropped connection",
+    )
+    parser.add_argument("--fault-seed", type=int, help="seed of --fault-rate's choices")
+    parser.add_argument(
+        "--request-log",
+        help="append a line per request here: time, route, path, ok or the fault answered",
+    )
     return parser
 
 
@@ -280,6 +292,11 @@ def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _open_log(path: str) -> TextIO:
+    # Line-buffered: a test reads it while the fake runs, or after the fake was killed.
+    return open(path, "a", buffering=1, encoding="utf-8")
+
+
 async def serve(
     options: argparse.Namespace, *, stop: asyncio.Event, out: TextIO, err: TextIO
 ) -> int:
@@ -289,18 +306,36 @@ async def serve(
     cannot be bound, or a webhook URL without the ``webhooks`` extra or not http(s),
     is reported on ``err`` with exit code 1.
     """
-    try:
-        fake = FakeTransactionLink(
-            port=options.port,
-            storage_port=options.storage_port,
-            redirect_threshold=options.redirect_threshold,
-            url_ttl=options.url_ttl,
-            token=options.token,
-            webhook_url=options.webhook_url,
-        )
-    except (ImportError, ValueError) as exc:
-        print(f"error: {exc}", file=err, flush=True)
-        return 1
+    with contextlib.ExitStack() as files:
+        try:
+            log = None
+            if options.request_log is not None:
+                log = files.enter_context(_open_log(options.request_log))
+            fake = FakeTransactionLink(
+                port=options.port,
+                storage_port=options.storage_port,
+                redirect_threshold=options.redirect_threshold,
+                url_ttl=options.url_ttl,
+                token=options.token,
+                webhook_url=options.webhook_url,
+                request_log=log,
+            )
+            if options.fault_rate:
+                fake.fail_randomly("find", options.fault_rate, seed=options.fault_seed)
+        except (ImportError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=err, flush=True)
+            return 1
+        return await _serve(fake, options, stop=stop, out=out, err=err)
+
+
+async def _serve(
+    fake: FakeTransactionLink,
+    options: argparse.Namespace,
+    *,
+    stop: asyncio.Event,
+    out: TextIO,
+    err: TextIO,
+) -> int:
     add_demo_definitions(
         fake,
         step_seconds=options.step_seconds,

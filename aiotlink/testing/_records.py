@@ -28,7 +28,8 @@ class RecordedRequest:
     ``route`` names the endpoint (``"initialise"``, ``"find"``, ``"cancel"``,
     ``"result"``, ``"storage"``, ``"webhook_key"``, ``"hosted"``, or ``"unmatched"``); ``path`` and
     ``query`` are raw, exactly as sent (percent-escapes kept, ``query`` without the
-    ``?``); ``headers`` is case-insensitive; ``body`` holds the raw request bytes.
+    ``?``); ``headers`` is case-insensitive; ``body`` holds the raw request bytes;
+    ``at`` is ``time.monotonic()`` when it came (0.0 in records made by hand).
     The repr shows header names and the body size only, never header values.
     """
 
@@ -38,6 +39,7 @@ class RecordedRequest:
     query: str
     headers: CIMultiDictProxy[str] = attrs.field(repr=_header_names)
     body: bytes = attrs.field(repr=_body_size)
+    at: float = 0.0
 
 
 WebhookOutcome = Literal["pending", "delivered", "failed", "dropped", "cancelled"]

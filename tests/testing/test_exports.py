@@ -18,6 +18,7 @@ def test_the_documented_names_are_exported() -> None:
         "GeneratedResult",
         "ManualClock",
         "RecordedRequest",
+        "RedisServer",
         "WebhookAttempt",
         "WebhookDelivery",
     }

@@ -1,0 +1,35 @@
+"""Durable following of executions on arq and Redis: across worker processes and restarts.
+
+In-process waits (``wait_for_completion``, ``as_completed``) live in one process's
+memory; a deploy or a crash forgets them. Here every follow is state in Redis and every
+poll a short arq job that schedules the next one, so any worker of a fleet carries on
+where another stopped. In the web process::
+
+    from aiotlink.arq import follow
+    await follow(arq_redis, execution.id, on_terminal="handle_kyc", timeout=86400)
+
+In the worker module::
+
+    async def handle_kyc(ctx, outcome: aiotlink.arq.Outcome) -> None: ...
+
+    WorkerSettings = {**aiotlink.arq.configure([handle_kyc]), "redis_settings": ...}
+
+Needs the ``arq`` extra: ``pip install "aiotlink[arq]"``. See README.md, "Durable
+following".
+"""
+
+from __future__ import annotations
+
+try:
+    import arq as _arq  # noqa: F401  (imported to fail here, naming the extra)
+    import redis as _redis  # noqa: F401
+except ImportError as _missing:  # pragma: no cover - tested in a subprocess without arq
+    raise ImportError(
+        'aiotlink.arq needs the "arq" extra: pip install "aiotlink[arq]"'
+    ) from _missing
+
+from ._follow import follow, nudge
+from ._state import DEAD_LETTERS_KEY
+from ._worker import Outcome, OutcomeKind, configure
+
+__all__ = ["DEAD_LETTERS_KEY", "Outcome", "OutcomeKind", "configure", "follow", "nudge"]

@@ -1,0 +1,135 @@
+"""``python -m aiotlink.arq list|replay``: the dead letters, for an operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ._state import (
+    DEAD_LETTERS_KEY,
+    DELIVER_FUNCTION,
+    STATE_GRACE_SECONDS,
+    encode,
+    job_payload,
+    scripts,
+    text,
+)
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+# Where the commands find Redis unless --redis says otherwise.
+REDIS_URL_VARIABLE = "AIOTLINK_REDIS_URL"
+
+
+async def dead_letters(redis: ArqRedis) -> list[dict[str, Any]]:
+    """Every dead letter, oldest first: its payload, ``reason``, ``failed_at`` and ``entry``."""
+    entries = await redis.hgetall(DEAD_LETTERS_KEY)  # type: ignore[misc]  # redis-py's stubs
+    letters = []
+    for entry, stored in entries.items():
+        letter = json.loads(stored)
+        letter["entry"] = text(entry)
+        letters.append(letter)
+    return sorted(letters, key=lambda letter: (letter.get("failed_at", 0), letter["entry"]))
+
+
+async def replay(redis: ArqRedis, entry: str) -> bool:
+    """Take the dead letter ``entry`` off and queue its delivery again, on its queue.
+
+    Atomic: of replays racing for one entry, one queues it (True), the others find it
+    gone (False). The handler then gets ``max_attempts`` attempts again.
+    """
+    stored = await redis.hget(DEAD_LETTERS_KEY, entry)  # type: ignore[misc]  # redis-py's stubs
+    if stored is None:
+        return False
+    letter = json.loads(stored)
+    payload = {key: value for key, value in letter.items() if key not in ("failed_at", "reason")}
+    payload["attempt"] = 1
+    now = time.time()
+    job_id = f"aiotlink:replay:{entry}:{uuid.uuid4().hex}"
+    replayed = await scripts(redis).replay(
+        keys=[DEAD_LETTERS_KEY],
+        args=[
+            entry,
+            stored,
+            job_id,
+            job_payload(redis, DELIVER_FUNCTION, encode(payload)),
+            payload["queue"],
+            repr(now),
+            STATE_GRACE_SECONDS,
+        ],
+    )
+    return bool(int(replayed))
+
+
+def _line(letter: dict[str, Any]) -> str:
+    # Never the execution's body: it holds the execution's token.
+    failed = datetime.fromtimestamp(letter.get("failed_at", 0), UTC).isoformat(timespec="seconds")
+    return (
+        f"{letter['entry']}  {failed}  handler={letter['handler']} queue={letter['queue']}"
+        f" outcome={letter['kind']} attempts={letter['attempt']}  {letter.get('reason', '')}"
+    )
+
+
+async def _run(options: argparse.Namespace) -> int:
+    from arq.connections import RedisSettings, create_pool
+
+    redis = await create_pool(RedisSettings.from_dsn(options.redis))
+    try:
+        letters = await dead_letters(redis)
+        if options.command == "list":
+            for letter in letters:
+                print(_line(letter))
+            if not letters:
+                print("no dead letters")
+            return 0
+        entries = [letter["entry"] for letter in letters] if options.all else options.entries
+        status = 0
+        for entry in entries:
+            if await replay(redis, entry):
+                print(f"replayed {entry}")
+            else:
+                print(f"no dead letter {entry} (replayed already?)", file=sys.stderr)
+                status = 1
+        return status
+    finally:
+        await redis.aclose()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m aiotlink.arq``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m aiotlink.arq",
+        description="List and replay the dead letters of durable following (aiotlink.arq).",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_URL_VARIABLE, "redis://localhost:6379/0"),
+        help=f"the Redis URL (default: ${REDIS_URL_VARIABLE}, else redis://localhost:6379/0)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the dead letters, oldest first", parents=[common])
+    again = commands.add_parser(
+        "replay", help="run the handler of dead letters again", parents=[common]
+    )
+    again.add_argument("entries", nargs="*", help="entries as listed (<execution id>:<generation>)")
+    again.add_argument("--all", action="store_true", help="replay every dead letter")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.command == "replay" and not (options.entries or options.all):
+        parser.error("replay needs entries, or --all")
+    return asyncio.run(_run(options))

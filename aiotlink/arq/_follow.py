@@ -1,0 +1,139 @@
+"""``follow`` and ``nudge``: what a web handler or a webhook receiver calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from .._arguments import check_execution_id, check_seconds, check_text, shown
+from .._models import WorkflowStatus
+from .._workflows import poll_schedule
+from ._state import (
+    GENERATION_TTL_SECONDS,
+    POLL_FUNCTION,
+    STATE_GRACE_SECONDS,
+    follow_key,
+    generation_key,
+    job_payload,
+    scripts,
+)
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+logger = logging.getLogger("aiotlink")
+
+# A webhook receiver waits this long at most for Redis to take a nudge: the answer to
+# the provider must not wait on a slow Redis, and the poll is the safety net.
+NUDGE_TIMEOUT = 0.5
+
+
+def check_redis(redis: object) -> ArqRedis:
+    from arq.connections import ArqRedis
+
+    if not isinstance(redis, ArqRedis):
+        raise TypeError(f"redis must be an arq ArqRedis pool (arq.create_pool), got {shown(redis)}")
+    return redis
+
+
+async def follow(
+    redis: ArqRedis,
+    execution_id: str | UUID,
+    *,
+    on_terminal: str,
+    timeout: float | None = None,
+    download_to: str | os.PathLike[str] | None = None,
+    poll_interval: float = 1.0,
+    max_poll_interval: float = 15.0,
+    poll_factor: float = 1.5,
+    queue_name: str | None = None,
+) -> bool:
+    """Follow ``execution_id`` durably until it ends; then arq runs ``on_terminal``.
+
+    ``on_terminal`` names one of the worker's functions given to :func:`configure`; it
+    is called with ``(ctx, outcome)``, an :class:`Outcome`, once the execution ends,
+    ``timeout`` seconds pass, or it cannot be looked up. ``download_to`` is a directory
+    (on the workers) where a completed execution's result is downloaded before the
+    handler runs. The schedule is ``wait_for_completion``'s. Returns whether this call
+    started the follow: following an execution that is followed already, from any
+    process, changes nothing.
+
+    Raises:
+        ValueError: a malformed argument (before Redis is asked).
+        TypeError: ``redis`` is not an ``ArqRedis``.
+    """
+    pool = check_redis(redis)
+    key = check_execution_id(execution_id)
+    handler = check_text("on_terminal", on_terminal)
+    schedule = poll_schedule(poll_interval, max_poll_interval, poll_factor)
+    seconds = check_seconds("timeout", timeout, allow_none=True)
+    download = "" if download_to is None else os.fspath(download_to)
+    if not isinstance(download, str) or "\0" in download:
+        raise ValueError(f"download_to must be a directory path, got {shown(download_to)}")
+    queue = pool.default_queue_name if queue_name is None else check_text("queue_name", queue_name)
+    now = time.time()
+    generation = await scripts(pool).follow(
+        keys=[follow_key(key), generation_key(key)],
+        args=[
+            key,
+            repr(now),
+            job_payload(pool, POLL_FUNCTION, key),
+            queue,
+            handler,
+            download,
+            repr(schedule.poll_interval),
+            repr(schedule.max_poll_interval),
+            repr(schedule.factor),
+            "" if seconds is None else repr(now + seconds),
+            "" if seconds is None else repr(seconds),
+            STATE_GRACE_SECONDS,
+            GENERATION_TTL_SECONDS,
+        ],
+    )
+    started = int(generation) != 0
+    if started:
+        logger.info("following execution %s durably (generation %s)", key, generation)
+    return started
+
+
+async def nudge(
+    redis: ArqRedis, execution_id: str | UUID, status: WorkflowStatus | str | None = None
+) -> bool:
+    """Make the durable follow of ``execution_id`` look it up now; whether it is followed.
+
+    For a webhook or any other signal that the execution changed: the lookup decides,
+    never the signal. A burst costs one extra lookup (nudges within NUDGE_MIN_GAP of
+    the last lookup wait for that gap; the last ``Retry-After`` is honoured); an
+    execution nobody follows costs nothing. ``status`` is what the signal announced:
+    follows wait for the end only, so a status that is not terminal costs no lookup.
+    The next poll then starts at the workers' next look at the queue (arq's
+    ``poll_delay``).
+    """
+    pool = check_redis(redis)
+    key = check_execution_id(execution_id)
+    hint = None if status is None else WorkflowStatus(check_text("status", status))
+    maybe_end = hint is None or hint.is_terminal
+    followed = await scripts(pool).nudge(
+        keys=[follow_key(key)], args=[repr(time.time()), "1" if maybe_end else "0"]
+    )
+    return bool(int(followed))
+
+
+async def nudge_within(
+    redis: ArqRedis, execution_id: str, status: WorkflowStatus | None, seconds: float
+) -> None:
+    """Nudge, giving up after ``seconds``: for receivers, which must answer promptly.
+
+    Errors are logged, not raised: the follow's polls are the safety net.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await nudge(redis, execution_id, status)
+    except TimeoutError:
+        logger.warning("nudging the durable follow of %s took over %g s", execution_id, seconds)
+    except Exception:
+        logger.exception("could not nudge the durable follow of %s", execution_id)

@@ -1,0 +1,722 @@
+"""Durable following on arq and Redis (aiotlink.arq), against a real Redis server.
+
+Redis is ``redis-server`` started on a free port of 127.0.0.1 (``RedisServer``); the
+workers here are real arq ``Worker`` objects run in the test's process, so that the
+fake's request records and faults are at hand. tests/test_arq_processes.py runs them
+as processes, with the fake as a process too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from aiotlink import TransactionLinkClient, WorkflowStatus
+from aiotlink import _polling as polling
+from aiotlink._polling import JITTER
+from aiotlink.arq import DEAD_LETTERS_KEY, Outcome, OutcomeKind, follow, nudge
+from aiotlink.arq._cli import dead_letters, main, replay
+from aiotlink.arq._state import STATE_GRACE_SECONDS, follow_key, generation_key
+from aiotlink.testing import FakeTransactionLink, RecordedRequest, RedisServer
+
+from .arq_helpers import Handled, eventually, pool, running_worker
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[ArqRedis]:
+    connection = await pool(redis_server.port)
+    await connection.flushall()
+    yield connection
+    await connection.aclose()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTransactionLink]:
+    async with FakeTransactionLink() as running:
+        yield running
+
+
+def finds(fake: FakeTransactionLink, execution_id: str) -> list[RecordedRequest]:
+    return [
+        request
+        for request in fake.requests_for("find")
+        if request.path == f"/workflows/{execution_id}"
+    ]
+
+
+async def start(fake: FakeTransactionLink, definition: str) -> str:
+    async with TransactionLinkClient(fake.token, base_url=fake.url) as client:
+        execution = await client.workflows.initialise(definition)
+    return execution.id
+
+
+def client_options(fake: FakeTransactionLink, **more: Any) -> dict[str, Any]:
+    return {"token": fake.token, "base_url": fake.url, **more}
+
+
+async def letters(redis: ArqRedis, count: int) -> bool:
+    """Whether ``count`` dead letters are recorded."""
+    return await redis.hlen(DEAD_LETTERS_KEY) == count  # type: ignore[misc]  # redis-py's stubs
+
+
+async def followed_keys(redis: ArqRedis) -> list[bytes]:
+    return [key for key in await redis.keys("*") if not key.startswith(b"aiotlink:generation:")]
+
+
+# Points 1 and 2: follow, poll as short jobs, run the handler once.
+
+
+async def test_follow_polls_in_short_jobs_and_runs_the_handler_once(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    definition = fake.add_definition(statuses=["INITIALISED", "RUNNING", "COMPLETED"])
+    execution_id = await start(fake, definition)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        began = time.monotonic()
+        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        [outcome] = await handled.wait_for(1)
+        await asyncio.sleep(0.3)  # nothing more comes
+    assert len(handled.outcomes) == 1
+    assert outcome.kind is OutcomeKind.TERMINAL
+    assert outcome.execution is not None
+    assert outcome.execution.status is WorkflowStatus.COMPLETED
+    assert (outcome.execution_id, outcome.key, outcome.attempt) == (
+        execution_id,
+        f"{execution_id}:1",
+        1,
+    )
+    polls = finds(fake, execution_id)
+    assert len(polls) == 2  # a status a find (RUNNING, COMPLETED): no lookup more than needed
+    assert polls[0].at - began < 0.5  # the first lookup at once
+    # Nothing is left behind: no follow, no job; the generation counter has a TTL.
+    assert await followed_keys(redis) == [b"arq:queue:health-check"] or not await redis.keys(
+        "aiotlink:follow:*"
+    )
+    assert not await redis.keys("arq:job:*")
+    assert await redis.ttl(generation_key(execution_id)) > 0
+
+
+async def test_the_handler_is_named_and_the_state_is_in_redis_with_a_ttl(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    definition = fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    execution_id = await start(fake, definition)
+    assert await follow(redis, execution_id, on_terminal="later", poll_interval=30)
+    # No worker yet: the follow and its first poll job wait in Redis, each with a TTL.
+    state = await redis.hgetall(follow_key(execution_id))
+    assert state[b"handler"] == b"later"
+    assert 0 < await redis.ttl(follow_key(execution_id)) <= STATE_GRACE_SECONDS
+    [job] = await redis.keys("arq:job:*")
+    assert 0 < await redis.pttl(job) <= (STATE_GRACE_SECONDS + 1) * 1000
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await eventually(lambda: len(finds(fake, execution_id)) == 1)
+        await asyncio.sleep(0.1)
+        ttl = await redis.ttl(follow_key(execution_id))
+        # Refreshed by the poll: the next one is due in up to 30 s, plus the grace.
+        assert STATE_GRACE_SECONDS < ttl <= STATE_GRACE_SECONDS + 31
+
+
+# Point 3: one follower per execution.
+
+
+async def test_following_an_execution_a_hundred_times_at_once_starts_one_follow(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    definition = fake.add_definition(statuses=["INITIALISED", "RUNNING", "COMPLETED"])
+    execution_id = await start(fake, definition)
+    started = await asyncio.gather(
+        *(
+            follow(redis, execution_id.upper() if n % 2 else execution_id, on_terminal="Handled")
+            for n in range(100)
+        )
+    )
+    assert started.count(True) == 1
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await handled.wait_for(1)
+        await asyncio.sleep(0.3)
+    assert len(handled.outcomes) == 1
+    assert len(finds(fake, execution_id)) == 2
+
+
+# Defect 1 of the lost attempt: a second follow after the outcome must deliver again.
+
+
+async def test_following_again_after_the_outcome_was_delivered_delivers_again(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    definition = fake.add_definition(statuses=["RUNNING", "FAILED"])
+    execution_id = await start(fake, definition)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        await handled.wait_for(1)
+        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        first, second = await handled.wait_for(2)
+    assert (first.key, second.key) == (f"{execution_id}:1", f"{execution_id}:2")
+    assert second.execution is not None
+    assert second.execution.status is WorkflowStatus.FAILED
+
+
+# Point 4: the schedule and the outcomes are the in-process waits'.
+
+
+async def test_timeout_failure_and_lookup_errors_reach_the_handler_told_apart(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    failing = await start(fake, fake.add_definition(statuses=["RUNNING", "FAILED"]))
+    endless = await start(
+        fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    )
+    unknown = str(uuid.uuid4())
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        for execution_id in (failing, unknown):
+            await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        await follow(redis, endless, on_terminal="Handled", poll_interval=0.05, timeout=0.4)
+        outcomes = {outcome.execution_id: outcome for outcome in await handled.wait_for(3)}
+    failed, timed_out, missing = outcomes[failing], outcomes[endless], outcomes[unknown]
+    assert failed.kind is OutcomeKind.TERMINAL
+    assert failed.execution is not None
+    assert failed.execution.status is WorkflowStatus.FAILED
+    assert timed_out.kind is OutcomeKind.TIMEOUT
+    assert timed_out.execution is not None  # the last one seen
+    assert timed_out.execution.status is WorkflowStatus.INITIALISED
+    assert missing.kind is OutcomeKind.ERROR
+    assert missing.execution is None
+    assert missing.error_status == 404
+    assert missing.error is not None
+    assert "NotFoundError" in missing.error
+    assert len(finds(fake, unknown)) == 1  # a 404 is not retried
+
+
+async def test_a_forbidden_lookup_ends_the_follow_with_an_error_outcome(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(fake, fake.add_definition())
+    blind = fake.add_token(can_view_workspace=False)
+    handled = Handled()
+    async with running_worker(redis, [handled], token=blind, base_url=fake.url):
+        await follow(redis, execution_id, on_terminal="Handled")
+        [outcome] = await handled.wait_for(1)
+    assert outcome.kind is OutcomeKind.ERROR
+    assert outcome.error_status == 403
+    assert not await redis.keys("aiotlink:follow:*")
+
+
+async def test_the_gaps_grow_as_the_schedule_says(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    endless = await start(
+        fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    )
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await follow(
+            redis,
+            endless,
+            on_terminal="Handled",
+            poll_interval=0.1,
+            poll_factor=2,
+            max_poll_interval=0.4,
+            timeout=1.6,
+        )
+        [outcome] = await handled.wait_for(1)
+    assert outcome.kind is OutcomeKind.TIMEOUT
+    times = [request.at for request in finds(fake, endless)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    for gap, expected in zip(gaps, [0.1, 0.2, 0.4, 0.4], strict=False):
+        # Jitter shortens a gap by up to a fifth; the worker's queue poll adds a bit.
+        assert expected * (1 - JITTER) - 0.01 <= gap <= expected + 0.1, gaps
+    assert len(gaps) >= 4
+
+
+async def test_transient_errors_are_retried_and_retry_after_is_honoured(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"]))
+    fake.fail_next("find", 503)
+    fake.fail_next("find", 429, retry_after=1)
+    handled = Handled()
+    # No retries in the client: each failed lookup is a failed poll of the follow.
+    async with running_worker(redis, [handled], **client_options(fake, max_retries=0)):
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        [outcome] = await handled.wait_for(1)
+    assert outcome.kind is OutcomeKind.TERMINAL
+    times = [request.at for request in finds(fake, execution_id)]
+    assert len(times) == 3
+    assert times[2] - times[1] >= 0.99  # the 429's Retry-After
+
+
+# Defect 2: a poll cut short by arq's job timeout polls again.
+
+
+async def test_a_poll_cut_by_the_job_timeout_is_followed_by_the_next(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"]))
+    fake.slow_next("find", 5.0)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake), poll_timeout=0.3):
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        [outcome] = await handled.wait_for(1, timeout=5)
+    assert outcome.kind is OutcomeKind.TERMINAL
+    assert not await redis.keys("aiotlink:follow:*")
+
+
+async def test_a_poll_that_fails_unexpectedly_is_followed_by_the_next(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"]))
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)) as worker:
+        await eventually(lambda: "aiotlink" in worker.ctx)
+        workflows = worker.ctx["aiotlink"].client.workflows
+        real = workflows._find
+        calls = 0
+
+        async def broken_once(key: str) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug")
+            return await real(key)
+
+        monkeypatch.setattr(workflows, "_find", broken_once)
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        [outcome] = await handled.wait_for(1)
+    assert outcome.kind is OutcomeKind.TERMINAL
+    assert calls == 2
+
+
+async def test_a_stale_poll_does_nothing(redis: ArqRedis, fake: FakeTransactionLink) -> None:
+    """A poll job arq runs again (its worker died, say) after the follow moved on."""
+    execution_id = await start(
+        fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    )
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+        await eventually(lambda: len(finds(fake, execution_id)) == 1)
+        await asyncio.sleep(0.05)
+        # The first poll's job, run again by hand: its job id is no longer the follow's.
+        stale = f"aiotlink:poll:{execution_id}:1:0"
+        assert await redis.enqueue_job("aiotlink_poll", execution_id, _job_id=stale)
+        await eventually(lambda: redis.zcard("arq:queue"), timeout=2)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+    assert len(finds(fake, execution_id)) == 1
+    assert (await redis.hgetall(follow_key(execution_id)))[b"seq"] == b"1"
+
+
+# Defect 3 and point 5: handlers that fail, run over, are retried then dead-lettered.
+
+
+async def test_a_handler_that_raises_is_retried_with_the_same_key(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    attempts: list[Outcome] = []
+
+    async def flaky(ctx: dict[str, Any], outcome: Outcome) -> None:
+        attempts.append(outcome)
+        if len(attempts) == 1:
+            raise asyncio.CancelledError  # raised by the handler itself: a failure
+        if len(attempts) == 2:
+            raise ValueError("the database is down")
+
+    async with running_worker(redis, [flaky], **client_options(fake), retry_delay=0.05):
+        await follow(redis, execution_id, on_terminal="flaky")
+        await eventually(lambda: len(attempts) == 3)
+        await asyncio.sleep(0.3)
+    assert [outcome.attempt for outcome in attempts] == [1, 2, 3]
+    assert {outcome.key for outcome in attempts} == {f"{execution_id}:1"}
+    assert not await redis.hgetall(DEAD_LETTERS_KEY)
+
+
+async def test_a_handler_over_its_time_is_retried_then_dead_lettered(
+    redis: ArqRedis, fake: FakeTransactionLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    runs: list[float] = []
+
+    async def slow(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(time.monotonic())
+        await asyncio.sleep(30)
+
+    options = {"handler_timeout": 0.2, "max_attempts": 2, "retry_delay": 0.1}
+    async with running_worker(redis, [slow], **client_options(fake), **options):
+        await follow(redis, execution_id, on_terminal="slow")
+        await eventually(lambda: letters(redis, 1), timeout=5)
+    assert len(runs) == 2
+    assert runs[1] - runs[0] >= 0.3  # its time, then the retry's delay
+    [letter] = await dead_letters(redis)
+    assert (letter["id"], letter["attempt"], letter["reason"]) == (execution_id, 2, "timed out")
+    assert "recorded as a dead letter" in caplog.text
+
+
+async def test_a_handler_cancelled_by_the_job_timeout_counts_as_a_failed_attempt(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """arq cancels a job past its own timeout: the handler's attempt failed, and is retried."""
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    runs: list[int] = []
+
+    async def slow_once(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(outcome.attempt)
+        if outcome.attempt == 1:
+            await asyncio.sleep(30)
+
+    # The handler's own limit is far off: arq's timeout of the job (its function's) cuts it.
+    async with running_worker(
+        redis, [slow_once], **client_options(fake), handler_timeout=60, retry_delay=0.05
+    ) as worker:
+        worker.functions["aiotlink_deliver"].timeout_s = 0.3
+        await follow(redis, execution_id, on_terminal="slow_once")
+        await eventually(lambda: runs == [1, 2], timeout=5)
+
+
+async def test_an_unknown_handler_is_dead_lettered_not_dropped(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    async with running_worker(redis, [], **client_options(fake), max_attempts=1):
+        await follow(redis, execution_id, on_terminal="nobody")
+        await eventually(lambda: letters(redis, 1), timeout=5)
+    [letter] = await dead_letters(redis)
+    assert "LookupError" in letter["reason"]
+    assert "'nobody'" in letter["reason"]
+
+
+# Defect 6: replay goes to the follow's queue, once.
+
+
+async def test_replay_is_atomic_and_goes_back_to_the_follows_queue(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    failing = True
+    handled: list[Outcome] = []
+
+    async def fragile(ctx: dict[str, Any], outcome: Outcome) -> None:
+        if failing:
+            raise RuntimeError("not yet")
+        handled.append(outcome)
+
+    queue = "tenant-7:queue"
+    async with running_worker(
+        redis, [fragile], **client_options(fake), max_attempts=1, queue_name=queue
+    ):
+        await follow(redis, execution_id, on_terminal="fragile", queue_name=queue)
+        await eventually(lambda: letters(redis, 1), timeout=5)
+    [letter] = await dead_letters(redis)
+    # Five operators replay at once: one wins, one job is queued, on the follow's queue.
+    results = await asyncio.gather(*(replay(redis, letter["entry"]) for _ in range(5)))
+    assert results.count(True) == 1
+    assert await redis.zcard(queue) == 1
+    assert await redis.zcard("arq:queue") == 0
+    failing = False
+    async with running_worker(
+        redis, [fragile], **client_options(fake), max_attempts=1, queue_name=queue
+    ):
+        await eventually(lambda: len(handled) == 1, timeout=5)
+    assert handled[0].key == f"{execution_id}:1"
+    assert not await redis.hgetall(DEAD_LETTERS_KEY)
+
+
+# Point 6 and defect 4: nudges.
+
+
+async def test_a_nudge_with_a_status_that_is_not_terminal_costs_no_lookup(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    definition = fake.add_definition(statuses=["INITIALISED", "CREATED", "RUNNING", "COMPLETED"])
+    execution_id = await start(fake, definition)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+        await eventually(lambda: len(finds(fake, execution_id)) == 1)
+        assert await nudge(redis, execution_id, status="RUNNING")
+        assert await nudge(redis, execution_id, status=WorkflowStatus.AWAITING)
+        await asyncio.sleep(0.5)
+        assert len(finds(fake, execution_id)) == 1
+        assert await nudge(redis, execution_id)  # no status: maybe the end
+        await eventually(lambda: len(finds(fake, execution_id)) == 2, timeout=2)
+        assert await nudge(redis, execution_id, status="COMPLETED")
+        [outcome] = await handled.wait_for(1, timeout=2)
+    assert outcome.kind is OutcomeKind.TERMINAL
+    assert not await nudge(redis, str(uuid.uuid4()))  # nobody follows it: nothing at all
+    assert not await nudge(redis, execution_id)
+
+
+async def test_a_burst_of_nudges_costs_one_lookup_after_the_minimum_gap(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shared minimum gap, made long enough to measure: the durable follow keeps it.
+    monkeypatch.setattr(polling, "NUDGE_MIN_GAP", 0.6)
+    execution_id = await start(
+        fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    )
+    async with running_worker(redis, [Handled()], **client_options(fake)):
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+        await eventually(lambda: len(finds(fake, execution_id)) == 1)
+        await asyncio.sleep(0.05)
+        results = await asyncio.gather(*(nudge(redis, execution_id) for _ in range(20)))
+        assert all(results)
+        await asyncio.sleep(1.2)
+    first, second = finds(fake, execution_id)  # one lookup for the burst
+    assert 0.6 <= second.at - first.at < 1.0  # the gap, not the 30 s schedule
+
+
+async def test_a_nudge_never_polls_before_the_last_retry_after(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(
+        fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    )
+    fake.fail_next("find", 429, retry_after=1)
+    async with running_worker(redis, [Handled()], **client_options(fake, max_retries=0)):
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+        await eventually(lambda: len(finds(fake, execution_id)) == 1)
+        await asyncio.sleep(0.05)
+        assert await nudge(redis, execution_id)
+        await eventually(lambda: len(finds(fake, execution_id)) == 2, timeout=3)
+    first, second = finds(fake, execution_id)
+    assert 0.99 <= second.at - first.at <= 1.5
+
+
+async def test_a_nudge_during_a_lookup_is_followed_by_another_lookup_at_once(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(
+        fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    )
+    fake.slow_next("find", 0.5)
+    async with running_worker(redis, [Handled()], **client_options(fake)):
+        await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+        await eventually(lambda: len(finds(fake, execution_id)) == 1)
+        await asyncio.sleep(0.1)
+        assert await nudge(redis, execution_id)  # while the slow lookup is in flight
+        await eventually(lambda: len(finds(fake, execution_id)) == 2, timeout=2)
+    first, second = finds(fake, execution_id)
+    assert second.at - first.at < 0.8
+
+
+# Point 6 and defect 5: webhook receivers nudge durable follows, without waiting on Redis.
+
+
+async def serve_receiver(handler: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_post("/hooks", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/hooks"
+
+
+async def test_a_webhook_nudges_the_durable_follow(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    execution_id = await start(
+        fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=0.5)
+    )
+    events: list[Any] = []
+    async with TransactionLinkClient(fake.token, base_url=fake.url) as receiving:
+        runner, url = await serve_receiver(
+            receiving.webhooks.aiohttp_handler(events.append, arq_redis=redis)
+        )
+        fake.set_webhook_url(url)
+        handled = Handled()
+        try:
+            async with running_worker(redis, [handled], **client_options(fake)):
+                await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+                began = time.monotonic()
+                [outcome] = await handled.wait_for(1, timeout=5)
+                took = time.monotonic() - began
+        finally:
+            await runner.cleanup()
+    assert outcome.kind is OutcomeKind.TERMINAL
+    assert took < 2  # the webhook, not the 30 s poll
+    assert len(finds(fake, execution_id)) == 2
+    assert events
+
+
+async def test_a_slow_redis_never_holds_the_webhook_answer(
+    fake: FakeTransactionLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A "Redis" that accepts connections and never answers.
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda reader, writer: held.append(writer), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    stuck = ArqRedis(host="127.0.0.1", port=port)
+    called: list[float] = []
+    definition = fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=0.2)
+    async with TransactionLinkClient(fake.token, base_url=fake.url) as receiving:
+        runner, url = await serve_receiver(
+            receiving.webhooks.aiohttp_handler(
+                lambda event: called.append(time.monotonic()), arq_redis=stuck
+            )
+        )
+        try:
+            fake.set_webhook_url(url)
+            await start(fake, definition)
+            await asyncio.sleep(0.3)  # the fake announces COMPLETED
+            await fake.webhooks_settled(timeout=5)
+            await asyncio.sleep(0.7)  # the nudge gives up meanwhile
+        finally:
+            await runner.cleanup()
+            await stuck.aclose()
+            for writer in held:
+                writer.close()
+            silent.close()
+            await silent.wait_closed()
+    [delivery, *_] = fake.webhook_deliveries
+    assert delivery.attempts[0].status == 204
+    assert called[0] - delivery.attempts[0].at < 0.3  # on_event did not wait for Redis
+    assert "took over 0.5 s" in caplog.text
+
+
+def test_a_receiver_with_arq_redis_wants_an_arq_pool(fake: FakeTransactionLink) -> None:
+    client = TransactionLinkClient(fake.token, base_url=fake.url)
+    with pytest.raises(TypeError, match="ArqRedis"):
+        client.webhooks.asgi_app(print, arq_redis="redis://localhost")  # type: ignore[arg-type]
+
+
+# Arguments, and secrets.
+
+
+async def test_bad_arguments_are_refused_before_redis_is_asked(redis: ArqRedis) -> None:
+    good = str(uuid.uuid4())
+    with pytest.raises(ValueError, match="on_terminal"):
+        await follow(redis, good, on_terminal="")
+    with pytest.raises(ValueError, match="timeout"):
+        await follow(redis, good, on_terminal="h", timeout=-1)
+    with pytest.raises(ValueError, match="poll_interval"):
+        await follow(redis, good, on_terminal="h", poll_interval=0)
+    with pytest.raises(ValueError, match="execution_id"):
+        await follow(redis, "../x", on_terminal="h")
+    with pytest.raises(TypeError, match="ArqRedis"):
+        await follow("redis://", good, on_terminal="h")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="status"):
+        await nudge(redis, good, status="")
+    with pytest.raises(ValueError, match="download_to"):
+        await follow(redis, good, on_terminal="h", download_to="a\0b")
+    assert not await redis.keys("aiotlink:*")
+
+
+def test_configure_checks_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiotlink.arq import configure
+
+    monkeypatch.delenv("TRANSACTIONLINK_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="token"):
+        configure([])
+    with pytest.raises(ValueError, match="handler_timeout"):
+        configure([], token="tot_x", handler_timeout=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        configure([], token="tot_x", max_attempts=0)
+    with pytest.raises(TypeError, match="functions"):
+        configure([42], token="tot_x")  # type: ignore[list-item]
+
+
+async def test_no_secret_reaches_redis_the_logs_or_the_dead_letter_listing(
+    redis: ArqRedis,
+    redis_server: RedisServer,
+    fake: FakeTransactionLink,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    interactive = fake.add_definition(statuses=["RUNNING", "COMPLETED"], interactive=True)
+    execution_id = await start(fake, interactive)
+    execution_token = fake._execution(execution_id).token
+    assert execution_token
+    blind = fake.add_token(can_view_workspace=False)
+
+    async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        raise RuntimeError(f"could not store {outcome.execution_id}")
+
+    fake.fail_next("find", 503)  # a transient failure, logged
+    async with running_worker(
+        redis, [failing], token=fake.token, base_url=fake.url, max_attempts=1, max_retries=0
+    ):
+        await follow(redis, execution_id, on_terminal="failing", poll_interval=0.05)
+        await eventually(lambda: letters(redis, 1), timeout=5)
+    async with running_worker(redis, [failing], token=blind, base_url=fake.url, max_attempts=1):
+        await follow(redis, str(uuid.uuid4()), on_terminal="failing")
+        await eventually(lambda: letters(redis, 2), timeout=5)
+    assert await asyncio.to_thread(main, ["list", "--redis", redis_server.url]) == 0
+    listing = capsys.readouterr().out
+    assert execution_id in listing
+    # Every value Redis holds now, of every type.
+    stored = b""
+    for key in await redis.keys("*"):
+        kind = (await redis.type(key)).decode()
+        if kind == "string":
+            stored += await redis.get(key) or b""
+        elif kind == "hash":
+            for field, value in (await redis.hgetall(key)).items():
+                stored += field + value
+        elif kind == "zset":
+            stored += b"".join(await redis.zrange(key, 0, -1))
+    assert execution_id.encode() in stored  # the scan saw the dead letters
+    for secret in (fake.token, blind):
+        assert secret.encode() not in stored
+        assert secret not in caplog.text
+        assert secret not in listing
+    assert execution_token not in caplog.text
+    assert execution_token not in listing
+
+
+def test_importing_without_the_extra_names_it() -> None:
+    code = (
+        "import sys; sys.modules['arq'] = None\n"
+        "try:\n    import aiotlink.arq\n"
+        "except ImportError as e:\n    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert 'pip install "aiotlink[arq]"' in result.stdout
+
+
+async def test_a_completed_result_is_downloaded_for_the_handler(
+    redis: ArqRedis, fake: FakeTransactionLink, tmp_path: Any
+) -> None:
+    definition = fake.add_definition(statuses=["COMPLETED"], result={"decision": "APPROVED"})
+    execution_id = await start(fake, definition)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await follow(redis, execution_id, on_terminal="Handled", download_to=tmp_path)
+        [outcome] = await handled.wait_for(1)
+    assert outcome.result_path == tmp_path / f"{execution_id}.json"
+    assert b"APPROVED" in outcome.result_path.read_bytes()
+
+
+async def test_cli_replay_all_and_unknown_entries(
+    redis: ArqRedis, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await asyncio.to_thread(main, ["replay", "--redis", redis_server.url, "nothing:1"]) == 1
+    assert "no dead letter" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["replay", "--redis", redis_server.url, "--all"]) == 0
+    assert await asyncio.to_thread(main, ["list", "--redis", redis_server.url]) == 0
+    assert "no dead letters" in capsys.readouterr().out
