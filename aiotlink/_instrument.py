@@ -9,7 +9,8 @@ tracing is on (benchmarks/RESULTS.md, "Observability when off")::
     retry sleep   _retry (log_retry)          an event on the call's span
     wait, watch   Poller.subscribe/unsubscribe, and each poll (Poller._poll_once)
     run           Workflows.run (@observed)
-    download      Workflows.download_result (@observed); its attempts and URL refreshes
+    download      Workflows.download_result, and stream_result's task (_download_to),
+                  both @observed; their attempts and URL refreshes
     webhooks      Webhooks.verify (@observed), the key lookup; Requester.nudge
 
 Nothing here imports OpenTelemetry: the hooks are implemented in ``aiotlink.otel``.

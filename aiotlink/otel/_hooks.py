@@ -39,6 +39,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
+from .._download import Streamed
 from .._errors import APIError, WaitTimeoutError, WorkflowFailedError
 from .._models import DownloadedResult, RunResult, WebhookEvent, WorkflowStatus
 from .._polling import DeadlinePassed, Lookup, Poller, Subscription
@@ -192,13 +193,20 @@ def status_outcome(status: WorkflowStatus) -> str:
     return "completed" if status is WorkflowStatus.COMPLETED else "failed"
 
 
+# The hooks that failed since instrument(): a processor that always fails warns once each.
+_FAILED: set[str] = set()
+
+
 def _broken(where: str, error: Exception) -> None:
-    """Tracing failed in ``where``: said once per failure, by type only, never its text.
+    """Tracing failed in ``where``: said by type only, never its text.
 
     The text of a span processor's error may quote anything, and its traceback the
-    values of its frames: neither goes to the log.
+    values of its frames: neither goes to the log. A warning the first time per hook,
+    debug after: a broken processor fails on every span.
     """
-    logger.warning("tracing failed in %s (%s); the client goes on", where, type(error).__name__)
+    level = logging.DEBUG if where in _FAILED else logging.WARNING
+    _FAILED.add(where)
+    logger.log(level, "tracing failed in %s (%s); the client goes on", where, type(error).__name__)
 
 
 def _quietly(method: Callable[Concatenate[H, P], None]) -> Callable[Concatenate[H, P], None]:
@@ -245,6 +253,7 @@ class OpenTelemetryHooks:
     ) -> None:
         from .. import __version__
 
+        _FAILED.clear()
         self._tracer = trace.get_tracer(
             "aiotlink", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
         )
@@ -659,7 +668,7 @@ class OpenTelemetryHooks:
             span.set_attribute(EXECUTION_ID, str(result.execution.id))
             span.set_attribute(STATUS, result.execution.status.value)
             span.set_attribute(OUTCOME, status_outcome(result.execution.status))
-        elif isinstance(result, DownloadedResult):
+        elif isinstance(result, DownloadedResult | Streamed):
             span.set_attributes(
                 {
                     "aiotlink.download.bytes": result.size,
