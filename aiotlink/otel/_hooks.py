@@ -597,8 +597,8 @@ class OpenTelemetryHooks:
             wait = self._forget(subscription)
             if wait is None:  # pragma: no cover - one loop's waits: none ends in between
                 continue
-            self._active_waits.add(-1)
-            try:
+            try:  # each wait on its own: one that fails leaves the others to end
+                self._active_waits.add(-1)
                 wait.span.set_attribute("aiotlink.wait.polls", wait.polls)
                 wait.span.end()
             except Exception as error:
@@ -733,11 +733,7 @@ class OpenTelemetryHooks:
 
     def inject(self) -> dict[str, str]:
         carrier: dict[str, str] = {}
-        try:
-            TraceContextTextMapPropagator().inject(carrier)
-        except Exception as error:
-            _broken("inject", error)
-            return {}
+        TraceContextTextMapPropagator().inject(carrier)  # reads the context; no processor
         return carrier
 
     @contextlib.contextmanager
