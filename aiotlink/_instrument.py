@@ -14,7 +14,8 @@ tracing is on (benchmarks/RESULTS.md, "Observability when off")::
     webhooks      Webhooks.verify (@observed), the key lookup; Requester.nudge
 
 Nothing here imports OpenTelemetry: the hooks are implemented in ``aiotlink.otel``.
-Durable following and the CLI carry the same spans by calling the client as usual,
+Durable following and the CLI (``_cli.main`` turns ``aiotlink.otel`` on with the global
+providers) carry the same spans by calling the client as usual,
 and a job that follows an execution for someone else links to that someone's trace
 with :func:`trace_context` (when the job is made) and :func:`following` (when it runs).
 A new path that streams with ``Requester.stream`` gets its attempt spans by awaiting
