@@ -381,48 +381,29 @@ class OpenTelemetryHooks:
         attempt_number: int,
         resumed: bool,
     ) -> T:
-        return await self._around(
-            "stream_attempt",
-            streaming,
-            lambda work: self._stream_attempt(
-                work,
-                url=url,
-                route=route,
-                storage=storage,
-                attempt_number=attempt_number,
-                resumed=resumed,
-            ),
-        )
+        # storage: the route tells it (_attempt).
+        async def traced(work: Awaitable[T]) -> T:
+            call, download = _CALL.get(), _DOWNLOAD.get()
+            if call is not None:
+                call.route = route
+            if resumed and download is not None:
+                download.resumes += 1
+            answer = [0]
+            token = _ANSWER.set(answer)
+            try:
+                return await self._attempt(
+                    work,
+                    answer,
+                    method="GET",
+                    display_url=url,
+                    route=route,
+                    attempt_number=attempt_number,
+                    resumed=resumed,
+                )
+            finally:
+                _ANSWER.reset(token)
 
-    async def _stream_attempt(
-        self,
-        streaming: Awaitable[T],
-        *,
-        url: str,
-        route: str,
-        storage: bool,
-        attempt_number: int,
-        resumed: bool,
-    ) -> T:
-        call, download = _CALL.get(), _DOWNLOAD.get()
-        if call is not None:
-            call.route = route
-        if resumed and download is not None:
-            download.resumes += 1
-        answer = [0]
-        token = _ANSWER.set(answer)
-        try:
-            return await self._attempt(
-                streaming,
-                answer,
-                method="GET",
-                display_url=url,
-                route=route,
-                attempt_number=attempt_number,
-                resumed=resumed,
-            )
-        finally:
-            _ANSWER.reset(token)
+        return await self._around("stream_attempt", streaming, traced)
 
     @_quietly
     def responded(self, status: int) -> None:
