@@ -667,8 +667,6 @@ class Poller:
         )
         self._table.subscribe(execution_id, subscription)
         self._waiting += 1
-        # Before any change is pushed: the wait's span tells the statuses it is given.
-        last_status = self._table.last_status.get(execution_id)
         # Without every_change, the last change (never terminal: that ends the poll)
         # would only be dropped.
         last = self.last_seen(execution_id) if every_change else None
@@ -680,6 +678,7 @@ class Poller:
             self._first_lookup(execution_id)
         # Last: the subscription is whole and its poll started whatever the hook does.
         if (hook := _instrument.current) is not None:
+            last_status = self._table.last_status.get(execution_id)
             hook.wait_started(
                 subscription, None if last_status is None else WorkflowStatus(last_status)
             )
