@@ -894,6 +894,21 @@ def test_commands_make_the_client_spans_for_a_global_sdk(
         assert _instrument.current is None
     names = [span.name for span in exporter.get_finished_spans()]
     assert {"aiotlink.find", "GET /workflows/{id}", "aiotlink.wait", "aiotlink.poll"} <= set(names)
+    # A process that instrumented aiotlink itself keeps its providers, on after.
+    import aiotlink.otel
+
+    own = InMemorySpanExporter()
+    own_provider = TracerProvider()
+    own_provider.add_span_processor(SimpleSpanProcessor(own))
+    aiotlink.otel.instrument(tracer_provider=own_provider)
+    hooks = _instrument.current
+    try:
+        assert invoke(["find", execution_id], env=served.env, entry=_cli.main).code == 0
+        assert _instrument.current is hooks
+    finally:
+        aiotlink.otel.uninstrument()
+    assert "aiotlink.find" in [span.name for span in own.get_finished_spans()]
+    assert len(exporter.get_finished_spans()) == len(names)
     provider.shutdown()
 
 
