@@ -18,10 +18,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import attrs
 
-from . import TransactionLinkClient
+from . import TransactionLinkClient, _instrument
 from ._arguments import BASE_URL_ENV_VAR, DEFAULT_BASE_URL, TOKEN_ENV_VAR
 from ._errors import NotFoundError, TransactionLinkError
 from ._models import DownloadedResult, WorkflowExecution
@@ -214,8 +215,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The commands need the ``cli`` extra (click and rich). Without it, ``demo`` still
     runs (it needs nothing more than the client), and anything else prints the one
-    line that installs the extra.
+    line that installs the extra. With the ``otel`` extra, the commands' calls make
+    the client's spans and metrics (:func:`_start_tracing`).
     """
+    tracing = _start_tracing()
+    try:
+        return _run(argv)
+    finally:
+        if tracing is not None:
+            tracing.uninstrument()
+
+
+def _start_tracing() -> ModuleType | None:
+    """``aiotlink.otel.instrument()`` with OpenTelemetry's global providers, if it can.
+
+    Spans go nowhere until an SDK is set up, as ``opentelemetry-instrument aiotlink
+    ...`` does (README.md, "Traces and metrics"). Without the ``otel`` extra nothing of
+    OpenTelemetry is imported; a process that instrumented aiotlink already keeps its
+    own providers. Returns the module to turn it off with, if it was turned on here.
+    """
+    if _instrument.current is not None:
+        return None
+    try:
+        from . import otel
+    except ImportError:  # no otel extra: the commands run untraced
+        return None
+    otel.instrument()
+    return otel
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         from ._commands import cli_main
     except ImportError as error:

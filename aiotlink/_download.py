@@ -797,6 +797,13 @@ class StreamSink:
             self._piece.exception()  # retrieved: the reader chose not to hear it
 
 
+class Streamed(NamedTuple):
+    """What a download to a reader did, as :class:`DownloadedResult` says it of a file."""
+
+    size: int
+    redirected: bool
+
+
 class Downloader:
     """Downloads one execution's result to one path, or to a reader (module docstring)."""
 
@@ -846,10 +853,11 @@ class Downloader:
         logger.debug("the result is at %s (%d bytes)", self._destination, temp.size)
         return DownloadedResult(self._destination, temp.size, storage_url is not None)
 
-    async def stream(self, sink: StreamSink) -> None:
+    async def stream(self, sink: StreamSink) -> Streamed:
         """Download into ``sink``, whose reader takes the bytes as they come."""
-        await self._fill(sink)
+        storage_url = await self._fill(sink)
         logger.debug("streamed the whole result (%d bytes)", sink.size)
+        return Streamed(sink.size, storage_url is not None)
 
     async def _fill(self, sink: _Sink) -> str | None:
         """Read the result into ``sink``, inline or from storage; the storage URL, if any."""

@@ -9,11 +9,13 @@ tracing is on (benchmarks/RESULTS.md, "Observability when off")::
     retry sleep   _retry (log_retry)          an event on the call's span
     wait, watch   Poller.subscribe/unsubscribe, and each poll (Poller._poll_once)
     run           Workflows.run (@observed)
-    download      Workflows.download_result (@observed); its attempts and URL refreshes
+    download      Workflows.download_result, and stream_result's task (_download_to),
+                  both @observed; their attempts and URL refreshes
     webhooks      Webhooks.verify (@observed), the key lookup; Requester.nudge
 
 Nothing here imports OpenTelemetry: the hooks are implemented in ``aiotlink.otel``.
-Durable following and the CLI carry the same spans by calling the client as usual,
+Durable following and the CLI (``_cli.main`` turns ``aiotlink.otel`` on with the global
+providers) carry the same spans by calling the client as usual,
 and a job that follows an execution for someone else links to that someone's trace
 with :func:`trace_context` (when the job is made) and :func:`following` (when it runs).
 A new path that streams with ``Requester.stream`` gets its attempt spans by awaiting
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._models import WorkflowStatus
-    from ._polling import Lookup, Subscription
+    from ._polling import Lookup, Poller, Subscription
     from ._transport import Request, Response
 
 P = ParamSpec("P")
@@ -40,7 +42,11 @@ T = TypeVar("T")
 
 
 class Hooks(Protocol):
-    """What an instrumentation implements; every method is called only while it is on."""
+    """What an instrumentation implements; every method is called only while it is on.
+
+    No method may raise an error of its own (the call sites do not guard them, to cost
+    nothing more): ``aiotlink.otel`` logs any, and goes on with the client's work.
+    """
 
     async def call(self, request: Request, calling: Awaitable[Response]) -> Response:
         """Await ``calling``, one API call with its retries, inside the call's span."""
@@ -75,13 +81,20 @@ class Hooks(Protocol):
         """The download in progress asks the API for a fresh pre-signed URL."""
 
     def wait_started(self, subscription: Subscription, last_status: WorkflowStatus | None) -> None:
-        """A wait or watch began following ``subscription.execution_id``."""
+        """A wait or watch began following ``subscription.execution_id``.
+
+        Called once the subscription is in place and its poll started, and
+        ``wait_ended`` once it is gone: an error of either leaves the poller whole.
+        """
 
     def wait_ended(self, subscription: Subscription, error: BaseException | None) -> None:
         """That wait stopped following: ended by ``error``, a terminal status, or its caller."""
 
-    async def poll(self, execution_id: str, fetching: Awaitable[Lookup]) -> Lookup:
-        """Await one shared poll of ``execution_id`` (a :class:`~._polling.Lookup`)."""
+    async def poll(self, poller: Poller, execution_id: str, fetching: Awaitable[Lookup]) -> Lookup:
+        """Await one shared poll of ``execution_id`` by ``poller`` (a :class:`~._polling.Lookup`).
+
+        It serves the waits whose ``subscription.poller`` is ``poller``, no others.
+        """
 
     async def operation(
         self,

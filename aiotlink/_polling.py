@@ -309,6 +309,11 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
 
+    @property
+    def poller(self) -> Poller:
+        """The poller whose shared poll loop this follows."""
+        return self._poller
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -709,11 +714,6 @@ class Poller:
         )
         self._table.subscribe(execution_id, subscription)
         self._waiting += 1
-        if (hook := _instrument.current) is not None:
-            last_status = self._table.last_status.get(execution_id)
-            hook.wait_started(
-                subscription, None if last_status is None else WorkflowStatus(last_status)
-            )
         # Without every_change, the last change (never terminal: that ends the poll)
         # would only be dropped.
         last = self.last_seen(execution_id) if every_change else None
@@ -723,6 +723,12 @@ class Poller:
             self._deadlines.add(deadline, subscription)
         if new:
             self._first_lookup(execution_id)
+        # Last: the subscription is whole and its poll started whatever the hook does.
+        if (hook := _instrument.current) is not None:
+            last_status = self._table.last_status.get(execution_id)
+            hook.wait_started(
+                subscription, None if last_status is None else WorkflowStatus(last_status)
+            )
         return subscription
 
     def _new_poll(self, execution_id: str, schedule: PollSchedule) -> None:
@@ -776,13 +782,14 @@ class Poller:
             return
         subscription.active = False
         self._waiting -= 1
+        execution_id = subscription.execution_id
+        # Its poll loop may have ended already (the end seen, or a failure).
+        followed = subscription in self._table.subscribers_of(execution_id)
+        if followed and not self._table.unsubscribe(execution_id, subscription):
+            self._stop(execution_id)
+        # Last: the subscription is gone, whatever the hook does.
         if (hook := _instrument.current) is not None:
             hook.wait_ended(subscription, subscription._error)
-        execution_id = subscription.execution_id
-        if subscription not in self._table.subscribers_of(execution_id):
-            return  # its poll loop has ended already (the end seen, or a failure)
-        if not self._table.unsubscribe(execution_id, subscription):
-            self._stop(execution_id)
 
     def last_seen(self, execution_id: str) -> WorkflowExecution | None:
         """The execution as of its poll loop's last change, or ``None`` before any."""
@@ -923,7 +930,7 @@ class Poller:
         try:
             fetching = self._fetch(execution_id)
             hook = _instrument.current
-            lookup = await (fetching if hook is None else hook.poll(execution_id, fetching))
+            lookup = await (fetching if hook is None else hook.poll(self, execution_id, fetching))
         except GeneratorExit:
             raise  # the event loop is closing with this poll pending: start nothing new
         except Exception as error:

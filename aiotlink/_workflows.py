@@ -27,7 +27,7 @@ from ._arguments import (
 )
 from ._callbacks import OnProgress, OnStatus, notify
 from ._converter import DecodeError, decode_execution, encode_initialise_request
-from ._download import Downloader, StreamSink
+from ._download import Downloader, Streamed, StreamSink
 from ._errors import (
     APIConnectionError,
     ResponseValidationError,
@@ -317,7 +317,8 @@ class Workflows:
             APIError, APIConnectionError: after retries. ResponseValidationError: an
             empty result, or one that is not JSON.
         """
-        path_in_api = f"/workflows/{check_execution_id(execution_id)}/result"
+        checked_id = check_execution_id(execution_id)
+        path_in_api = f"/workflows/{checked_id}/result"
         chunk_size = check_count(
             "chunk_size", chunk_size, minimum=1, maximum=MAX_STREAM_CHUNK_BYTES
         )
@@ -332,14 +333,18 @@ class Workflows:
             # aiohttp holds up to twice this of the body before it stops reading.
             read_bufsize=max(chunk_size, MIN_STREAM_READ_BYTES),
         )
-        return self._stream(downloader, chunk_size)
+        return self._stream(checked_id, downloader, chunk_size)
 
-    @staticmethod
-    async def _stream(downloader: Downloader, chunk_size: int) -> AsyncGenerator[bytes, None]:
+    async def _stream(
+        self, execution_id: str, downloader: Downloader, chunk_size: int
+    ) -> AsyncGenerator[bytes, None]:
         sink = StreamSink(chunk_size)
         # The download runs in a task of its own: its reads happen inside the request
         # layer's one GET (and retry loop), handing each piece over to this generator.
-        download = asyncio.create_task(downloader.stream(sink), name=STREAM_TASK_NAME)
+        # The task copies the context of the first chunk's request: its span's parent.
+        download = asyncio.create_task(
+            self._download_to(execution_id, downloader, sink), name=STREAM_TASK_NAME
+        )
         download.add_done_callback(sink.end)
         try:
             while (piece := await sink.take()) is not None:
@@ -351,6 +356,13 @@ class Workflows:
                 # Awaited so that the connection is released before the caller goes
                 # on; a cancellation of the caller still propagates.
                 await asyncio.wait([download])
+
+    @_instrument.observed("download")
+    async def _download_to(
+        self, execution_id: str, downloader: Downloader, sink: StreamSink
+    ) -> Streamed:
+        """A stream's download: marked as download_result is, for the same span."""
+        return await downloader.stream(sink)
 
     async def watch(
         self,

@@ -74,12 +74,18 @@ def strict_json(text: str) -> Any:
 
 
 def invoke(
-    arguments: Sequence[str], env: Mapping[str, str | None] | None = None, stdin: str | None = None
+    arguments: Sequence[str],
+    env: Mapping[str, str | None] | None = None,
+    stdin: str | None = None,
+    entry: Callable[[list[str]], int] = cli_main,
 ) -> Invoked:
-    """Run the command line in this process, with click's runner isolating its streams."""
+    """Run the command line in this process, with click's runner isolating its streams.
+
+    ``entry``: ``aiotlink._cli.main`` for the console script's own entry point.
+    """
     runner = CliRunner()
     with runner.isolation(input=stdin, env=env) as (out, err, _):
-        code = cli_main(list(arguments))
+        code = entry(list(arguments))
     return Invoked(code, out.getvalue().decode(), err.getvalue().decode())
 
 

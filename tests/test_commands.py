@@ -862,3 +862,70 @@ def test_readme_transcripts_of_usage_errors_are_what_the_commands_print() -> Non
         invoked = invoke(arguments[1:], env=env)
         assert invoked.code == 2
         assert invoked.err == expected.rstrip("\n") + "\n"
+
+
+# Traces ------------------------------------------------------------------------------
+
+
+def test_commands_make_the_client_spans_for_a_global_sdk(
+    served: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the otel extra, `aiotlink find` and `wait` trace to the global provider.
+
+    As `opentelemetry-instrument aiotlink ...` sets an SDK's provider up globally (here
+    in place of the global one, which a process may set only once); off again after.
+    """
+    import opentelemetry.trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from aiotlink import _cli, _instrument
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(opentelemetry.trace, "get_tracer_provider", lambda: provider)
+    execution_id = started(served, served.ok)
+    assert exporter.get_finished_spans() == ()  # cli_main alone: no tracing
+    for arguments in (["find", execution_id], ["wait", execution_id, "--poll-interval", "0.05"]):
+        invoked = invoke(arguments, env=served.env, entry=_cli.main)
+        assert invoked.code == 0, invoked.err
+        assert _instrument.current is None
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert {"aiotlink.find", "GET /workflows/{id}", "aiotlink.wait", "aiotlink.poll"} <= set(names)
+    # A process that instrumented aiotlink itself keeps its providers, on after.
+    import aiotlink.otel
+
+    own = InMemorySpanExporter()
+    own_provider = TracerProvider()
+    own_provider.add_span_processor(SimpleSpanProcessor(own))
+    aiotlink.otel.instrument(tracer_provider=own_provider)
+    hooks = _instrument.current
+    try:
+        assert invoke(["find", execution_id], env=served.env, entry=_cli.main).code == 0
+        assert _instrument.current is hooks
+    finally:
+        aiotlink.otel.uninstrument()
+    assert "aiotlink.find" in [span.name for span in own.get_finished_spans()]
+    assert len(exporter.get_finished_spans()) == len(names)
+    provider.shutdown()
+
+
+def test_without_the_otel_extra_the_commands_run_untraced(
+    served: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No opentelemetry: the command runs, and aiotlink.otel is never imported."""
+    import aiotlink
+    from aiotlink import _cli, _instrument
+
+    monkeypatch.delitem(sys.modules, "aiotlink.otel", raising=False)
+    monkeypatch.delitem(sys.modules, "aiotlink.otel._hooks", raising=False)
+    monkeypatch.delattr(aiotlink, "otel", raising=False)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    execution_id = started(served, served.ok)
+    invoked = invoke(["find", execution_id, "--json"], env=served.env, entry=_cli.main)
+    assert invoked.code == 0, invoked.err
+    assert invoked.records()[0]["id"] == execution_id
+    assert _instrument.current is None
+    assert "aiotlink.otel" not in sys.modules

@@ -9,6 +9,7 @@ import asyncio
 import importlib
 import json
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,17 @@ import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 import aiotlink.otel
 from aiotlink import (
+    DownloadedResult,
     NotFoundError,
     TransactionLinkClient,
     WaitTimeoutError,
@@ -604,8 +607,17 @@ async def test_no_token_signature_or_presigned_query_in_any_span_or_metric(
     with pytest.raises(Exception, match="401"):
         await client.workflows.find(execution_id)
     await client.workflows.run(fake.add_definition(statuses=["COMPLETED"]), **FAST)
+    # Polled: its id must be in no metric point either.
+    await client.workflows.wait_for_completion(execution_id, **FAST)
     await fake.webhooks_settled()
     storage_queries = [request.query for request in fake.requests_for("storage") if request.query]
+    # A job's error that quotes a token and a pre-signed query: its text goes nowhere.
+    with pytest.raises(RuntimeError), _instrument.following(execution_id, {}):
+        raise RuntimeError(f"job failed: Bearer {fake.token} GET ?{storage_queries[0]}")
+    follow = telemetry.one("aiotlink.follow")
+    assert (follow.attributes or {})["error.type"] == "RuntimeError"
+    assert follow.status.status_code is StatusCode.ERROR
+    assert follow.events == () or list(follow.events) == []
     secrets = [fake.token, *storage_queries]
     for query in storage_queries:
         secrets += [value for _, _, value in (part.partition("=") for part in query.split("&"))]
@@ -626,8 +638,10 @@ async def test_no_token_signature_or_presigned_query_in_any_span_or_metric(
     )
     leaked = [secret for secret in secrets if secret in exported]
     assert leaked == []
+    metrics = telemetry.metrics()
+    assert any(point.value for point in metrics["aiotlink.polls"])
     assert execution_id not in json.dumps(
-        [dict(point.attributes) for points in telemetry.metrics().values() for point in points]
+        [dict(point.attributes) for points in metrics.values() for point in points]
     )
 
 
@@ -784,3 +798,231 @@ def test_without_the_extra_the_import_names_it(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ImportError, match=r'pip install "aiotlink\[otel\]"') as raised:
         importlib.import_module("aiotlink.otel")
     assert raised.value.__context__ is None
+
+
+# --- tracing that breaks never breaks the client ----------------------------------------------
+
+# What a broken span processor says: the log must not repeat it.
+PROCESSOR_SECRET = "processor-detail-tok_0123456789abcdef"
+
+
+class BrokenProcessor(SpanProcessor):
+    """A user's span processor with a bug: it raises on every span it sees start or end."""
+
+    def __init__(self, when: str) -> None:
+        self.when = when
+        self.raised = 0
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self.when == "start":
+            self.raised += 1
+            raise RuntimeError(PROCESSOR_SECRET)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.when == "end":
+            self.raised += 1
+            raise RuntimeError(PROCESSOR_SECRET)
+
+
+class BrokenInstrument:
+    """A metric instrument that raises: a bug of our own hooks, as far as the client knows."""
+
+    def add(self, amount: float, attributes: Any = None) -> None:
+        raise ValueError(PROCESSOR_SECRET)
+
+    record = add
+
+
+@pytest.mark.parametrize("when", ["start", "end"])
+async def test_a_span_processor_or_hook_that_raises_never_breaks_the_client(
+    when: str,
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls, retries, waits, polls, runs, downloads, nudges, follows: all as if untraced.
+
+    A timed-out wait stops its polls, a later wait on the same execution polls and ends,
+    and errors stay the client's own; the log says tracing failed, by type only.
+    """
+    broken = BrokenProcessor(when)
+    provider = TracerProvider()
+    provider.add_span_processor(broken)
+    aiotlink.otel.instrument(tracer_provider=provider)
+    hooks = _instrument.current
+    for name in ("_retries", "_active_waits", "_polls", "_wait_duration", "_download_bytes"):
+        monkeypatch.setattr(hooks, name, BrokenInstrument())
+    try:
+        slow = fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=0.6)
+        execution_id = (await client.workflows.initialise(slow)).id
+        fake.fail_next("find", 503)  # a retry: its sleep's hook
+        assert (await client.workflows.find(execution_id)).status.value == "RUNNING"
+        with pytest.raises(WaitTimeoutError):
+            await client.workflows.wait_for_completion(execution_id, timeout=0.2, **FAST)
+        finds = len(fake.requests_for("find"))
+        await asyncio.sleep(0.25)
+        assert len(fake.requests_for("find")) == finds  # no poll left running
+        with _instrument.following(execution_id, _instrument.trace_context()):
+            done = await client.workflows.wait_for_completion(execution_id, **FAST)
+        assert done.status.value == "COMPLETED"
+        assert client.workflows.nudge(execution_id) is False
+        with pytest.raises(NotFoundError):
+            await client.workflows.find(str(uuid.uuid4()))
+        with pytest.raises(KeyError, match="the job's own"), _instrument.following("x", {}):
+            raise KeyError("the job's own")
+        run = await client.workflows.run(
+            fake.add_definition(statuses=["COMPLETED"], result=BIG),
+            download_to=tmp_path / "r.json",
+            **FAST,
+        )
+        assert isinstance(run.result, DownloadedResult)
+        assert run.result.size > THRESHOLD
+        chunks = [chunk async for chunk in client.workflows.stream_result(execution_id)]
+        assert b"".join(chunks).startswith(b"{")
+        # A wait in progress when tracing goes off: its span ends then.
+        stuck = (await client.workflows.initialise(fake.add_definition(step_seconds=60))).id
+        finds = len(fake.requests_for("find"))
+        pending = asyncio.create_task(client.workflows.wait_for_completion(stuck, **FAST))
+        await eventually(lambda: len(fake.requests_for("find")) > finds)
+        aiotlink.otel.uninstrument()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    finally:
+        aiotlink.otel.uninstrument()
+    assert broken.raised >= 10
+    failures = [record.getMessage() for record in caplog.records if record.name == "aiotlink.otel"]
+    assert failures
+    assert all(message.startswith("tracing failed in ") for message in failures)
+    assert PROCESSOR_SECRET not in caplog.text
+    assert all(record.exc_info is None for record in caplog.records)
+    hooks_failed = {message.split()[3] for message in failures}
+    # A wait whose span never started has none to end.
+    expected = {"call", "send", "retry", "wait_started", "poll", "nudged", "following", "run"}
+    expected |= {"download", "stream_attempt"}
+    expected |= {"wait_ended", "close"} if when == "end" else set()
+    assert expected <= hooks_failed
+
+
+async def test_waits_of_two_clients_on_one_execution_keep_their_own_polls(
+    telemetry: Telemetry, fake: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """Each client polls for its own waits: a poll goes to its client's wait, and only there."""
+    # Steps by time, not by find: both clients poll for a while.
+    slow = fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=0.4)
+    execution_id = (await client.workflows.initialise(slow)).id
+    telemetry.exporter.clear()
+    tracer = telemetry.provider.get_tracer("test")
+
+    async def wait(made: TransactionLinkClient, name: str) -> None:
+        with tracer.start_as_current_span(name):
+            await made.workflows.wait_for_completion(execution_id, **FAST)
+
+    async with TransactionLinkClient(fake.token, base_url=fake.url) as other:
+        await asyncio.gather(wait(client, "first"), wait(other, "second"))
+    polls = telemetry.named("aiotlink.poll")
+    assert len(polls) == len(fake.requests_for("find"))
+    for name in ("first", "second"):
+        (wait_span,) = telemetry.children(telemetry.one(name))
+        own = telemetry.children(wait_span)
+        assert own
+        assert {span.name for span in own} == {"aiotlink.poll"}
+        assert (wait_span.attributes or {})["aiotlink.wait.polls"] == len(own)
+        assert all(list(span.links) == [] for span in own)
+    assert sum(len(telemetry.children(span)) for span in telemetry.named("aiotlink.wait")) == len(
+        polls
+    )
+
+
+async def test_a_streamed_result_is_one_download_span_with_its_reads(
+    telemetry: Telemetry, fake: FakeTransactionLink, client: TransactionLinkClient
+) -> None:
+    """stream_result: the download span of download_result, with its retries and refreshes."""
+    execution_id = await started(fake, client, result=BIG)
+    fake.fail_next("result", 503)
+    fake.drop_next("storage", after_bytes=100_000)
+    fake.fail_next("storage", 403)
+    telemetry.exporter.clear()
+    with telemetry.caller():
+        chunks = [chunk async for chunk in client.workflows.stream_result(execution_id)]
+    streamed = b"".join(chunks)
+    assert json.loads(streamed) == BIG
+    (download,) = telemetry.children(telemetry.one("caller"))
+    assert download.name == "aiotlink.download"
+    assert download.attributes == {
+        "aiotlink.execution.id": execution_id,
+        "aiotlink.download.bytes": len(streamed),
+        "aiotlink.download.redirected": True,
+        "aiotlink.download.resumes": 2,
+        "aiotlink.download.url_refreshes": 1,
+    }
+    assert [event.name for event in download.events] == [
+        "aiotlink.retry",
+        "aiotlink.retry",
+        "aiotlink.url_refresh",
+    ]
+    shapes = [
+        (*attempt_shape(span), (span.attributes or {}).get("aiotlink.download.resumed"))
+        for span in telemetry.children(download)
+    ]
+    assert shapes == [
+        ("GET /workflows/{id}/result", 503, "503", False),
+        ("GET /workflows/{id}/result", 200, None, False),
+        ("GET", 200, "APIConnectionError", False),
+        ("GET", 403, "403", True),
+        ("aiotlink.get_result", None, None, None),
+        ("GET", 206, None, True),
+    ]
+    retried = [
+        (dict(point.attributes), point.value)
+        for point in telemetry.metrics()["aiotlink.client.retries"]
+    ]
+    api_retry = {"http.request.method": "GET", "url.template": "/workflows/{id}/result"}
+    assert sorted(retried, key=str) == sorted(
+        [
+            ({**api_retry, "error.type": "503"}, 1),
+            ({"http.request.method": "GET", "error.type": "APIConnectionError"}, 1),
+        ],
+        key=str,
+    )
+    (counted,) = telemetry.metrics()["aiotlink.download.bytes"]
+    assert (counted.value, dict(counted.attributes)) == (
+        len(streamed),
+        {"aiotlink.download.redirected": True},
+    )
+
+
+@pytest.mark.parametrize("hook", ["wait_started", "wait_ended"])
+async def test_a_wait_hook_that_raises_leaves_the_poller_whole(
+    hook: str,
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The poller calls its hooks once its state is whole: after a poll starts, a wait leaves.
+
+    Even a hook that breaks its promise not to raise leaves no poll unstarted (a later
+    wait would hang) and none running for a wait that is gone.
+    """
+    slow = fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=0.6)
+    execution_id = (await client.workflows.initialise(slow)).id
+    aiotlink.otel.instrument(tracer_provider=TracerProvider())
+
+    def raising(*arguments: object) -> None:
+        raise RuntimeError("a hook's bug")
+
+    monkeypatch.setattr(_instrument.current, hook, raising)
+    try:
+        with pytest.raises((RuntimeError, WaitTimeoutError)):
+            await client.workflows.wait_for_completion(execution_id, timeout=0.2, **FAST)
+    finally:
+        aiotlink.otel.uninstrument()
+    if hook == "wait_ended":
+        finds = len(fake.requests_for("find"))
+        await asyncio.sleep(0.25)
+        assert len(fake.requests_for("find")) == finds  # its poll stopped with it
+    async with asyncio.timeout(5):
+        done = await client.workflows.wait_for_completion(execution_id, **FAST)
+    assert done.status.value == "COMPLETED"

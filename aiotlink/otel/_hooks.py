@@ -10,19 +10,26 @@ The span tree (README.md, "Traces and metrics")::
     │       └── GET /workflows/{id}
     └── aiotlink.get_result | aiotlink.download   (bytes, redirected, resumes, refreshes)
 
-A poll serves every wait on its execution (_polling.py): its span is a child of the
-oldest wait's span and links to the others' spans; every wait's span counts the poll,
-and each status the poll brings that is new to a wait is an event on that wait's span.
+A poll serves every wait of its poller on its execution (_polling.py): its span is a
+child of the oldest such wait's span and links to the others' spans; every such wait's
+span counts the poll, and each status the poll brings that is new to a wait is an event
+on that wait's span. Waits of other clients on the same execution have polls of their own.
+
+Tracing never breaks the client: an error of a hook, or of a span processor it calls,
+is logged (its type only: the text may hold anything) and the call goes on untraced
+(:meth:`OpenTelemetryHooks._around`, :func:`_quietly`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 import aiohttp
 from opentelemetry import context as otel_context
@@ -32,9 +39,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
+from .._download import Streamed
 from .._errors import APIError, WaitTimeoutError, WorkflowFailedError
 from .._models import DownloadedResult, RunResult, WebhookEvent, WorkflowStatus
-from .._polling import DeadlinePassed, Lookup, Subscription
+from .._polling import DeadlinePassed, Lookup, Poller, Subscription
 from .._transport import Request, Response, send
 
 if TYPE_CHECKING:
@@ -42,7 +50,10 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 T = TypeVar("T")
+P = ParamSpec("P")
+H = TypeVar("H")
 Attributes = dict[str, AttributeValue]
+logger = logging.getLogger("aiotlink.otel")
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 # The semantic conventions' advice for http.client.request.duration, in seconds.
@@ -98,10 +109,13 @@ class _Download:
 class _Wait:
     """A wait or watch in progress: its span and what it has seen."""
 
-    __slots__ = ("execution_id", "polls", "span", "started", "status")
+    __slots__ = ("execution_id", "poller", "polls", "span", "started", "status")
 
-    def __init__(self, span: Span, execution_id: str, status: WorkflowStatus | None) -> None:
+    def __init__(
+        self, span: Span, poller: object, execution_id: str, status: WorkflowStatus | None
+    ) -> None:
         self.span = span
+        self.poller = poller
         self.execution_id = execution_id
         self.started = time.perf_counter()
         self.polls = 0
@@ -179,6 +193,58 @@ def status_outcome(status: WorkflowStatus) -> str:
     return "completed" if status is WorkflowStatus.COMPLETED else "failed"
 
 
+# The hooks that failed since instrument(): a processor that always fails warns once each.
+_FAILED: set[str] = set()
+
+
+def _broken(where: str, error: Exception) -> None:
+    """Tracing failed in ``where``: said by type only, never its text.
+
+    The text of a span processor's error may quote anything, and its traceback the
+    values of its frames: neither goes to the log. A warning the first time per hook,
+    debug after: a broken processor fails on every span.
+    """
+    level = logging.DEBUG if where in _FAILED else logging.WARNING
+    _FAILED.add(where)
+    logger.log(level, "tracing failed in %s (%s); the client goes on", where, type(error).__name__)
+
+
+def _quietly(method: Callable[Concatenate[H, P], None]) -> Callable[Concatenate[H, P], None]:
+    """A hook that returns nothing, whose errors are logged instead of reaching the client."""
+
+    @functools.wraps(method)
+    def run(self: H, /, *arguments: P.args, **keywords: P.kwargs) -> None:
+        try:
+            method(self, *arguments, **keywords)
+        except Exception as error:
+            _broken(method.__name__, error)
+
+    return run
+
+
+class _Tracked(Generic[T]):
+    """The client's own work, awaited inside the instrumentation: how far it got, and how."""
+
+    __slots__ = ("done", "error", "result", "started", "work")
+
+    def __init__(self, work: Awaitable[T]) -> None:
+        self.work = work
+        self.started = False
+        self.done = False
+        self.error: BaseException | None = None
+        self.result: T | None = None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        self.started = True
+        try:
+            result = yield from self.work.__await__()
+        except BaseException as error:
+            self.error, self.done = error, True
+            raise
+        self.result, self.done = result, True
+        return result
+
+
 class OpenTelemetryHooks:
     """The hooks of :mod:`aiotlink._instrument`, with spans and metrics of one provider each."""
 
@@ -187,6 +253,7 @@ class OpenTelemetryHooks:
     ) -> None:
         from .. import __version__
 
+        _FAILED.clear()
         self._tracer = trace.get_tracer(
             "aiotlink", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
         )
@@ -223,11 +290,38 @@ class OpenTelemetryHooks:
             description="Webhook deliveries verified, by outcome.",
         )
         self._waits: dict[Subscription, _Wait] = {}
-        self._waits_of: dict[str, list[_Wait]] = {}
+        # By execution, then by poller: a poll serves only the waits of its own poller.
+        self._waits_of: dict[str, dict[object, list[_Wait]]] = {}
+
+    async def _around(
+        self, where: str, work: Awaitable[T], instrumenting: Callable[[Awaitable[T]], Awaitable[T]]
+    ) -> T:
+        """Await ``work`` through ``instrumenting``; should that fail, the client does not.
+
+        ``work`` is awaited once all the same: untraced if the instrumentation failed
+        before it started, and its own result or error stands if it failed after.
+        """
+        tracked = _Tracked(work)
+        try:
+            return await instrumenting(tracked)
+        except Exception as error:
+            if tracked.error is error:
+                raise
+            _broken(where, error)
+        # Out of the handler, so that the instrumentation's error rides on nothing.
+        if not tracked.started:
+            return await work
+        if tracked.error is not None:
+            raise tracked.error
+        # Started means ended: the instrumentation awaits the work itself, inline.
+        return cast(T, tracked.result)
 
     # API calls and their attempts
 
     async def call(self, request: Request, calling: Awaitable[Response]) -> Response:
+        return await self._around("call", calling, lambda work: self._call(request, work))
+
+    async def _call(self, request: Request, calling: Awaitable[Response]) -> Response:
         poll = _POLL.get()
         attributes: Attributes = {"http.request.method": request.method}
         if request.route != "storage":
@@ -258,9 +352,18 @@ class OpenTelemetryHooks:
     async def send(
         self, session: aiohttp.ClientSession, request: Request, attempt_number: int
     ) -> Response:
+        return await self._around(
+            "send",
+            send(session, request, attempt_number),
+            lambda work: self._send(work, request, attempt_number),
+        )
+
+    async def _send(
+        self, sending: Awaitable[Response], request: Request, attempt_number: int
+    ) -> Response:
         answer = [0]
         return await self._attempt(
-            send(session, request, attempt_number),
+            sending,
             answer,
             method=request.method,
             display_url=request.display_url,
@@ -278,26 +381,31 @@ class OpenTelemetryHooks:
         attempt_number: int,
         resumed: bool,
     ) -> T:
-        call, download = _CALL.get(), _DOWNLOAD.get()
-        if call is not None:
-            call.route = route
-        if resumed and download is not None:
-            download.resumes += 1
-        answer = [0]
-        token = _ANSWER.set(answer)
-        try:
-            return await self._attempt(
-                streaming,
-                answer,
-                method="GET",
-                display_url=url,
-                route=route,
-                attempt_number=attempt_number,
-                resumed=resumed,
-            )
-        finally:
-            _ANSWER.reset(token)
+        # storage: the route tells it (_attempt).
+        async def traced(work: Awaitable[T]) -> T:
+            call, download = _CALL.get(), _DOWNLOAD.get()
+            if call is not None:
+                call.route = route
+            if resumed and download is not None:
+                download.resumes += 1
+            answer = [0]
+            token = _ANSWER.set(answer)
+            try:
+                return await self._attempt(
+                    work,
+                    answer,
+                    method="GET",
+                    display_url=url,
+                    route=route,
+                    attempt_number=attempt_number,
+                    resumed=resumed,
+                )
+            finally:
+                _ANSWER.reset(token)
 
+        return await self._around("stream_attempt", streaming, traced)
+
+    @_quietly
     def responded(self, status: int) -> None:
         answer = _ANSWER.get()
         if answer is not None:
@@ -357,6 +465,7 @@ class OpenTelemetryHooks:
             finally:
                 self._request_duration.record(time.perf_counter() - started, measured)
 
+    @_quietly
     def retry(self, delay: float, failed_attempt: int, error: BaseException | None) -> None:
         attributes: Attributes = {
             "aiotlink.retry.delay": delay,
@@ -377,6 +486,7 @@ class OpenTelemetryHooks:
 
     # Waits, watches and their shared polls
 
+    @_quietly
     def wait_started(self, subscription: Subscription, last_status: WorkflowStatus | None) -> None:
         execution_id = subscription.execution_id
         span = self._tracer.start_span(
@@ -386,11 +496,12 @@ class OpenTelemetryHooks:
                 "aiotlink.wait.every_change": subscription.every_change,
             },
         )
-        wait = _Wait(span, execution_id, last_status)
+        wait = _Wait(span, subscription.poller, execution_id, last_status)
         self._waits[subscription] = wait
-        self._waits_of.setdefault(execution_id, []).append(wait)
+        self._waits_of.setdefault(execution_id, {}).setdefault(wait.poller, []).append(wait)
         self._active_waits.add(1)
 
+    @_quietly
     def wait_ended(self, subscription: Subscription, error: BaseException | None) -> None:
         wait = self._forget(subscription)
         if wait is None:
@@ -412,21 +523,32 @@ class OpenTelemetryHooks:
         span.set_attribute(OUTCOME, outcome)
         if outcome in ("failed", "timeout"):
             span.set_status(Status(StatusCode.ERROR, outcome))
-        span.end()
         self._active_waits.add(-1)
         self._wait_duration.record(time.perf_counter() - wait.started, {OUTCOME: outcome})
+        span.end()  # last: a span processor's error here leaves the counts right
 
     def _forget(self, subscription: Subscription) -> _Wait | None:
         wait = self._waits.pop(subscription, None)
         if wait is not None:
-            waits = self._waits_of[wait.execution_id]
+            pollers = self._waits_of[wait.execution_id]
+            waits = pollers[wait.poller]
             waits.remove(wait)
             if not waits:
-                del self._waits_of[wait.execution_id]
+                del pollers[wait.poller]
+                if not pollers:
+                    del self._waits_of[wait.execution_id]
         return wait
 
-    async def poll(self, execution_id: str, fetching: Awaitable[Lookup]) -> Lookup:
-        waits = self._waits_of.get(execution_id, [])
+    def _waits_on(self, poller: object, execution_id: str) -> list[_Wait]:
+        return self._waits_of.get(execution_id, {}).get(poller, [])
+
+    async def poll(self, poller: Poller, execution_id: str, fetching: Awaitable[Lookup]) -> Lookup:
+        return await self._around(
+            "poll", fetching, lambda work: self._poll(poller, execution_id, work)
+        )
+
+    async def _poll(self, poller: Poller, execution_id: str, fetching: Awaitable[Lookup]) -> Lookup:
+        waits = self._waits_on(poller, execution_id)
         # A poll task runs in a context of its own (Poller._start): without a wait to
         # belong to, its span starts a trace.
         parent = trace.set_span_in_context(waits[0].span) if waits else otel_context.Context()
@@ -437,7 +559,7 @@ class OpenTelemetryHooks:
             lookup = await fetching
         except Exception as error:
             self._polls.add(1, {"error.type": error_type(error)})
-            for wait in self._waits_of.get(execution_id, []):
+            for wait in self._waits_on(poller, execution_id):
                 wait.polls += 1
             raise
         finally:
@@ -445,7 +567,7 @@ class OpenTelemetryHooks:
             otel_context.detach(attached)
         self._polls.add(1)
         status = lookup.execution.status
-        for wait in self._waits_of.get(execution_id, []):
+        for wait in self._waits_on(poller, execution_id):
             wait.polls += 1
             wait.saw(status)
         return lookup
@@ -454,10 +576,14 @@ class OpenTelemetryHooks:
         """End the spans of waits in progress: once off, their end is not seen."""
         for subscription in list(self._waits):
             wait = self._forget(subscription)
-            assert wait is not None
-            wait.span.set_attribute("aiotlink.wait.polls", wait.polls)
-            wait.span.end()
-            self._active_waits.add(-1)
+            if wait is None:  # pragma: no cover - one loop's waits: none ends in between
+                continue
+            try:  # each wait on its own: one that fails leaves the others to end
+                self._active_waits.add(-1)
+                wait.span.set_attribute("aiotlink.wait.polls", wait.polls)
+                wait.span.end()
+            except Exception as error:
+                _broken("close", error)
 
     # Runs, downloads and webhook verifications
 
@@ -465,6 +591,17 @@ class OpenTelemetryHooks:
         self,
         kind: str,
         running: Coroutine[Any, Any, T],
+        arguments: tuple[Any, ...],
+        keywords: Mapping[str, Any],
+    ) -> T:
+        return await self._around(
+            kind, running, lambda work: self._operation(kind, work, arguments, keywords)
+        )
+
+    async def _operation(
+        self,
+        kind: str,
+        running: Awaitable[T],
         arguments: tuple[Any, ...],
         keywords: Mapping[str, Any],
     ) -> T:
@@ -512,7 +649,7 @@ class OpenTelemetryHooks:
             span.set_attribute(EXECUTION_ID, str(result.execution.id))
             span.set_attribute(STATUS, result.execution.status.value)
             span.set_attribute(OUTCOME, status_outcome(result.execution.status))
-        elif isinstance(result, DownloadedResult):
+        elif isinstance(result, DownloadedResult | Streamed):
             span.set_attributes(
                 {
                     "aiotlink.download.bytes": result.size,
@@ -550,40 +687,60 @@ class OpenTelemetryHooks:
         span.set_attribute("aiotlink.webhook.key", key)
         self._verifications.add(1, {OUTCOME: outcome, "aiotlink.webhook.key": key})
 
+    @_quietly
     def url_refreshed(self) -> None:
         download = _DOWNLOAD.get()
         if download is not None:
             download.refreshes += 1
         trace.get_current_span().add_event("aiotlink.url_refresh")
 
+    @_quietly
     def webhook_key(self, *, cached: bool) -> None:
         key = _KEY.get()
         if key is not None:
             key[0] = "cached" if cached else "fetched"
 
+    @_quietly
     def nudged(self, execution_id: str, status: WorkflowStatus | None, woke: bool) -> None:
         attributes: Attributes = {EXECUTION_ID: execution_id, "aiotlink.nudge.woke": woke}
         if status is not None:
             attributes[STATUS] = status.value
-        # A copy: a nudge may come from another thread while the loop's waits change.
-        waits = list(self._waits_of.get(execution_id, ()))
-        links = [Link(wait.span.get_span_context()) for wait in waits]
+        # Copies: a nudge may come from another thread while the loop's waits change.
+        pollers = list(self._waits_of.get(execution_id, {}).values())
+        links = [Link(wait.span.get_span_context()) for waits in pollers for wait in list(waits)]
         self._tracer.start_span("aiotlink.nudge", links=links, attributes=attributes).end()
 
     # Durable following: a job's span linked to the trace that asked for it
 
     def inject(self) -> dict[str, str]:
         carrier: dict[str, str] = {}
-        TraceContextTextMapPropagator().inject(carrier)
+        TraceContextTextMapPropagator().inject(carrier)  # reads the context; no processor
         return carrier
 
     @contextlib.contextmanager
     def following(self, execution_id: str, carrier: Mapping[str, str]) -> Iterator[None]:
-        origin = trace.get_current_span(
-            TraceContextTextMapPropagator().extract(dict(carrier))
-        ).get_span_context()
-        links = [Link(origin)] if origin.is_valid else []
-        with self._tracer.start_as_current_span(
-            "aiotlink.follow", links=links, attributes={EXECUTION_ID: execution_id}
-        ):
+        """The job's span: ended by its error's type only, never its text, as every span."""
+        try:
+            origin = trace.get_current_span(
+                TraceContextTextMapPropagator().extract(dict(carrier))
+            ).get_span_context()
+            links = [Link(origin)] if origin.is_valid else []
+            span = self._tracer.start_span(
+                "aiotlink.follow", links=links, attributes={EXECUTION_ID: execution_id}
+            )
+            attached = otel_context.attach(trace.set_span_in_context(span))
+        except Exception as error:
+            _broken("following", error)
             yield
+            return
+        try:
+            yield
+        except BaseException as error:
+            failed(span, error)
+            raise
+        finally:
+            otel_context.detach(attached)
+            try:
+                span.end()
+            except Exception as error:
+                _broken("following", error)
