@@ -31,6 +31,7 @@ from aiotlink.arq._state import STATE_GRACE_SECONDS, follow_key, generation_key
 from aiotlink.testing import FakeTransactionLink, RecordedRequest, RedisServer
 
 from .arq_helpers import Handled, eventually, pool, running_worker
+from .test_otel import Telemetry, instrumented
 
 
 @pytest.fixture(scope="module")
@@ -720,3 +721,44 @@ async def test_cli_replay_all_and_unknown_entries(
     assert await asyncio.to_thread(main, ["replay", "--redis", redis_server.url, "--all"]) == 0
     assert await asyncio.to_thread(main, ["list", "--redis", redis_server.url]) == 0
     assert "no dead letters" in capsys.readouterr().out
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    """The client instrumented, spans and metrics in memory (tests/test_otel.py)."""
+    yield from instrumented()
+
+
+async def test_each_poll_links_to_the_trace_that_started_the_follow(
+    redis: ArqRedis, fake: FakeTransactionLink, telemetry: Telemetry
+) -> None:
+    """follow() inside a traced request: every poll job's span links to that request."""
+    definition = fake.add_definition(statuses=["INITIALISED", "RUNNING", "COMPLETED"])
+    execution_id = await start(fake, definition)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        with telemetry.caller():
+            assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        await handled.wait_for(1)
+    caller = telemetry.one("caller")
+    assert caller.context is not None
+    polls = telemetry.named("aiotlink.follow")
+    assert len(polls) == len(finds(fake, execution_id)) == 2
+    for span in polls:
+        (link,) = span.links
+        assert (link.context.trace_id, link.context.span_id) == (
+            caller.context.trace_id,
+            caller.context.span_id,
+        )
+        assert (span.attributes or {})["aiotlink.execution.id"] == execution_id
+        assert [child.name for child in telemetry.children(span)] == ["aiotlink.find"]
+
+
+async def test_a_follow_started_untraced_keeps_no_trace_context(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """Without tracing, nothing of a trace is stored with the follow."""
+    definition = fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
+    execution_id = await start(fake, definition)
+    assert await follow(redis, execution_id, on_terminal="later", poll_interval=30)
+    assert (await redis.hgetall(follow_key(execution_id)))[b"trace"] == b""

@@ -94,6 +94,11 @@ class Telemetry:
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
     """The client instrumented with an in-memory exporter and reader; off again after."""
+    yield from instrumented()
+
+
+def instrumented() -> Iterator[Telemetry]:
+    """The telemetry fixture's body, for other test modules' fixtures."""
     exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

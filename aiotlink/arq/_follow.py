@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from .._arguments import check_execution_id, check_seconds, check_text, shown
+from .._instrument import trace_context
 from .._models import WorkflowStatus
 from .._workflows import poll_schedule
 from ._state import (
@@ -92,6 +94,8 @@ async def follow(
             "" if seconds is None else repr(seconds),
             STATE_GRACE_SECONDS,
             GENERATION_TTL_SECONDS,
+            # The trace that asked (when traced): every poll's span links to it.
+            json.dumps(carrier) if (carrier := trace_context()) else "",
         ],
     )
     started = int(generation) != 0

@@ -70,7 +70,8 @@ end
 
 # KEYS: follow hash, generation counter. ARGV: execution id, now, poll job, queue,
 # handler, download dir, poll_interval, max_poll_interval, factor, deadline ('' none),
-# timeout ('' none), grace seconds, generation ttl. Returns the generation, or 0 when
+# timeout ('' none), grace seconds, generation ttl, the follower's trace context (JSON,
+# '' without tracing). Returns the generation, or 0 when
 # the execution is followed already (nothing changes).
 FOLLOW = (
     _ENQUEUE
@@ -83,7 +84,8 @@ local now = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'gen', generation, 'seq', 0, 'job', job, 'queue', ARGV[4],
   'handler', ARGV[5], 'download', ARGV[6], 'pi', ARGV[7], 'mpi', ARGV[8], 'factor', ARGV[9],
   'deadline', ARGV[10], 'timeout', ARGV[11], 'interval', ARGV[7], 'due', ARGV[2],
-  'nudge_at', 0, 'started', 0, 'running', 0, 'nudged', 0, 'status', '', 'polls', 0)
+  'nudge_at', 0, 'started', 0, 'running', 0, 'nudged', 0, 'status', '', 'polls', 0,
+  'trace', ARGV[14])
 enqueue(job, ARGV[3], ARGV[4], now * 1000, tonumber(ARGV[12]) * 1000)
 redis.call('EXPIRE', KEYS[1], ARGV[12])
 return generation
@@ -102,6 +104,7 @@ BEGIN_FIELDS = (
     "deadline",
     "timeout",
     "status",
+    "trace",
 )
 # KEYS: follow hash. ARGV: this poll's job id, now. Marks the lookup in flight and
 # returns BEGIN_FIELDS (and the last body seen, once the deadline has passed), or nil

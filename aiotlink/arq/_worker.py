@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import random
 import time
@@ -25,6 +26,7 @@ from .. import TransactionLinkClient
 from .._arguments import check_count, check_seconds, shown
 from .._converter import decode_execution
 from .._errors import APIError, TransactionLinkError
+from .._instrument import following
 from .._models import WorkflowExecution
 from .._polling import PollSchedule, interval_after, is_transient, next_poll, nudge_floor
 from .._transport import parse_json
@@ -242,6 +244,7 @@ class _Follow:
         self.deadline = seconds(values["deadline"])
         self.timeout = seconds(values["timeout"])
         self.status = values["status"]
+        self.trace = _carrier(values["trace"])
         self.last_body = text(row[len(BEGIN_FIELDS)]) if len(row) > len(BEGIN_FIELDS) else ""
 
 
@@ -256,6 +259,26 @@ async def poll(ctx: dict[str, Any], execution_id: str) -> None:
     if row is None:
         return  # stale: the follow ended, or another run of this poll got there first
     follow = _Follow(row)
+    # A span for the poll (tracing on), linked to the trace that started the follow.
+    with following(execution_id, follow.trace):
+        await _poll_followed(ctx, state, execution_id, follow, started)
+
+
+def _carrier(stored: str) -> dict[str, str] | None:
+    """The trace context kept with a follow, or ``None`` ('' or unreadable: no link)."""
+    try:
+        carrier = json.loads(stored) if stored else None
+    except ValueError:
+        return None
+    if not isinstance(carrier, dict):
+        return None
+    return {str(key): str(value) for key, value in carrier.items()}
+
+
+async def _poll_followed(
+    ctx: dict[str, Any], state: _WorkerState, execution_id: str, follow: _Follow, started: float
+) -> None:
+    """The lookup of a poll that is the follow's, and what follows from its answer."""
     if follow.deadline is not None and started >= follow.deadline:
         last = follow.last_body or None
         await _end(ctx, execution_id, follow, OutcomeKind.TIMEOUT, body=last)
@@ -407,8 +430,6 @@ def _outcome(payload: dict[str, Any]) -> Outcome:
 
 async def deliver(ctx: dict[str, Any], encoded: str) -> None:
     """Run a follow's ``on_terminal`` with its outcome (the job ``aiotlink_deliver``)."""
-    import json
-
     state = _state(ctx)
     payload: dict[str, Any] = json.loads(encoded)
     outcome = _outcome(payload)
