@@ -173,7 +173,7 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(
             [AIOTLINK, "run", server["stuck"], "--poll-interval", "0.05", *option],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, **env},
+            env={**os.environ, **env, "PYTHONFAULTHANDLER": "1"},
         )
         assert process.stdout is not None
         assert process.stderr is not None
@@ -185,7 +185,15 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(
                 seen = read_until(process.stdout.fileno(), lambda data: b"AWAITING" in data, 30)
                 key = found(r"started (\S+)", seen.decode())
             process.send_signal(signal.SIGINT)
-            code = process.wait(timeout=30)
+            try:
+                code = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                # Stuck: faulthandler (PYTHONFAULTHANDLER) dumps every thread's stack on
+                # SIGABRT, so that the failure says where.
+                process.send_signal(signal.SIGABRT)
+                process.wait(timeout=10)
+                stacks = process.stderr.read().decode(errors="replace")
+                raise AssertionError(f"no exit within 30 s of SIGINT:\n{stacks[-6000:]}") from None
             out = process.stdout.read().decode()
             err = process.stderr.read().decode()
         finally:
