@@ -410,6 +410,13 @@ poll_interval_option = click.option(
 )
 
 
+def destination_of(option: str, path: str) -> str:
+    """A file to stream a result to; ``-`` is refused (it would be a file named "-")."""
+    if path == "-":
+        raise UsageProblem(f"{option} - is not stdout: print the result without {option}")
+    return str(check_destination(path))
+
+
 def parse_duration(text: str) -> timedelta:
     """``45m``, ``2h``, ``7d`` or seconds as a timedelta; ``UsageProblem`` otherwise."""
     match = _DURATION.fullmatch(text.strip())
@@ -628,7 +635,7 @@ def run(
         if expires_in is not None:
             expires_at = check_expires_at(parse_duration(expires_in), now=datetime.now(UTC))
         uuid = None if record_id is None else check_uuid("--record-id", record_id)
-        destination = None if download is None else str(check_destination(download))
+        destination = None if download is None else destination_of("--download", download)
     except ValueError as error:
         raise UsageProblem(str(error)) from None
 
@@ -935,7 +942,7 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
     """Print a completed execution's result (up to 1 MiB), or stream it to a file."""
     try:
         check_uuid("ID", execution_id)
-        destination = None if out is None else str(check_destination(out))
+        destination = None if out is None else destination_of("--out", out)
     except ValueError as error:
         raise UsageProblem(str(error)) from None
 

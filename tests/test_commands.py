@@ -261,6 +261,12 @@ def _list(tmp_path: Path) -> list[str]:
     return ["run", "kyc", "--params-file", str(path)]
 
 
+def _link_to_null(tmp_path: Path) -> list[str]:
+    link = tmp_path / "stdout"
+    link.symlink_to("/dev/null")  # as /dev/stdout is a link to a terminal or a pipe
+    return ["result", MISSING, "--out", str(link)]
+
+
 BAD_INPUT: dict[str, Any] = {
     "empty definition": ["run", ""],
     "empty locale": ["run", "kyc", "--locale", ""],
@@ -279,6 +285,9 @@ BAD_INPUT: dict[str, Any] = {
     "wait no id": ["wait"],
     "result not a uuid": ["result", "kyc"],
     "result out to a folder": ["result", MISSING, "--out", "/tmp"],
+    "result out dash": ["result", MISSING, "--out", "-"],
+    "run download dash": ["run", "kyc", "--download", "-"],
+    "result out a link to a device": _link_to_null,
     "unknown option": ["find", MISSING, "--colour"],
     "nan params": _nan,
     "deep params": _deep,
