@@ -20,7 +20,7 @@ BASE_URL_ENV_VAR = "TRANSACTIONLINK_BASE_URL"
 # The provider's bounds for expiresAt (its API reference, initialise-workflow).
 MIN_EXPIRY = timedelta(minutes=30)
 MAX_EXPIRY = timedelta(days=30)
-_UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def shown(value: object) -> str:
@@ -92,7 +92,7 @@ def check_execution_id(value: object) -> str:
     """
     if isinstance(value, UUID):
         return str(value)
-    if isinstance(value, str) and _UUID_PATTERN.fullmatch(value):
+    if isinstance(value, str) and UUID_PATTERN.fullmatch(value):
         return value.lower()  # the usual form, without building a UUID (polls ask often)
     return str(check_uuid("execution_id", value))
 
@@ -193,9 +193,7 @@ def check_destination(path: str | os.PathLike[str]) -> Path:
         linked = ""
     if mode is not None and not stat.S_ISREG(mode):
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise ValueError(
-            f"path is {linked}{kind}, which a result must not replace: {destination}"
-        )
+        raise ValueError(f"path is {linked}{kind}, which a result must not replace: {destination}")
     if not destination.parent.is_dir():
         raise ValueError(f"path's folder does not exist: {destination.parent}")
     return destination

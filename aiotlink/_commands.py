@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import traceback
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -77,7 +78,8 @@ Exit codes:
        (webhooks verify: the delivery does not verify)
   2    usage error: a bad option, file or id, or no token (nothing was sent)
   3    the wait's --timeout passed first (the executions go on)
-  4    API error: not found, refused, unreachable, or a result too large to print
+  4    API error: not found, refused, unreachable, a malformed answer, or a result
+       too large to print; also any unexpected error (-vv shows its traceback)
   130  interrupted (Ctrl-C)
   141  stdout was closed (e.g. piped into head)
 With several ids the highest code of 4, 3, 1 wins."""
@@ -133,14 +135,27 @@ def clean_lines(text: str) -> str:
 
 
 def _finite(value: Any) -> Any:
-    """``value`` with every NaN and infinity replaced by ``None`` (JSON's null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+    """``value`` with every NaN and infinity replaced by ``None`` (JSON's null).
+
+    Iterative: a result nests as deep as the client's parser allows (about a thousand
+    levels), deeper than recursion here could go.
+    """
+    top: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, top, 0)]
+    while stack:
+        item, into, key = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            item = None
+        elif isinstance(item, dict):
+            copy = dict.fromkeys(item)  # the keys in their order; values filled below
+            stack.extend((child, copy, name) for name, child in item.items())
+            item = copy
+        elif isinstance(item, list | tuple):
+            copy_list: list[Any] = [None] * len(item)
+            stack.extend((child, copy_list, index) for index, child in enumerate(item))
+            item = copy_list
+        into[key] = item
+    return top[0]
 
 
 def dump_json(value: Any, *, indent: int | None = None) -> str:
@@ -1148,4 +1163,33 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (BrokenPipeError, StdoutClosed):
         return _quiet_broken_pipe()
+    except Exception as error:
+        return _unexpected(error, arguments)
     return code if isinstance(code, int) else EXIT_OK
+
+
+def _verbosity(arguments: Sequence[str]) -> int:
+    """How many -v the command line has (before any ``--``)."""
+    count = 0
+    for argument in arguments:
+        if argument == "--":
+            break
+        if argument == "--verbose":
+            count += 1
+        elif re.fullmatch(r"-v+", argument):
+            count += len(argument) - 1
+    return count
+
+
+def _unexpected(error: Exception, arguments: Sequence[str]) -> int:
+    """An error no command handled: one line (-vv: the traceback too), never a bare traceback.
+
+    A library error keeps its documented code (3 for a timeout, else 4); anything else
+    (a bug, an error the OS gives) is exit code 4 as well.
+    """
+    if _verbosity(arguments) >= 2:
+        traceback.print_exception(error, file=sys.stderr)
+    what = "error" if isinstance(error, TransactionLinkError) else "unexpected error"
+    message = clean(error, 1000)
+    click.echo(f"aiotlink: {what}: {type(error).__name__}: {message}", err=True)
+    return exit_code_of(error)

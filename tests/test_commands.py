@@ -20,6 +20,7 @@ from aiotlink.testing import FakeTransactionLink, GeneratedResult
 from .cli_helpers import LoopThread, hostile_app, invoke, strict_json
 
 MISSING = "00000000-0000-4000-8000-000000000000"
+DEEP = "22222222-2222-4222-8222-222222222222"
 
 
 @attrs.frozen
@@ -509,9 +510,7 @@ def hostile() -> Iterator[dict[str, str | None]]:
     key = "7d0c1a3e-5b2f-4c8e-9a61-3f2b8d4e6a10"
 
     def evil_execution() -> web.Response:
-        body = _execution(
-            key.upper() + "\x1b[2J", status="COMPLETED" + EVIL, link="https://x/" + EVIL
-        )
+        body = _execution(key.upper(), status="COMPLETED" + EVIL, link="https://x/" + EVIL)
         return web.json_response(body)
 
     def upper_case_execution() -> web.Response:
@@ -526,7 +525,15 @@ def hostile() -> Iterator[dict[str, str | None]]:
             body=b'{"score": NaN, "big": -Infinity}', content_type="application/json"
         )
 
+    def path_as_id() -> web.Response:
+        return web.json_response(_execution("../../x"), status=201)
+
+    def deep_nan_result() -> web.Response:
+        return web.Response(body=b"[" * 600 + b"NaN" + b"]" * 600, content_type="application/json")
+
     routes = {
+        ("POST", "/workflows"): path_as_id,
+        ("GET", f"/workflows/{DEEP}/result"): deep_nan_result,
         ("GET", f"/workflows/{key}"): upper_case_execution,
         ("GET", f"/workflows/{MISSING}"): evil_error,
         ("GET", "/workflows/11111111-1111-4111-8111-111111111111"): evil_execution,
@@ -563,6 +570,53 @@ def test_wait_keys_by_the_id_asked_when_the_server_answers_in_upper_case(
     assert [record["id"] for record in invoked.records()] == [key]
     human = invoke(["wait", key, "--poll-interval", "0.01"], env=env)
     assert f"{key}  COMPLETED" in human.out.splitlines()
+
+
+def test_an_execution_id_that_is_no_uuid_is_an_api_error_not_a_traceback(
+    hostile: dict[str, str | None],
+) -> None:
+    """initialise answers with id "../../x": ResponseValidationError, exit 4, one line."""
+    env = {name: value for name, value in hostile.items() if name != "key"}
+    for extra in ([], ["--json"]):
+        invoked = invoke(["run", "kyc", "--poll-interval", "0.01", *extra], env=env)
+        assert invoked.code == 4, invoked
+        assert "Traceback" not in invoked.err
+        assert "ResponseValidationError" in invoked.err + invoked.out
+        assert "UUID" in invoked.err + invoked.out
+
+
+def test_an_unexpected_error_is_one_line_and_exit_4(
+    served: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a command: one line on stderr, exit 4; -vv adds the traceback."""
+    import aiotlink._commands
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    key = started(served, served.interactive)
+    monkeypatch.setattr(aiotlink._commands, "show_execution", broken)
+    quiet = invoke(["find", key], env=served.env)
+    assert (quiet.code, quiet.err) == (4, "aiotlink: unexpected error: RuntimeError: boom\n")
+    loud = invoke(["find", key, "-vv"], env=served.env)
+    assert loud.code == 4
+    assert "Traceback" in loud.err
+    assert loud.err.endswith("aiotlink: unexpected error: RuntimeError: boom\n")
+
+
+def test_a_deeply_nested_result_with_nan_prints(hostile: dict[str, str | None]) -> None:
+    """600 levels and a NaN: the client reads it, so the command prints it (NaN as null)."""
+    env = {name: value for name, value in hostile.items() if name != "key"}
+    expected: Any = None
+    for _ in range(600):
+        expected = [expected]
+    as_json = invoke(["result", DEEP, "--json"], env=env)
+    assert as_json.code == 0, as_json.err[-500:]
+    nested = "[" * 600 + "null" + "]" * 600
+    assert as_json.out == '{"id": "' + DEEP + '", "result": ' + nested + "}\n"
+    human = invoke(["result", DEEP], env=env)
+    assert human.code == 0, human.err[-500:]
+    assert re.sub(r"\s", "", human.out) == nested
 
 
 def test_json_output_is_strict_even_for_a_nan_result(hostile: dict[str, str | None]) -> None:
