@@ -425,6 +425,19 @@ poll_interval_option = click.option(
 )
 
 
+def text_argument(name: str, value: str) -> str:
+    """``value`` if it is text; ``UsageProblem`` for bytes that are not UTF-8.
+
+    Python hands such bytes of the command line over as lone surrogates (PEP 383):
+    they cannot be sent as JSON text, nor shown.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageProblem(f"{name} is not UTF-8 text: {clean(value, 40)!r}") from None
+    return value
+
+
 def destination_of(option: str, path: str) -> str:
     """A file to stream a result to; ``-`` is refused (it would be a file named "-")."""
     if path == "-":
@@ -460,7 +473,7 @@ def read_params(params_file: IO[bytes] | None, params: Sequence[str]) -> dict[st
             raise UsageProblem(f"{name} must hold a JSON object")
         parameters.update(document)
     for param in params:
-        key, equals, value = param.partition("=")
+        key, equals, value = text_argument("--param", param).partition("=")
         if not equals or not key:
             raise UsageProblem(f"--param must be KEY=VALUE, got {clean(param, 40)!r}")
         parameters[key] = value
@@ -642,6 +655,8 @@ def run(
     --download PATH, or fetch it later with aiotlink result ID --out PATH.
     """
     settings = settings_of(options)
+    text_argument("DEFINITION_ID", definition_id)
+    text_argument("--locale", locale)
     parameters = read_params(params_file, params)
     try:
         check_text("definition_id", definition_id)
@@ -828,15 +843,19 @@ class WaitTable:
         return f"{len(self.rows)} executions: " + ", ".join(parts)
 
 
-def _read_ids_file(ids_file: IO[str]) -> list[str]:
+def _read_ids_file(ids_file: IO[bytes]) -> list[str]:
     data = ids_file.read(MAX_IDS_FILE_BYTES + 1)
     if len(data) > MAX_IDS_FILE_BYTES:
         raise UsageProblem(f"--from-file is over {MAX_IDS_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageProblem(f"--from-file is not UTF-8 text (byte {error.start})") from None
     keys = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        text = line.strip()
-        if text and not text.startswith("#"):
-            keys.extend(_execution_ids([text], where=f"--from-file line {number}: "))
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            keys.extend(_execution_ids([entry], where=f"--from-file line {number}: "))
     return keys
 
 
@@ -851,7 +870,7 @@ def _read_ids_file(ids_file: IO[str]) -> list[str]:
 @click.option(
     "--from-file",
     "ids_file",
-    type=click.File("r"),
+    type=click.File("rb"),
     help="Also the ids in FILE, one a line ('-': stdin; # starts a comment).",
 )
 @timeout_option
@@ -859,7 +878,7 @@ def _read_ids_file(ids_file: IO[str]) -> list[str]:
 @common_options
 def wait(
     ids: tuple[str, ...],
-    ids_file: IO[str] | None,
+    ids_file: IO[bytes] | None,
     timeout: float | None,
     poll_interval: float,
     **options: Any,

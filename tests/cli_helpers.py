@@ -74,7 +74,9 @@ def strict_json(text: str) -> Any:
 
 
 def invoke(
-    arguments: Sequence[str], env: Mapping[str, str | None] | None = None, stdin: str | None = None
+    arguments: Sequence[str],
+    env: Mapping[str, str | None] | None = None,
+    stdin: str | bytes | None = None,
 ) -> Invoked:
     """Run the command line in this process, with click's runner isolating its streams."""
     runner = CliRunner()

@@ -268,6 +268,12 @@ def _link_to_null(tmp_path: Path) -> list[str]:
     return ["result", MISSING, "--out", str(link)]
 
 
+def _latin1_ids(tmp_path: Path) -> list[str]:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(MISSING.encode() + b"\n# caf\xe9\n")
+    return ["wait", "--from-file", str(path)]
+
+
 BAD_INPUT: dict[str, Any] = {
     "empty definition": ["run", ""],
     "empty locale": ["run", "kyc", "--locale", ""],
@@ -289,6 +295,11 @@ BAD_INPUT: dict[str, Any] = {
     "result out dash": ["result", MISSING, "--out", "-"],
     "run download dash": ["run", "kyc", "--download", "-"],
     "result out a link to a device": _link_to_null,
+    "ids file not utf-8": _latin1_ids,
+    "param not utf-8": ["run", "kyc", "--param", "name=caf\udce9"],
+    "param key not utf-8": ["run", "kyc", "--param", "caf\udce9=x"],
+    "locale not utf-8": ["run", "kyc", "--locale", "e\udcffn"],
+    "definition not utf-8": ["run", "kyc\udcff"],
     "unknown option": ["find", MISSING, "--colour"],
     "nan params": _nan,
     "deep params": _deep,
@@ -311,6 +322,23 @@ def test_bad_input_is_a_one_line_usage_error_before_any_request(
     assert invoked.err.startswith("aiotlink")
     assert "Traceback" not in invoked.err
     assert served.requests() == before
+
+
+def test_ids_on_stdin_must_be_utf8_and_their_file_is_bounded_in_bytes(
+    served: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Latin-1 on stdin: a usage error; the bound counts bytes, not characters."""
+    import aiotlink._commands
+
+    latin1 = invoke(["wait", "--from-file", "-"], env=served.env, stdin=b"caf\xe9\n")
+    assert latin1.code == 2
+    assert latin1.err == "aiotlink: error: --from-file is not UTF-8 text (byte 3)\n"
+    monkeypatch.setattr(aiotlink._commands, "MAX_IDS_FILE_BYTES", 10)
+    path = tmp_path / "ids.txt"
+    path.write_text("# " + "é" * 6 + "\n")  # 9 characters, 15 bytes
+    over = invoke(["wait", "--from-file", str(path)], env=served.env)
+    assert over.code == 2
+    assert over.err == "aiotlink: error: --from-file is over 10 bytes\n"
 
 
 def test_a_missing_token_says_how_to_set_one() -> None:
