@@ -222,6 +222,7 @@ class Output:
     stdout: TextIO
     stderr: TextIO
     display: Console | None = None
+    _live: Live | None = None
 
     @classmethod
     def create(cls, json_mode: bool) -> Output:
@@ -255,9 +256,35 @@ class Output:
             self.stdout.flush()
 
     def message(self, text: str) -> None:
-        """A line for the person on stderr, in either mode."""
+        """A line for the person on stderr, in either mode.
+
+        While a live view is shown and stderr is a terminal (the same screen, as a
+        rule), the line is printed above the view by its console: written beside it,
+        the view's next redraw would draw over it.
+        """
+        if self._live is not None and _is_terminal(self.stderr):
+            self._live.console.print(Text(text), soft_wrap=True)
+            return
         self.stderr.write(text + "\n")
         self.stderr.flush()
+
+    @contextlib.contextmanager
+    def live_view(self, renderable: Any, **options: Any) -> Iterator[Live]:
+        """A live view on the display, its last frame left on the screen (not transient)."""
+        assert self.display is not None
+        with Live(
+            renderable,
+            console=self.display,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            transient=False,
+            **options,
+        ) as live:
+            self._live = live
+            try:
+                yield live
+            finally:
+                self._live = None
 
     def error(self, key: str | None, error: BaseException) -> None:
         """An error about one id: a JSON record with the id, or a line on stderr."""
@@ -266,6 +293,13 @@ class Output:
         else:
             where = f"{clean(key)}: " if key is not None else ""
             self.message(f"error: {where}{type(error).__name__}: {clean(error, 1000)}")
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a stream without isatty, or a closed one
+        return False
 
 
 class _CleanFormatter(logging.Formatter):
@@ -490,13 +524,7 @@ def status_view(output: Output, title: str) -> Iterator[Callable[[WorkflowExecut
     started = time.monotonic()
     if output.display is not None:
         text = Text(f"{title}  waiting")
-        with Live(
-            text,
-            console=output.display,
-            refresh_per_second=8,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        ):
+        with output.live_view(text, refresh_per_second=8):
 
             def show(execution: WorkflowExecution) -> None:
                 elapsed = time.monotonic() - started
@@ -940,15 +968,15 @@ def wait(
             await asyncio.gather(*(follow(key) for key in table.rows))
 
         if output.display is not None:
-            with Live(
-                table.render(),
-                console=output.display,
-                refresh_per_second=4,
-                redirect_stdout=False,
-                redirect_stderr=False,
-                get_renderable=table.render,
+            with output.live_view(
+                table.render(), refresh_per_second=4, get_renderable=table.render
             ):
                 await follow_all()
+            # The table shows the rows that fit the screen: name every one that did
+            # not complete below it, so that none is lost.
+            for row in table.rows.values():
+                if row.code is not None and row.code != EXIT_OK:
+                    output.line(f"{clean(row.key)}  {clean(row.outcome, 60)}")
         else:
             await follow_all()
         note = f" ({duplicates} duplicate ids waited for once)" if duplicates else ""

@@ -17,7 +17,14 @@ from aiohttp import web
 from aiotlink._commands import EXIT_CODES_HELP, clean, cli, dump_json
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
-from .cli_helpers import LoopThread, hostile_app, invoke, strict_json
+from .cli_helpers import (
+    LoopThread,
+    hostile_app,
+    invoke,
+    invoke_on_screen,
+    screen_lines,
+    strict_json,
+)
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 DEEP = "22222222-2222-4222-8222-222222222222"
@@ -953,3 +960,77 @@ def test_readme_transcripts_of_usage_errors_are_what_the_commands_print() -> Non
         invoked = invoke(arguments[1:], env=env)
         assert invoked.code == 2
         assert invoked.err == expected.rstrip("\n") + "\n"
+
+
+# On a terminal (emulated in-process: stdout and stderr on one screen) -------------------
+
+
+def test_wait_on_a_terminal_keeps_errors_the_table_and_every_unfinished_id(
+    served: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors printed while live stay; the last table stays; all not completed are named."""
+    keys = [started(served, served.ok) for _ in range(3)] + [started(served, served.failing)]
+    arguments = ["wait", *keys, MISSING, "--poll-interval", "0.05"]
+    code, raw = invoke_on_screen(arguments, served.env, monkeypatch, height=7)
+    assert code == 4
+    shown = screen_lines(raw)
+    error = next(line for line in shown if line.startswith("error: "))
+    assert error.startswith(f"error: {MISSING}: NotFoundError: ")
+    summary = "5 executions: 3 COMPLETED, 1 FAILED, 1 error"
+    assert summary in shown, shown
+    # Three rows fit: the two that did not complete are named below the table.
+    assert shown[shown.index(summary) + 1 :][:2] == [f"{keys[3]}  FAILED", f"{MISSING}  error"]
+
+
+@pytest.fixture(scope="module")
+def evil_status() -> Iterator[dict[str, str | None]]:
+    """A server whose execution never ends, in a status made of escape sequences."""
+    thread = LoopThread()
+    key = "33333333-3333-4333-8333-333333333333"
+
+    def execution() -> web.Response:
+        return web.json_response(_execution(key, status="RUNNING" + EVIL), status=201)
+
+    routes = {("POST", "/workflows"): execution, ("GET", f"/workflows/{key}"): execution}
+    url, runner = thread.call(hostile_app(routes))
+    yield {"TRANSACTIONLINK_TOKEN": "tot_x", "TRANSACTIONLINK_BASE_URL": url, "key": key}
+    thread.call(runner.cleanup())
+    thread.close()
+
+
+@pytest.mark.parametrize("on_screen", [False, True], ids=["plain", "terminal"])
+@pytest.mark.parametrize("command", ["run", "wait"])
+def test_statuses_are_escaped_in_progress_lines_and_live_views(
+    evil_status: dict[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    on_screen: bool,
+) -> None:
+    """run's plain lines and live line, wait's plain lines and live table: escaped."""
+    env = {name: value for name, value in evil_status.items() if name != "key"}
+    target = "kyc" if command == "run" else str(evil_status["key"])
+    arguments = [command, target, "--poll-interval", "0.01", "--timeout", "0.6"]
+    if on_screen:
+        code, raw = invoke_on_screen(arguments, env, monkeypatch)
+        raw = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)  # the live view's own sequences
+    else:
+        invoked = invoke(arguments, env)
+        code, raw = invoked.code, invoked.out
+    assert code == 3
+    assert "RUNNING\\x1b]0;pwned\\x07" in raw, raw
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202e]", raw.replace("\r", "")), repr(raw)
+
+
+def test_verbose_logs_are_escaped() -> None:
+    """-v's log lines escape what the server sent."""
+    import io
+    import logging
+
+    from aiotlink._commands import library_logs
+
+    stream = io.StringIO()
+    with library_logs(1, stream):
+        logging.getLogger("aiotlink.test").warning("status %s", EVIL)
+    logged = stream.getvalue()
+    assert logged.startswith("WARNING aiotlink.test: status \\x1b]0;pwned\\x07\\x1b[2J"), logged
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f\u202e]", logged), repr(logged)
