@@ -1048,7 +1048,13 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
         "\n  aiotlink fake-server --definition my-flows.json"
     ),
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="The API's port on 127.0.0.1 (0: any free one).",
+)
 @click.option(
     "--step-seconds",
     type=click.FloatRange(0, 1e9),
@@ -1067,22 +1073,33 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
         '"result" or "result_bytes", "step_seconds", "interactive"}, or a list of them.'
     ),
 )
+@click.option(
+    "--json",
+    "json_mode",
+    is_flag=True,
+    help="Print one JSON line (url, storage_url, token, jwt, webhook_url, definitions), "
+    "not the banner.",
+)
 def fake_server(
     port: int,
     step_seconds: float,
     webhook_url: str | None,
     definition_files: tuple[str, ...],
+    json_mode: bool,
 ) -> int:
     """Serve a fake TransactionLink API on 127.0.0.1 until Ctrl-C; print its URL and token.
 
     Four ready definitions, plus those of --definition files. The same as
-    python -m aiotlink.testing (see its --help for more options).
+    python -m aiotlink.testing (see its --help for more options). Ctrl-C (or SIGTERM)
+    is its normal end: exit code 0.
     """
     from .testing import _process
 
     if not math.isfinite(step_seconds):
         raise click.BadParameter("must be a finite number", param_hint="--step-seconds")
     argv = ["--port", str(port), "--step-seconds", repr(step_seconds)]
+    if json_mode:
+        argv.append("--json")
     for path in definition_files:
         argv += ["--definition", path]
     if webhook_url is not None:
@@ -1176,8 +1193,25 @@ def verify(signature: str, body_file: IO[bytes], **options: Any) -> int:
 @click.option("--large-result-definition", help="A definition whose result is large.")
 @click.option("--cancel-definition", help="A definition to start and cancel.")
 @click.option("--base-url", metavar="URL", help=f"API base URL (default: ${BASE_URL_ENV_VAR}).")
-@click.option("--poll-interval", type=float, default=1.0, callback=_positive_seconds)
-@click.option("--timeout", type=float, default=600.0, callback=_positive_seconds)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=_positive_seconds,
+    help="Seconds between the first polls (real API).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    callback=_positive_seconds,
+    help="Seconds to wait for each execution at most (real API).",
+)
+@click.option(
+    "--json", "json_mode", is_flag=True, help='Write each step as a JSON line: {"step": ...}.'
+)
 def demo(**options: Any) -> int:
     """Run a complete flow: on a built-in fake server, or with a token on the API."""
     from ._cli import DemoOptions, run_demo_command

@@ -298,3 +298,38 @@ def test_run_in_a_terminal_shows_its_status_in_place(server: dict[str, str]) -> 
     )
     assert ran.code == 0, ran
     assert IN_PLACE.search(ran.out)
+
+
+def test_fake_server_json_is_one_line_a_script_can_use(tmp_path: Path) -> None:
+    """--json: one JSON line (url, token, storage, definitions), nothing else on stdout."""
+    path = tmp_path / "flows.json"
+    path.write_text(json.dumps({"name": "odd\u001b[2Jname", "statuses": ["RUNNING", "COMPLETED"]}))
+    command = [AIOTLINK, "fake-server", "--port", "0", "--json", "--definition", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        record = strict_json(process.stdout.readline())
+        assert set(record) == {"url", "storage_url", "token", "jwt", "webhook_url", "definitions"}
+        assert record["url"].startswith("http://127.0.0.1:")
+        assert record["storage_url"].startswith("http://127.0.0.1:")
+        names = {item["name"]: item["id"] for item in record["definitions"]}
+        assert names["odd\x1b[2Jname"]
+        ran = run_process(
+            ["run", names["odd\x1b[2Jname"], "--json", "--poll-interval", "0.05"],
+            child_env(record["token"], record["url"]),
+        )
+        assert ran.code == 0, ran.err
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert (process.returncode, out) == (0, "")
+    assert err == "stopped\n"
+
+
+def test_the_banner_escapes_definition_names(tmp_path: Path) -> None:
+    """A name from a definition file cannot drive the terminal the banner is printed to."""
+    path = tmp_path / "flows.json"
+    path.write_text(json.dumps({"name": "odd\u001b[2Jname", "statuses": ["COMPLETED"]}))
+    with fake_server_process("--definition", str(path)) as info:
+        assert "\x1b" not in info["banner"]
+        assert "odd\\x1b[2Jname" in info["banner"]
