@@ -75,7 +75,7 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0    done; for run --wait and wait: every execution COMPLETED
   1    an execution ended FAILED, TIMEOUT, TERMINATED, EXPIRED or CANCELLED
-       (webhooks verify: the delivery does not verify)
+       (webhooks verify: the delivery does not verify; 4 if its key cannot be fetched)
   2    usage error: a bad option, file or id, or no token (nothing was sent)
   3    the wait's --timeout passed first (the executions go on)
   4    API error: not found, refused, unreachable, a malformed answer, or a result
@@ -1164,7 +1164,10 @@ def verify(signature: str, body_file: IO[bytes], **options: Any) -> int:
             raise UsageProblem(str(error)) from None
         except WebhookVerificationError as error:
             output.error(None, error)
-            return EXIT_FAILED
+            # The key could not be fetched (the API unreachable, or refusing): nothing
+            # is known of the delivery yet, so an API error, not a failed check.
+            fetch_failed = isinstance(error.__cause__, TransactionLinkError)
+            return EXIT_API_ERROR if fetch_failed else EXIT_FAILED
         key = None if event.execution_id is None else str(event.execution_id)
         output.record(
             {

@@ -718,6 +718,19 @@ def test_webhooks_verify_checks_a_captured_delivery(tmp_path: Path) -> None:
         assert changed.code == 1
         assert changed.records()[0]["id"] is None
         assert changed.records()[0]["error"]["type"] == "WebhookVerificationError"
+
+        def refused() -> web.Response:
+            return web.json_response({"errors": [{"code": "FORBIDDEN"}]}, status=403)
+
+        url, runner = thread.call(hostile_app({("GET", "/auth/webhooks/key/{kid}"): refused}))
+        unfetched = invoke(
+            [*arguments, "--body-file", str(path)],
+            env={"TRANSACTIONLINK_TOKEN": fake.token, "TRANSACTIONLINK_BASE_URL": url},
+        )
+        thread.call(runner.cleanup())
+        # The key could not be had: an API error (4), not a delivery that fails (1).
+        assert unfetched.code == 4, unfetched
+        assert "could not fetch the key" in unfetched.records()[0]["error"]["message"]
     finally:
         thread.call(fake.close())
         thread.close()
