@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import math
@@ -246,14 +247,12 @@ class Output:
     def line(self, text: str) -> None:
         """One line of human output on stdout (already cleaned by the caller)."""
         if not self.json_mode:
-            self.stdout.write(text + "\n")
-            self.stdout.flush()
+            write_all(self.stdout, text + "\n")
 
     def record(self, record: Mapping[str, Any]) -> None:
         """One JSON object on its own line of stdout (JSON mode only)."""
         if self.json_mode:
-            self.stdout.write(dump_json(record) + "\n")
-            self.stdout.flush()
+            write_all(self.stdout, dump_json(record) + "\n")
 
     def message(self, text: str) -> None:
         """A line for the person on stderr, in either mode.
@@ -293,6 +292,26 @@ class Output:
         else:
             where = f"{clean(key)}: " if key is not None else ""
             self.message(f"error: {where}{type(error).__name__}: {clean(error, 1000)}")
+
+
+def write_all(stream: TextIO, text: str) -> None:
+    """Write ``text`` to ``stream`` and flush: all of it, or ``BrokenPipeError``.
+
+    Unbuffered (``PYTHONUNBUFFERED``, ``python -u``), stdout's text layer writes straight
+    to the file, and a pipe may take only part of a large write (64 KiB): the text layer
+    drops the rest without a word, so a result piped into ``head -c 10`` would end with
+    exit code 0. Written here to the file in a loop, the closed pipe is an error.
+    """
+    raw = getattr(stream, "buffer", None)
+    if not isinstance(raw, io.RawIOBase):
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()
+    data = memoryview(text.encode(stream.encoding, stream.errors or "strict"))
+    while data:
+        written = raw.write(data)
+        data = data[written or 0 :]
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -1047,3 +1047,26 @@ def test_verbose_logs_are_escaped() -> None:
     logged = stream.getvalue()
     assert logged.startswith("WARNING aiotlink.test: status \\x1b]0;pwned\\x07\\x1b[2J"), logged
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f\u202e]", logged), repr(logged)
+
+
+def test_write_all_writes_everything_to_an_unbuffered_file_or_raises(tmp_path: Path) -> None:
+    """Unbuffered stdout (PYTHONUNBUFFERED): the whole text, or BrokenPipeError."""
+    import io
+    import os
+
+    from aiotlink._commands import write_all
+
+    path = tmp_path / "out.txt"
+    with io.TextIOWrapper(io.FileIO(path, "w"), encoding="utf-8") as unbuffered:
+        write_all(unbuffered, "é" * 200_000)
+    assert path.read_text(encoding="utf-8") == "é" * 200_000
+    read, write = os.pipe()
+    os.close(read)
+    raw = io.FileIO(write, "w")
+    closed = io.TextIOWrapper(raw, encoding="utf-8")
+    try:
+        with pytest.raises(BrokenPipeError):
+            write_all(closed, "x" * 200_000)
+    finally:
+        closed.detach()
+        raw.close()

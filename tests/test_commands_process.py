@@ -42,6 +42,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
                 },
                 {"name": "slow-review", "statuses": ["RUNNING", "COMPLETED"], "step_seconds": 1.5},
                 {"name": "stuck", "statuses": ["AWAITING"], "interactive": True},
+                # 0.8 MB of JSON, printed indented: 1.4 MB in one write
+                {
+                    "name": "wide",
+                    "statuses": ["COMPLETED"],
+                    "result": [{"k": number} for number in range(60_000)],
+                },
             ]
         )
     )
@@ -224,6 +230,25 @@ def test_a_closed_stdout_ends_quietly_with_141(server: dict[str, str]) -> None:
     os.close(write)
     assert done.returncode == 141
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("json_mode", [False, True], ids=["lines", "json"])
+def test_a_large_result_into_head_exits_141(
+    server: dict[str, str], unbuffered: str, json_mode: bool
+) -> None:
+    """`result ID | head -c 10`: the one large write meets a closed pipe: 141, not 0."""
+    key = start(server, "wide")
+    env = {**os.environ, **env_of(server), "PYTHONUNBUFFERED": unbuffered}
+    arguments = [AIOTLINK, "result", key, *(["--json"] if json_mode else [])]
+    writer = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert writer.stdout is not None
+    first = writer.stdout.read(10)
+    writer.stdout.close()  # as head -c 10 does
+    _, err = writer.communicate(timeout=30)
+    assert writer.returncode == 141, err
+    assert first.startswith(b"[" if not json_mode else b'{"id"')
+    assert err == b""
 
 
 # In a terminal ---------------------------------------------------------------------------
