@@ -79,8 +79,10 @@ Exit codes:
        (webhooks verify: the delivery does not verify; 4 if its key cannot be fetched)
   2    usage error: a bad option, file or id, or no token (nothing was sent)
   3    the wait's --timeout passed first (the executions go on)
-  4    API error: not found, refused, unreachable, a malformed answer, or a result
-       too large to print; also any unexpected error (-vv shows its traceback)
+  4    API error: not found, refused, unreachable, a malformed answer, or (result)
+       a result too large to print; also any unexpected error (-vv: its traceback)
+       (run exits 0 for a completed execution whose result is too large to print,
+       and says how to fetch it)
   130  interrupted (Ctrl-C)
   141  stdout was closed (e.g. piped into head)
 With several ids the highest code of 4, 3, 1 wins."""
@@ -452,8 +454,10 @@ def _positive_seconds(
 ) -> float | None:
     try:
         return check_seconds(parameter.human_readable_name, value, allow_none=True)
-    except ValueError as error:
-        raise click.BadParameter(str(error).split(",")[0] + f", got {value}") from None
+    except ValueError:
+        raise click.BadParameter(
+            f"must be a finite, positive number of seconds, got {value}"
+        ) from None
 
 
 def _execution_ids(values: Sequence[str], where: str = "") -> list[str]:
@@ -510,6 +514,15 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _expiry(expires_in: str) -> datetime | None:
+    try:
+        return check_expires_at(parse_duration(expires_in), now=datetime.now(UTC))
+    except ValueError:  # it names expires_at, the library's argument: name the option
+        raise UsageProblem(
+            f"--expires-in must be 30m to 30d, got {clean(expires_in, 40)!r}"
+        ) from None
+
+
 def read_params(params_file: IO[bytes] | None, params: Sequence[str]) -> dict[str, Any]:
     """The parameters: the file's JSON object, then each KEY=VALUE (a string) over it."""
     parameters: dict[str, Any] = {}
@@ -559,9 +572,9 @@ def status_view(output: Output, title: str) -> Iterator[Callable[[WorkflowExecut
     yield plain
 
 
-def show_execution(output: Output, execution: WorkflowExecution) -> None:
-    """One execution: a JSON record, or one line with its link."""
-    output.record(execution_record(execution))
+def show_execution(output: Output, execution: WorkflowExecution, key: str | None = None) -> None:
+    """One execution: a JSON record (its id ``key`` when given), or one line with its link."""
+    output.record(execution_record(execution) | ({} if key is None else {"id": key}))
     link = f"  {clean(execution.link)}" if execution.link else ""
     output.line(f"{clean(execution.id)}  {clean(execution.status.value)}{link}")
 
@@ -702,6 +715,15 @@ def run(
     --download PATH, or fetch it later with aiotlink result ID --out PATH.
     """
     settings = settings_of(options)
+    if not wait:
+        given = {
+            "--download": download is not None,
+            "--timeout": timeout is not None,
+            "--cancel-on-interrupt": cancel_on_interrupt,
+        }
+        for name, present in given.items():
+            if present:
+                raise UsageProblem(f"{name} applies to a run that waits: drop --no-wait or it")
     text_argument("DEFINITION_ID", definition_id)
     text_argument("--locale", locale)
     parameters = read_params(params_file, params)
@@ -710,7 +732,7 @@ def run(
         check_text("locale", locale)
         expires_at = None
         if expires_in is not None:
-            expires_at = check_expires_at(parse_duration(expires_in), now=datetime.now(UTC))
+            expires_at = _expiry(expires_in)
         uuid = None if record_id is None else check_uuid("--record-id", record_id)
         destination = None if download is None else destination_of("--download", download)
     except ValueError as error:
@@ -816,7 +838,8 @@ def find(ids: tuple[str, ...], **options: Any) -> int:
 
     async def body(client: TransactionLinkClient, output: Output) -> int:
         async def show(key: str) -> None:
-            show_execution(output, await client.workflows.find(key))
+            # Keyed by the id as given, as wait's records are: the server may change its case.
+            show_execution(output, await client.workflows.find(key), key)
 
         return await each_id(output, keys, show)
 
@@ -984,7 +1007,13 @@ def wait(
             ended(key, execution.status.value, code, record)
 
         async def follow_all() -> None:
-            await asyncio.gather(*(follow(key) for key in table.rows))
+            try:
+                await asyncio.gather(*(follow(key) for key in table.rows))
+            except asyncio.CancelledError:  # Ctrl-C: a record for each id still waited for
+                for row in table.rows.values():
+                    if row.outcome is None:
+                        output.record({"id": row.key, "error": {"type": "Interrupted"}})
+                raise
 
         if output.display is not None:
             with output.live_view(

@@ -303,6 +303,9 @@ BAD_INPUT: dict[str, Any] = {
     "run download dash": ["run", "kyc", "--download", "-"],
     "result out a link to a device": _link_to_null,
     "ids file not utf-8": _latin1_ids,
+    "no-wait download": ["run", "kyc", "--no-wait", "--download", "r.json"],
+    "no-wait timeout": ["run", "kyc", "--no-wait", "--timeout", "5"],
+    "no-wait cancel": ["run", "kyc", "--no-wait", "--cancel-on-interrupt"],
     "param not utf-8": ["run", "kyc", "--param", "name=caf\udce9"],
     "param key not utf-8": ["run", "kyc", "--param", "caf\udce9=x"],
     "locale not utf-8": ["run", "kyc", "--locale", "e\udcffn"],
@@ -346,6 +349,22 @@ def test_ids_on_stdin_must_be_utf8_and_their_file_is_bounded_in_bytes(
     over = invoke(["wait", "--from-file", str(path)], env=served.env)
     assert over.code == 2
     assert over.err == "aiotlink: error: --from-file is over 10 bytes\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["run", "kyc", "--timeout", "nan"], "a finite, positive number of seconds, got nan"),
+        (["run", "kyc", "--expires-in", "5m"], "--expires-in must be 30m to 30d, got '5m'"),
+        (["run", "kyc", "--no-wait", "--timeout", "5"], "--timeout applies to a run that waits"),
+    ],
+)
+def test_usage_errors_name_the_option(served: Fake, arguments: list[str], message: str) -> None:
+    """The message names the option as typed, and says what it must be."""
+    invoked = invoke(arguments, env=served.env)
+    assert invoked.code == 2
+    assert message in invoked.err, invoked.err
+    assert "expires_at" not in invoked.err
 
 
 def test_a_missing_token_says_how_to_set_one() -> None:
@@ -605,6 +624,8 @@ def test_wait_keys_by_the_id_asked_when_the_server_answers_in_upper_case(
     assert [record["id"] for record in invoked.records()] == [key]
     human = invoke(["wait", key, "--poll-interval", "0.01"], env=env)
     assert f"{key}  COMPLETED" in human.out.splitlines()
+    found = invoke(["find", key, "--json"], env=env)
+    assert [record["id"] for record in found.records()] == [key]
 
 
 def test_an_execution_id_that_is_no_uuid_is_an_api_error_not_a_traceback(

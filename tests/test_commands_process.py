@@ -214,6 +214,36 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(
     assert outcomes == {"--cancel-on-interrupt": "CANCELLED", "--json": "AWAITING"}
 
 
+def test_ctrl_c_on_wait_json_writes_a_record_for_each_unfinished_id(
+    server: dict[str, str],
+) -> None:
+    """SIGINT while waiting: 130, and an Interrupted record for each id not yet ended."""
+    env = env_of(server)
+    done, stuck = start(server, "kyc-background"), start(server, "stuck")
+    process = subprocess.Popen(
+        [AIOTLINK, "wait", done, stuck, "--json", "--poll-interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    assert process.stdout is not None
+    try:
+        first = read_until(process.stdout.fileno(), lambda data: b"\n" in data, 30)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    records = [strict_json(line) for line in (first + out).decode().splitlines()]
+    assert [(record["id"], record.get("status")) for record in records] == [
+        (done, "COMPLETED"),
+        (stuck, None),
+    ]
+    assert records[1]["error"] == {"type": "Interrupted"}
+
+
 def test_a_closed_stdout_ends_quietly_with_141(server: dict[str, str]) -> None:
     """Output into a pipe nobody reads (`| head -0`) exits 141, nothing on stderr."""
     read, write = os.pipe()
