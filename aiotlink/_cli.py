@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import attrs
@@ -237,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments[:1] == ["demo"]:
             parsed = _demo_parser().parse_args(arguments[1:])
             return run_demo_command(DemoOptions(**vars(parsed)))
+        if arguments == ["--version"]:
+            print(f"aiotlink, version {version('aiotlink')}")
+            return 0
         print(f"aiotlink: the command line needs the cli extra: {INSTALL_CLI}", file=sys.stderr)
         return 2
     return cli_main(argv)

@@ -906,7 +906,12 @@ def test_ctrl_c_in_process_exits_130(served: Fake, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize(
     ("arguments", "stdin"),
-    [(["demo"], None), (["find", MISSING], None), (["demo", "--help"], None)],
+    [
+        (["demo"], None),
+        (["find", MISSING], None),
+        (["demo", "--help"], None),
+        (["--version"], None),
+    ],
 )
 def test_without_the_cli_extra_in_process(
     monkeypatch: pytest.MonkeyPatch,
@@ -925,6 +930,10 @@ def test_without_the_cli_extra_in_process(
             _cli.main(arguments)
         assert exited.value.code == 0
         assert "--large-result-definition" in capsys.readouterr().out
+        return
+    if arguments == ["--version"]:
+        assert _cli.main(arguments) == 0
+        assert capsys.readouterr().out == invoke(["--version"]).out  # as with the extra
         return
     assert _cli.main(arguments) == 2
     err = capsys.readouterr().err
