@@ -469,16 +469,21 @@ def _execution_ids(values: Sequence[str], where: str = "") -> list[str]:
     return list(values)
 
 
-timeout_option = click.option(
-    "--timeout", type=float, callback=_positive_seconds, help="Wait at most this many seconds."
-)
-poll_interval_option = click.option(
-    "--poll-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    callback=_positive_seconds,
-    help="Seconds between the first polls (they grow while nothing changes).",
+def seconds_option(name: str, default: float | None, text: str) -> Callable[..., Any]:
+    """An option of a finite, positive number of seconds."""
+    return click.option(
+        name,
+        type=float,
+        default=default,
+        show_default=default is not None,
+        callback=_positive_seconds,
+        help=text,
+    )
+
+
+timeout_option = seconds_option("--timeout", None, "Wait at most this many seconds.")
+poll_interval_option = seconds_option(
+    "--poll-interval", 1.0, "Seconds between the first polls (they grow while nothing changes)."
 )
 
 
@@ -1244,22 +1249,8 @@ def verify(signature: str, body_file: IO[bytes], **options: Any) -> int:
 @click.option("--large-result-definition", help="A definition whose result is large.")
 @click.option("--cancel-definition", help="A definition to start and cancel.")
 @click.option("--base-url", metavar="URL", help=f"API base URL (default: ${BASE_URL_ENV_VAR}).")
-@click.option(
-    "--poll-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    callback=_positive_seconds,
-    help="Seconds between the first polls (real API).",
-)
-@click.option(
-    "--timeout",
-    type=float,
-    default=600.0,
-    show_default=True,
-    callback=_positive_seconds,
-    help="Seconds to wait for each execution at most (real API).",
-)
+@seconds_option("--poll-interval", 1.0, "Seconds between the first polls (real API).")
+@seconds_option("--timeout", 600.0, "Seconds to wait for each execution at most (real API).")
 @click.option(
     "--json", "json_mode", is_flag=True, help='Write each step as a JSON line: {"step": ...}.'
 )

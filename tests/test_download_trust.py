@@ -347,11 +347,14 @@ def make_folder(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
+SPECIAL_FILES = pytest.mark.parametrize(
     "make",
     [make_fifo, make_socket, make_folder, lambda _: Path("/dev/null")],
     ids=["fifo", "socket", "directory", "device"],
 )
+
+
+@SPECIAL_FILES
 async def test_a_destination_that_is_no_regular_file_is_refused_before_any_request(
     server: ScriptedServer, tmp_path: Path, make: Callable[[Path], Path]
 ) -> None:
@@ -371,11 +374,7 @@ async def test_a_destination_that_is_no_regular_file_is_refused_before_any_reque
     assert server.seen == []
 
 
-@pytest.mark.parametrize(
-    "make",
-    [make_fifo, make_socket, make_folder, lambda _: Path("/dev/null")],
-    ids=["fifo", "socket", "directory", "device"],
-)
+@SPECIAL_FILES
 async def test_a_link_to_a_special_file_is_refused_before_any_request(
     server: ScriptedServer, tmp_path: Path, make: Callable[[Path], Path]
 ) -> None:
