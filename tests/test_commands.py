@@ -837,6 +837,13 @@ def test_fake_server_serves_the_definitions_of_a_file(
     hooks = invoke(["fake-server", "--port", "0", "--webhook-url", "http://127.0.0.1:9/x"])
     assert hooks.code == 0, hooks.err
     assert "webhooks http://127.0.0.1:9/x" in hooks.out
+    as_json = invoke(["fake-server", "--port", "0", "--json", "--definition", str(path)])
+    assert as_json.code == 0, as_json.err
+    [record] = as_json.records()
+    assert {"id": custom.definition_id, "name": "kyc-custom"}.items() <= record["definitions"][
+        -1
+    ].items()
+    assert as_json.err == "stopped\n"
 
 
 BAD_DEFINITIONS = {
