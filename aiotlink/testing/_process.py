@@ -299,8 +299,7 @@ def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
     for definitions in options.definitions:
         for definition in definitions:
             notes = " > ".join(definition.statuses)
-            name = _shown(definition.name)
-            notes = _shown(notes)
+            name = _shown(definition.name)  # statuses are known ones, checked on loading
             lines.append(f"    {definition.definition_id}  {name:<16} {notes}")
     first = DEMO_DEFINITIONS[0].definition_id
     # Commands that exist: the demo in every install, `run` with the cli extra.
