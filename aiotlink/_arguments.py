@@ -20,7 +20,7 @@ BASE_URL_ENV_VAR = "TRANSACTIONLINK_BASE_URL"
 # The provider's bounds for expiresAt (its API reference, initialise-workflow).
 MIN_EXPIRY = timedelta(minutes=30)
 MAX_EXPIRY = timedelta(days=30)
-_UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def shown(value: object) -> str:
@@ -92,7 +92,7 @@ def check_execution_id(value: object) -> str:
     """
     if isinstance(value, UUID):
         return str(value)
-    if isinstance(value, str) and _UUID_PATTERN.fullmatch(value):
+    if isinstance(value, str) and UUID_PATTERN.fullmatch(value):
         return value.lower()  # the usual form, without building a UUID (polls ask often)
     return str(check_uuid("execution_id", value))
 
@@ -164,7 +164,9 @@ def check_destination(path: str | os.PathLike[str]) -> Path:
     Its folder must exist, and the path must be a regular file or nothing yet. A FIFO,
     a device, a socket or a directory is refused: the result would replace it (as root,
     ``/dev/null`` itself). A symbolic link is replaced by the file, never written
-    through (README.md, "Large results to disk"). Errors the OS gives only when the
+    through (README.md, "Large results to disk"), unless what it points to is such a
+    special file (``/dev/stdout`` is a link to a terminal or a pipe): refused too, as
+    the person meant that special file, not a file in its place. Errors the OS gives only when the
     file is made (a read-only or pseudo filesystem, a name too long) are the
     download's :class:`DownloadError`.
     """
@@ -181,9 +183,17 @@ def check_destination(path: str | os.PathLike[str]) -> Path:
         mode: int | None = os.lstat(destination).st_mode
     except OSError:
         mode = None  # not there yet, or not to be known before the file is made
-    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+    if mode is not None and stat.S_ISLNK(mode):
+        try:
+            mode = os.stat(destination).st_mode
+        except OSError:
+            mode = None  # a dangling link (or a loop): replaced like any link
+        linked = "a link to "
+    else:
+        linked = ""
+    if mode is not None and not stat.S_ISREG(mode):
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise ValueError(f"path is {kind}, which a result must not replace: {destination}")
+        raise ValueError(f"path is {linked}{kind}, which a result must not replace: {destination}")
     if not destination.parent.is_dir():
         raise ValueError(f"path's folder does not exist: {destination.parent}")
     return destination

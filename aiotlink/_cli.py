@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from types import ModuleType
 
@@ -152,6 +154,7 @@ class DemoOptions:
     base_url: str | None = None
     poll_interval: float = 1.0
     timeout: float = 600.0
+    json_mode: bool = False
 
 
 async def _demo_on_api(options: DemoOptions, say: Say) -> None:
@@ -169,10 +172,14 @@ async def _demo_on_api(options: DemoOptions, say: Say) -> None:
 
 
 def run_demo_command(options: DemoOptions) -> int:
-    """Run the demo; return the exit status (1: it failed, 2: --definition missing)."""
+    """Run the demo; return the exit status (1: it failed, 2: --definition missing).
+
+    With ``json_mode`` each step is a JSON line ``{"step": ...}`` on stdout, and a
+    failure a last line ``{"error": {"type": ..., "message": ...}}``.
+    """
 
     def say(line: str) -> None:
-        print(line, flush=True)
+        print(json.dumps({"step": line}) if options.json_mode else line, flush=True)
 
     try:
         if os.environ.get(TOKEN_ENV_VAR):
@@ -189,6 +196,9 @@ def run_demo_command(options: DemoOptions) -> int:
     except (TransactionLinkError, ValueError) as error:
         # ValueError: a malformed setting, e.g. a token with a stray newline
         print(f"failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        if options.json_mode:
+            failure = {"type": type(error).__name__, "message": str(error)}
+            print(json.dumps({"error": failure}), flush=True)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -207,6 +217,9 @@ def _demo_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
+    parser.add_argument(
+        "--json", dest="json_mode", action="store_true", help="each step as a JSON line"
+    )
     return parser
 
 
@@ -254,6 +267,9 @@ def _run(argv: Sequence[str] | None) -> int:
         if arguments[:1] == ["demo"]:
             parsed = _demo_parser().parse_args(arguments[1:])
             return run_demo_command(DemoOptions(**vars(parsed)))
+        if arguments == ["--version"]:
+            print(f"aiotlink, version {version('aiotlink')}")
+            return 0
         print(f"aiotlink: the command line needs the cli extra: {INSTALL_CLI}", file=sys.stderr)
         return 2
     return cli_main(argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import os
 import re
 import sys
 import time
+import traceback
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -74,10 +76,13 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0    done; for run --wait and wait: every execution COMPLETED
   1    an execution ended FAILED, TIMEOUT, TERMINATED, EXPIRED or CANCELLED
-       (webhooks verify: the delivery does not verify)
+       (webhooks verify: the delivery does not verify; 4 if its key cannot be fetched)
   2    usage error: a bad option, file or id, or no token (nothing was sent)
   3    the wait's --timeout passed first (the executions go on)
-  4    API error: not found, refused, unreachable, or a result too large to print
+  4    API error: not found, refused, unreachable, a malformed answer, or (result)
+       a result too large to print; also any unexpected error (-vv: its traceback)
+       (run exits 0 for a completed execution whose result is too large to print,
+       and says how to fetch it)
   130  interrupted (Ctrl-C)
   141  stdout was closed (e.g. piped into head)
 With several ids the highest code of 4, 3, 1 wins."""
@@ -133,14 +138,27 @@ def clean_lines(text: str) -> str:
 
 
 def _finite(value: Any) -> Any:
-    """``value`` with every NaN and infinity replaced by ``None`` (JSON's null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+    """``value`` with every NaN and infinity replaced by ``None`` (JSON's null).
+
+    Iterative: a result nests as deep as the client's parser allows (about a thousand
+    levels), deeper than recursion here could go.
+    """
+    top: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, top, 0)]
+    while stack:
+        item, into, key = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            item = None
+        elif isinstance(item, dict):
+            copy = dict.fromkeys(item)  # the keys in their order; values filled below
+            stack.extend((child, copy, name) for name, child in item.items())
+            item = copy
+        elif isinstance(item, list | tuple):
+            copy_list: list[Any] = [None] * len(item)
+            stack.extend((child, copy_list, index) for index, child in enumerate(item))
+            item = copy_list
+        into[key] = item
+    return top[0]
 
 
 def dump_json(value: Any, *, indent: int | None = None) -> str:
@@ -207,6 +225,7 @@ class Output:
     stdout: TextIO
     stderr: TextIO
     display: Console | None = None
+    _live: Live | None = None
 
     @classmethod
     def create(cls, json_mode: bool) -> Output:
@@ -230,19 +249,43 @@ class Output:
     def line(self, text: str) -> None:
         """One line of human output on stdout (already cleaned by the caller)."""
         if not self.json_mode:
-            self.stdout.write(text + "\n")
-            self.stdout.flush()
+            write_all(self.stdout, text + "\n")
 
     def record(self, record: Mapping[str, Any]) -> None:
         """One JSON object on its own line of stdout (JSON mode only)."""
         if self.json_mode:
-            self.stdout.write(dump_json(record) + "\n")
-            self.stdout.flush()
+            write_all(self.stdout, dump_json(record) + "\n")
 
     def message(self, text: str) -> None:
-        """A line for the person on stderr, in either mode."""
+        """A line for the person on stderr, in either mode.
+
+        While a live view is shown and stderr is a terminal (the same screen, as a
+        rule), the line is printed above the view by its console: written beside it,
+        the view's next redraw would draw over it.
+        """
+        if self._live is not None and _is_terminal(self.stderr):
+            self._live.console.print(Text(text), soft_wrap=True)
+            return
         self.stderr.write(text + "\n")
         self.stderr.flush()
+
+    @contextlib.contextmanager
+    def live_view(self, renderable: Any, **options: Any) -> Iterator[Live]:
+        """A live view on the display, its last frame left on the screen (not transient)."""
+        assert self.display is not None
+        with Live(
+            renderable,
+            console=self.display,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            transient=False,
+            **options,
+        ) as live:
+            self._live = live
+            try:
+                yield live
+            finally:
+                self._live = None
 
     def error(self, key: str | None, error: BaseException) -> None:
         """An error about one id: a JSON record with the id, or a line on stderr."""
@@ -251,6 +294,33 @@ class Output:
         else:
             where = f"{clean(key)}: " if key is not None else ""
             self.message(f"error: {where}{type(error).__name__}: {clean(error, 1000)}")
+
+
+def write_all(stream: TextIO, text: str) -> None:
+    """Write ``text`` to ``stream`` and flush: all of it, or ``BrokenPipeError``.
+
+    Unbuffered (``PYTHONUNBUFFERED``, ``python -u``), stdout's text layer writes straight
+    to the file, and a pipe may take only part of a large write (64 KiB): the text layer
+    drops the rest without a word, so a result piped into ``head -c 10`` would end with
+    exit code 0. Written here to the file in a loop, the closed pipe is an error.
+    """
+    raw = getattr(stream, "buffer", None)
+    if not isinstance(raw, io.RawIOBase):
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()
+    data = memoryview(text.encode(stream.encoding, stream.errors or "strict"))
+    while data:
+        written = raw.write(data)
+        data = data[written or 0 :]
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a stream without isatty, or a closed one
+        return False
 
 
 class _CleanFormatter(logging.Formatter):
@@ -384,8 +454,10 @@ def _positive_seconds(
 ) -> float | None:
     try:
         return check_seconds(parameter.human_readable_name, value, allow_none=True)
-    except ValueError as error:
-        raise click.BadParameter(str(error).split(",")[0] + f", got {value}") from None
+    except ValueError:
+        raise click.BadParameter(
+            f"must be a finite, positive number of seconds, got {value}"
+        ) from None
 
 
 def _execution_ids(values: Sequence[str], where: str = "") -> list[str]:
@@ -397,17 +469,42 @@ def _execution_ids(values: Sequence[str], where: str = "") -> list[str]:
     return list(values)
 
 
-timeout_option = click.option(
-    "--timeout", type=float, callback=_positive_seconds, help="Wait at most this many seconds."
+def seconds_option(name: str, default: float | None, text: str) -> Callable[..., Any]:
+    """An option of a finite, positive number of seconds."""
+    return click.option(
+        name,
+        type=float,
+        default=default,
+        show_default=default is not None,
+        callback=_positive_seconds,
+        help=text,
+    )
+
+
+timeout_option = seconds_option("--timeout", None, "Wait at most this many seconds.")
+poll_interval_option = seconds_option(
+    "--poll-interval", 1.0, "Seconds between the first polls (they grow while nothing changes)."
 )
-poll_interval_option = click.option(
-    "--poll-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    callback=_positive_seconds,
-    help="Seconds between the first polls (they grow while nothing changes).",
-)
+
+
+def text_argument(name: str, value: str) -> str:
+    """``value`` if it is text; ``UsageProblem`` for bytes that are not UTF-8.
+
+    Python hands such bytes of the command line over as lone surrogates (PEP 383):
+    they cannot be sent as JSON text, nor shown.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageProblem(f"{name} is not UTF-8 text: {clean(value, 40)!r}") from None
+    return value
+
+
+def destination_of(option: str, path: str) -> str:
+    """A file to stream a result to; ``-`` is refused (it would be a file named "-")."""
+    if path == "-":
+        raise UsageProblem(f"{option} - is not stdout: print the result without {option}")
+    return str(check_destination(path))
 
 
 def parse_duration(text: str) -> timedelta:
@@ -420,6 +517,15 @@ def parse_duration(text: str) -> timedelta:
         # timedelta itself overflows well before the largest number written here.
         raise UsageProblem(f"--expires-in must be at most 30 days, got {clean(text, 40)}")
     return timedelta(seconds=seconds)
+
+
+def _expiry(expires_in: str) -> datetime | None:
+    try:
+        return check_expires_at(parse_duration(expires_in), now=datetime.now(UTC))
+    except ValueError:  # it names expires_at, the library's argument: name the option
+        raise UsageProblem(
+            f"--expires-in must be 30m to 30d, got {clean(expires_in, 40)!r}"
+        ) from None
 
 
 def read_params(params_file: IO[bytes] | None, params: Sequence[str]) -> dict[str, Any]:
@@ -438,7 +544,7 @@ def read_params(params_file: IO[bytes] | None, params: Sequence[str]) -> dict[st
             raise UsageProblem(f"{name} must hold a JSON object")
         parameters.update(document)
     for param in params:
-        key, equals, value = param.partition("=")
+        key, equals, value = text_argument("--param", param).partition("=")
         if not equals or not key:
             raise UsageProblem(f"--param must be KEY=VALUE, got {clean(param, 40)!r}")
         parameters[key] = value
@@ -455,13 +561,7 @@ def status_view(output: Output, title: str) -> Iterator[Callable[[WorkflowExecut
     started = time.monotonic()
     if output.display is not None:
         text = Text(f"{title}  waiting")
-        with Live(
-            text,
-            console=output.display,
-            refresh_per_second=8,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        ):
+        with output.live_view(text, refresh_per_second=8):
 
             def show(execution: WorkflowExecution) -> None:
                 elapsed = time.monotonic() - started
@@ -477,9 +577,9 @@ def status_view(output: Output, title: str) -> Iterator[Callable[[WorkflowExecut
     yield plain
 
 
-def show_execution(output: Output, execution: WorkflowExecution) -> None:
-    """One execution: a JSON record, or one line with its link."""
-    output.record(execution_record(execution))
+def show_execution(output: Output, execution: WorkflowExecution, key: str | None = None) -> None:
+    """One execution: a JSON record (its id ``key`` when given), or one line with its link."""
+    output.record(execution_record(execution) | ({} if key is None else {"id": key}))
     link = f"  {clean(execution.link)}" if execution.link else ""
     output.line(f"{clean(execution.id)}  {clean(execution.status.value)}{link}")
 
@@ -620,15 +720,26 @@ def run(
     --download PATH, or fetch it later with aiotlink result ID --out PATH.
     """
     settings = settings_of(options)
+    if not wait:
+        given = {
+            "--download": download is not None,
+            "--timeout": timeout is not None,
+            "--cancel-on-interrupt": cancel_on_interrupt,
+        }
+        for name, present in given.items():
+            if present:
+                raise UsageProblem(f"{name} applies to a run that waits: drop --no-wait or it")
+    text_argument("DEFINITION_ID", definition_id)
+    text_argument("--locale", locale)
     parameters = read_params(params_file, params)
     try:
         check_text("definition_id", definition_id)
         check_text("locale", locale)
         expires_at = None
         if expires_in is not None:
-            expires_at = check_expires_at(parse_duration(expires_in), now=datetime.now(UTC))
+            expires_at = _expiry(expires_in)
         uuid = None if record_id is None else check_uuid("--record-id", record_id)
-        destination = None if download is None else str(check_destination(download))
+        destination = None if download is None else destination_of("--download", download)
     except ValueError as error:
         raise UsageProblem(str(error)) from None
 
@@ -732,7 +843,8 @@ def find(ids: tuple[str, ...], **options: Any) -> int:
 
     async def body(client: TransactionLinkClient, output: Output) -> int:
         async def show(key: str) -> None:
-            show_execution(output, await client.workflows.find(key))
+            # Keyed by the id as given, as wait's records are: the server may change its case.
+            show_execution(output, await client.workflows.find(key), key)
 
         return await each_id(output, keys, show)
 
@@ -806,15 +918,19 @@ class WaitTable:
         return f"{len(self.rows)} executions: " + ", ".join(parts)
 
 
-def _read_ids_file(ids_file: IO[str]) -> list[str]:
+def _read_ids_file(ids_file: IO[bytes]) -> list[str]:
     data = ids_file.read(MAX_IDS_FILE_BYTES + 1)
     if len(data) > MAX_IDS_FILE_BYTES:
         raise UsageProblem(f"--from-file is over {MAX_IDS_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageProblem(f"--from-file is not UTF-8 text (byte {error.start})") from None
     keys = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        text = line.strip()
-        if text and not text.startswith("#"):
-            keys.extend(_execution_ids([text], where=f"--from-file line {number}: "))
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            keys.extend(_execution_ids([entry], where=f"--from-file line {number}: "))
     return keys
 
 
@@ -829,7 +945,7 @@ def _read_ids_file(ids_file: IO[str]) -> list[str]:
 @click.option(
     "--from-file",
     "ids_file",
-    type=click.File("r"),
+    type=click.File("rb"),
     help="Also the ids in FILE, one a line ('-': stdin; # starts a comment).",
 )
 @timeout_option
@@ -837,7 +953,7 @@ def _read_ids_file(ids_file: IO[str]) -> list[str]:
 @common_options
 def wait(
     ids: tuple[str, ...],
-    ids_file: IO[str] | None,
+    ids_file: IO[bytes] | None,
     timeout: float | None,
     poll_interval: float,
     **options: Any,
@@ -896,18 +1012,24 @@ def wait(
             ended(key, execution.status.value, code, record)
 
         async def follow_all() -> None:
-            await asyncio.gather(*(follow(key) for key in table.rows))
+            try:
+                await asyncio.gather(*(follow(key) for key in table.rows))
+            except asyncio.CancelledError:  # Ctrl-C: a record for each id still waited for
+                for row in table.rows.values():
+                    if row.outcome is None:
+                        output.record({"id": row.key, "error": {"type": "Interrupted"}})
+                raise
 
         if output.display is not None:
-            with Live(
-                table.render(),
-                console=output.display,
-                refresh_per_second=4,
-                redirect_stdout=False,
-                redirect_stderr=False,
-                get_renderable=table.render,
+            with output.live_view(
+                table.render(), refresh_per_second=4, get_renderable=table.render
             ):
                 await follow_all()
+            # The table shows the rows that fit the screen: name every one that did
+            # not complete below it, so that none is lost.
+            for row in table.rows.values():
+                if row.code is not None and row.code != EXIT_OK:
+                    output.line(f"{clean(row.key)}  {clean(row.outcome, 60)}")
         else:
             await follow_all()
         note = f" ({duplicates} duplicate ids waited for once)" if duplicates else ""
@@ -935,7 +1057,7 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
     """Print a completed execution's result (up to 1 MiB), or stream it to a file."""
     try:
         check_uuid("ID", execution_id)
-        destination = None if out is None else str(check_destination(out))
+        destination = None if out is None else destination_of("--out", out)
     except ValueError as error:
         raise UsageProblem(str(error)) from None
 
@@ -979,7 +1101,13 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
         "\n  aiotlink fake-server --definition my-flows.json"
     ),
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="The API's port on 127.0.0.1 (0: any free one).",
+)
 @click.option(
     "--step-seconds",
     type=click.FloatRange(0, 1e9),
@@ -998,22 +1126,33 @@ def result(execution_id: str, out: str | None, **options: Any) -> int:
         '"result" or "result_bytes", "step_seconds", "interactive"}, or a list of them.'
     ),
 )
+@click.option(
+    "--json",
+    "json_mode",
+    is_flag=True,
+    help="Print one JSON line (url, storage_url, token, jwt, webhook_url, definitions), "
+    "not the banner.",
+)
 def fake_server(
     port: int,
     step_seconds: float,
     webhook_url: str | None,
     definition_files: tuple[str, ...],
+    json_mode: bool,
 ) -> int:
     """Serve a fake TransactionLink API on 127.0.0.1 until Ctrl-C; print its URL and token.
 
     Four ready definitions, plus those of --definition files. The same as
-    python -m aiotlink.testing (see its --help for more options).
+    python -m aiotlink.testing (see its --help for more options). Ctrl-C (or SIGTERM)
+    is its normal end: exit code 0.
     """
     from .testing import _process
 
     if not math.isfinite(step_seconds):
         raise click.BadParameter("must be a finite number", param_hint="--step-seconds")
     argv = ["--port", str(port), "--step-seconds", repr(step_seconds)]
+    if json_mode:
+        argv.append("--json")
     for path in definition_files:
         argv += ["--definition", path]
     if webhook_url is not None:
@@ -1078,7 +1217,10 @@ def verify(signature: str, body_file: IO[bytes], **options: Any) -> int:
             raise UsageProblem(str(error)) from None
         except WebhookVerificationError as error:
             output.error(None, error)
-            return EXIT_FAILED
+            # The key could not be fetched (the API unreachable, or refusing): nothing
+            # is known of the delivery yet, so an API error, not a failed check.
+            fetch_failed = isinstance(error.__cause__, TransactionLinkError)
+            return EXIT_API_ERROR if fetch_failed else EXIT_FAILED
         key = None if event.execution_id is None else str(event.execution_id)
         output.record(
             {
@@ -1107,8 +1249,11 @@ def verify(signature: str, body_file: IO[bytes], **options: Any) -> int:
 @click.option("--large-result-definition", help="A definition whose result is large.")
 @click.option("--cancel-definition", help="A definition to start and cancel.")
 @click.option("--base-url", metavar="URL", help=f"API base URL (default: ${BASE_URL_ENV_VAR}).")
-@click.option("--poll-interval", type=float, default=1.0, callback=_positive_seconds)
-@click.option("--timeout", type=float, default=600.0, callback=_positive_seconds)
+@seconds_option("--poll-interval", 1.0, "Seconds between the first polls (real API).")
+@seconds_option("--timeout", 600.0, "Seconds to wait for each execution at most (real API).")
+@click.option(
+    "--json", "json_mode", is_flag=True, help='Write each step as a JSON line: {"step": ...}.'
+)
 def demo(**options: Any) -> int:
     """Run a complete flow: on a built-in fake server, or with a token on the API."""
     from ._cli import DemoOptions, run_demo_command
@@ -1141,4 +1286,33 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (BrokenPipeError, StdoutClosed):
         return _quiet_broken_pipe()
+    except Exception as error:
+        return _unexpected(error, arguments)
     return code if isinstance(code, int) else EXIT_OK
+
+
+def _verbosity(arguments: Sequence[str]) -> int:
+    """How many -v the command line has (before any ``--``)."""
+    count = 0
+    for argument in arguments:
+        if argument == "--":
+            break
+        if argument == "--verbose":
+            count += 1
+        elif re.fullmatch(r"-v+", argument):
+            count += len(argument) - 1
+    return count
+
+
+def _unexpected(error: Exception, arguments: Sequence[str]) -> int:
+    """An error no command handled: one line (-vv: the traceback too), never a bare traceback.
+
+    A library error keeps its documented code (3 for a timeout, else 4); anything else
+    (a bug, an error the OS gives) is exit code 4 as well.
+    """
+    if _verbosity(arguments) >= 2:
+        traceback.print_exception(error, file=sys.stderr)
+    what = "error" if isinstance(error, TransactionLinkError) else "unexpected error"
+    message = clean(error, 1000)
+    click.echo(f"aiotlink: {what}: {type(error).__name__}: {message}", err=True)
+    return exit_code_of(error)

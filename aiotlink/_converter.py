@@ -23,6 +23,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.json import make_converter as make_json_converter
 from cattrs.v import transform_error
 
+from ._arguments import UUID_PATTERN
 from ._models import ExecutionType, InitialiseRequest, Origin, WorkflowExecution, WorkflowStatus
 
 T = TypeVar("T")
@@ -233,7 +234,20 @@ def _structurer(cls: type[T]) -> Callable[[Any], T]:
     return decode
 
 
-decode_execution: Callable[[Any], WorkflowExecution] = _structurer(WorkflowExecution)
+_decode_execution_fields: Callable[[Any], WorkflowExecution] = _structurer(WorkflowExecution)
+
+
+def decode_execution(value: Any) -> WorkflowExecution:
+    """An execution from its JSON object; ``DecodeError`` also when its id is no UUID.
+
+    The id goes into URL paths (a find, a poll, a result) and onto a person's screen:
+    ``"../../x"`` from a hostile server must stop here, as a malformed answer, not
+    later as a caller's ``ValueError``.
+    """
+    execution = _decode_execution_fields(value)
+    if UUID_PATTERN.fullmatch(execution.id) is None:
+        raise DecodeError(["the execution id is not a UUID @ $.id"])
+    return execution
 
 
 def encode_initialise_request(request: InitialiseRequest) -> Mapping[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import pty
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
@@ -76,7 +78,7 @@ def strict_json(text: str) -> Any:
 def invoke(
     arguments: Sequence[str],
     env: Mapping[str, str | None] | None = None,
-    stdin: str | None = None,
+    stdin: str | bytes | None = None,
     entry: Callable[[list[str]], int] = cli_main,
 ) -> Invoked:
     """Run the command line in this process, with click's runner isolating its streams.
@@ -87,6 +89,73 @@ def invoke(
     with runner.isolation(input=stdin, env=env) as (out, err, _):
         code = entry(list(arguments))
     return Invoked(code, out.getvalue().decode(), err.getvalue().decode())
+
+
+class Screen(io.StringIO):
+    """A stream that says it is a terminal: stdout and stderr on one screen, in-process."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def invoke_on_screen(
+    arguments: Sequence[str],
+    env: Mapping[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
+    height: int = 12,
+) -> tuple[int, str]:
+    """Run a command with stdout and stderr on one (emulated) terminal: code, raw output."""
+    from rich.console import Console
+
+    from aiotlink._commands import Output
+
+    stream = Screen()
+
+    def create(cls: type[Output], json_mode: bool) -> Output:
+        console = Console(
+            file=stream,
+            force_terminal=True,
+            width=100,
+            height=height,
+            highlight=False,
+            markup=False,
+            emoji=False,
+            _environ={"TERM": "xterm-256color"},
+        )
+        return cls(json_mode, stream, stream, console)
+
+    monkeypatch.setattr(Output, "create", classmethod(create))
+    invoked = invoke(arguments, env)
+    return invoked.code, stream.getvalue()
+
+
+_TERMINAL_TOKEN = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])|\x1b\][^\x07]*\x07|\r|\n|[^\x1b\r\n]+")
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What a terminal shows after ``raw``: text, CR, LF, cursor up (CSI A), erase (CSI K).
+
+    Enough of a terminal for rich's live views, which redraw by moving the cursor up
+    and erasing lines; other sequences (colours, the cursor's visibility) are ignored.
+    """
+    lines, row, column = [""], 0, 0
+    for match in _TERMINAL_TOKEN.finditer(raw):
+        token = match[0]
+        if token == "\n":
+            row, column = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif token == "\r":
+            column = 0
+        elif match[2] == "A":
+            row = max(0, row - int(match[1] or 1))
+        elif match[2] == "K":
+            lines[row] = "" if match[1] == "2" else lines[row][:column]
+        elif not token.startswith("\x1b"):
+            line = lines[row].ljust(column)
+            lines[row] = line[:column] + token + line[column + len(token) :]
+            column += len(token)
+    return [line.rstrip() for line in lines]
 
 
 def run_process(

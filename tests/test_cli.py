@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def test_demo_runs_every_step_on_the_built_in_fake(
         assert status in output
     assert "NotFoundError: 404 WORKFLOW_NOT_FOUND" in output
     assert "APPROVED" in output
+
+
+def test_demo_json_writes_each_step_as_a_json_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json: every line of stdout is {"step": ...}, the steps in order."""
+    monkeypatch.delenv(TOKEN_ENV_VAR, raising=False)
+    assert main(["demo", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert all(set(json.loads(line)) == {"step"} for line in lines)
+    positions = [next(i for i, step in enumerate(steps) if name in step) for name in STEPS]
+    assert positions == sorted(positions)
+    assert steps[-1] == "done"
 
 
 def test_python_dash_m_aiotlink() -> None:
@@ -101,6 +116,10 @@ def test_demo_failure_is_reported_with_exit_status_1(
     arguments = ["demo", "--base-url", api_process["url"], "--definition", "no-such-definition"]
     assert main(arguments) == 1
     assert "failed: NotFoundError: 404" in capsys.readouterr().err
+    assert main([*arguments, "--json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[-1]["error"]["type"] == "NotFoundError"
+    assert all(set(record) == {"step"} for record in records[:-1])
 
 
 def test_demo_of_a_failing_workflow_says_there_is_no_result(

@@ -17,9 +17,17 @@ from aiohttp import web
 from aiotlink._commands import EXIT_CODES_HELP, clean, cli, dump_json
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
-from .cli_helpers import LoopThread, hostile_app, invoke, strict_json
+from .cli_helpers import (
+    LoopThread,
+    hostile_app,
+    invoke,
+    invoke_on_screen,
+    screen_lines,
+    strict_json,
+)
 
 MISSING = "00000000-0000-4000-8000-000000000000"
+DEEP = "22222222-2222-4222-8222-222222222222"
 
 
 @attrs.frozen
@@ -261,6 +269,18 @@ def _list(tmp_path: Path) -> list[str]:
     return ["run", "kyc", "--params-file", str(path)]
 
 
+def _link_to_null(tmp_path: Path) -> list[str]:
+    link = tmp_path / "stdout"
+    link.symlink_to("/dev/null")  # as /dev/stdout is a link to a terminal or a pipe
+    return ["result", MISSING, "--out", str(link)]
+
+
+def _latin1_ids(tmp_path: Path) -> list[str]:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(MISSING.encode() + b"\n# caf\xe9\n")
+    return ["wait", "--from-file", str(path)]
+
+
 BAD_INPUT: dict[str, Any] = {
     "empty definition": ["run", ""],
     "empty locale": ["run", "kyc", "--locale", ""],
@@ -279,6 +299,17 @@ BAD_INPUT: dict[str, Any] = {
     "wait no id": ["wait"],
     "result not a uuid": ["result", "kyc"],
     "result out to a folder": ["result", MISSING, "--out", "/tmp"],
+    "result out dash": ["result", MISSING, "--out", "-"],
+    "run download dash": ["run", "kyc", "--download", "-"],
+    "result out a link to a device": _link_to_null,
+    "ids file not utf-8": _latin1_ids,
+    "no-wait download": ["run", "kyc", "--no-wait", "--download", "r.json"],
+    "no-wait timeout": ["run", "kyc", "--no-wait", "--timeout", "5"],
+    "no-wait cancel": ["run", "kyc", "--no-wait", "--cancel-on-interrupt"],
+    "param not utf-8": ["run", "kyc", "--param", "name=caf\udce9"],
+    "param key not utf-8": ["run", "kyc", "--param", "caf\udce9=x"],
+    "locale not utf-8": ["run", "kyc", "--locale", "e\udcffn"],
+    "definition not utf-8": ["run", "kyc\udcff"],
     "unknown option": ["find", MISSING, "--colour"],
     "nan params": _nan,
     "deep params": _deep,
@@ -301,6 +332,39 @@ def test_bad_input_is_a_one_line_usage_error_before_any_request(
     assert invoked.err.startswith("aiotlink")
     assert "Traceback" not in invoked.err
     assert served.requests() == before
+
+
+def test_ids_on_stdin_must_be_utf8_and_their_file_is_bounded_in_bytes(
+    served: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Latin-1 on stdin: a usage error; the bound counts bytes, not characters."""
+    import aiotlink._commands
+
+    latin1 = invoke(["wait", "--from-file", "-"], env=served.env, stdin=b"caf\xe9\n")
+    assert latin1.code == 2
+    assert latin1.err == "aiotlink: error: --from-file is not UTF-8 text (byte 3)\n"
+    monkeypatch.setattr(aiotlink._commands, "MAX_IDS_FILE_BYTES", 10)
+    path = tmp_path / "ids.txt"
+    path.write_text("# " + "é" * 6 + "\n")  # 9 characters, 15 bytes
+    over = invoke(["wait", "--from-file", str(path)], env=served.env)
+    assert over.code == 2
+    assert over.err == "aiotlink: error: --from-file is over 10 bytes\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["run", "kyc", "--timeout", "nan"], "a finite, positive number of seconds, got nan"),
+        (["run", "kyc", "--expires-in", "5m"], "--expires-in must be 30m to 30d, got '5m'"),
+        (["run", "kyc", "--no-wait", "--timeout", "5"], "--timeout applies to a run that waits"),
+    ],
+)
+def test_usage_errors_name_the_option(served: Fake, arguments: list[str], message: str) -> None:
+    """The message names the option as typed, and says what it must be."""
+    invoked = invoke(arguments, env=served.env)
+    assert invoked.code == 2
+    assert message in invoked.err, invoked.err
+    assert "expires_at" not in invoked.err
 
 
 def test_a_missing_token_says_how_to_set_one() -> None:
@@ -500,9 +564,7 @@ def hostile() -> Iterator[dict[str, str | None]]:
     key = "7d0c1a3e-5b2f-4c8e-9a61-3f2b8d4e6a10"
 
     def evil_execution() -> web.Response:
-        body = _execution(
-            key.upper() + "\x1b[2J", status="COMPLETED" + EVIL, link="https://x/" + EVIL
-        )
+        body = _execution(key.upper(), status="COMPLETED" + EVIL, link="https://x/" + EVIL)
         return web.json_response(body)
 
     def upper_case_execution() -> web.Response:
@@ -517,7 +579,15 @@ def hostile() -> Iterator[dict[str, str | None]]:
             body=b'{"score": NaN, "big": -Infinity}', content_type="application/json"
         )
 
+    def path_as_id() -> web.Response:
+        return web.json_response(_execution("../../x"), status=201)
+
+    def deep_nan_result() -> web.Response:
+        return web.Response(body=b"[" * 600 + b"NaN" + b"]" * 600, content_type="application/json")
+
     routes = {
+        ("POST", "/workflows"): path_as_id,
+        ("GET", f"/workflows/{DEEP}/result"): deep_nan_result,
         ("GET", f"/workflows/{key}"): upper_case_execution,
         ("GET", f"/workflows/{MISSING}"): evil_error,
         ("GET", "/workflows/11111111-1111-4111-8111-111111111111"): evil_execution,
@@ -554,6 +624,55 @@ def test_wait_keys_by_the_id_asked_when_the_server_answers_in_upper_case(
     assert [record["id"] for record in invoked.records()] == [key]
     human = invoke(["wait", key, "--poll-interval", "0.01"], env=env)
     assert f"{key}  COMPLETED" in human.out.splitlines()
+    found = invoke(["find", key, "--json"], env=env)
+    assert [record["id"] for record in found.records()] == [key]
+
+
+def test_an_execution_id_that_is_no_uuid_is_an_api_error_not_a_traceback(
+    hostile: dict[str, str | None],
+) -> None:
+    """initialise answers with id "../../x": ResponseValidationError, exit 4, one line."""
+    env = {name: value for name, value in hostile.items() if name != "key"}
+    for extra in ([], ["--json"]):
+        invoked = invoke(["run", "kyc", "--poll-interval", "0.01", *extra], env=env)
+        assert invoked.code == 4, invoked
+        assert "Traceback" not in invoked.err
+        assert "ResponseValidationError" in invoked.err + invoked.out
+        assert "UUID" in invoked.err + invoked.out
+
+
+def test_an_unexpected_error_is_one_line_and_exit_4(
+    served: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a command: one line on stderr, exit 4; -vv adds the traceback."""
+    import aiotlink._commands
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    key = started(served, served.interactive)
+    monkeypatch.setattr(aiotlink._commands, "show_execution", broken)
+    quiet = invoke(["find", key], env=served.env)
+    assert (quiet.code, quiet.err) == (4, "aiotlink: unexpected error: RuntimeError: boom\n")
+    loud = invoke(["find", key, "-vv"], env=served.env)
+    assert loud.code == 4
+    assert "Traceback" in loud.err
+    assert loud.err.endswith("aiotlink: unexpected error: RuntimeError: boom\n")
+
+
+def test_a_deeply_nested_result_with_nan_prints(hostile: dict[str, str | None]) -> None:
+    """600 levels and a NaN: the client reads it, so the command prints it (NaN as null)."""
+    env = {name: value for name, value in hostile.items() if name != "key"}
+    expected: Any = None
+    for _ in range(600):
+        expected = [expected]
+    as_json = invoke(["result", DEEP, "--json"], env=env)
+    assert as_json.code == 0, as_json.err[-500:]
+    nested = "[" * 600 + "null" + "]" * 600
+    assert as_json.out == '{"id": "' + DEEP + '", "result": ' + nested + "}\n"
+    human = invoke(["result", DEEP], env=env)
+    assert human.code == 0, human.err[-500:]
+    assert re.sub(r"\s", "", human.out) == nested
 
 
 def test_json_output_is_strict_even_for_a_nan_result(hostile: dict[str, str | None]) -> None:
@@ -620,6 +739,19 @@ def test_webhooks_verify_checks_a_captured_delivery(tmp_path: Path) -> None:
         assert changed.code == 1
         assert changed.records()[0]["id"] is None
         assert changed.records()[0]["error"]["type"] == "WebhookVerificationError"
+
+        def refused() -> web.Response:
+            return web.json_response({"errors": [{"code": "FORBIDDEN"}]}, status=403)
+
+        url, runner = thread.call(hostile_app({("GET", "/auth/webhooks/key/{kid}"): refused}))
+        unfetched = invoke(
+            [*arguments, "--body-file", str(path)],
+            env={"TRANSACTIONLINK_TOKEN": fake.token, "TRANSACTIONLINK_BASE_URL": url},
+        )
+        thread.call(runner.cleanup())
+        # The key could not be had: an API error (4), not a delivery that fails (1).
+        assert unfetched.code == 4, unfetched
+        assert "could not fetch the key" in unfetched.records()[0]["error"]["message"]
     finally:
         thread.call(fake.close())
         thread.close()
@@ -705,6 +837,13 @@ def test_fake_server_serves_the_definitions_of_a_file(
     hooks = invoke(["fake-server", "--port", "0", "--webhook-url", "http://127.0.0.1:9/x"])
     assert hooks.code == 0, hooks.err
     assert "webhooks http://127.0.0.1:9/x" in hooks.out
+    as_json = invoke(["fake-server", "--port", "0", "--json", "--definition", str(path)])
+    assert as_json.code == 0, as_json.err
+    [record] = as_json.records()
+    assert {"id": custom.definition_id, "name": "kyc-custom"}.items() <= record["definitions"][
+        -1
+    ].items()
+    assert as_json.err == "stopped\n"
 
 
 BAD_DEFINITIONS = {
@@ -774,7 +913,12 @@ def test_ctrl_c_in_process_exits_130(served: Fake, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize(
     ("arguments", "stdin"),
-    [(["demo"], None), (["find", MISSING], None), (["demo", "--help"], None)],
+    [
+        (["demo"], None),
+        (["find", MISSING], None),
+        (["demo", "--help"], None),
+        (["--version"], None),
+    ],
 )
 def test_without_the_cli_extra_in_process(
     monkeypatch: pytest.MonkeyPatch,
@@ -793,6 +937,10 @@ def test_without_the_cli_extra_in_process(
             _cli.main(arguments)
         assert exited.value.code == 0
         assert "--large-result-definition" in capsys.readouterr().out
+        return
+    if arguments == ["--version"]:
+        assert _cli.main(arguments) == 0
+        assert capsys.readouterr().out == invoke(["--version"]).out  # as with the extra
         return
     assert _cli.main(arguments) == 2
     err = capsys.readouterr().err
@@ -929,3 +1077,100 @@ def test_without_the_otel_extra_the_commands_run_untraced(
     assert invoked.records()[0]["id"] == execution_id
     assert _instrument.current is None
     assert "aiotlink.otel" not in sys.modules
+
+
+# On a terminal (emulated in-process: stdout and stderr on one screen) -------------------
+
+
+def test_wait_on_a_terminal_keeps_errors_the_table_and_every_unfinished_id(
+    served: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors printed while live stay; the last table stays; all not completed are named."""
+    keys = [started(served, served.ok) for _ in range(3)] + [started(served, served.failing)]
+    arguments = ["wait", *keys, MISSING, "--poll-interval", "0.05"]
+    code, raw = invoke_on_screen(arguments, served.env, monkeypatch, height=7)
+    assert code == 4
+    shown = screen_lines(raw)
+    error = next(line for line in shown if line.startswith("error: "))
+    assert error.startswith(f"error: {MISSING}: NotFoundError: ")
+    summary = "5 executions: 3 COMPLETED, 1 FAILED, 1 error"
+    assert summary in shown, shown
+    # Three rows fit: the two that did not complete are named below the table.
+    assert shown[shown.index(summary) + 1 :][:2] == [f"{keys[3]}  FAILED", f"{MISSING}  error"]
+
+
+@pytest.fixture(scope="module")
+def evil_status() -> Iterator[dict[str, str | None]]:
+    """A server whose execution never ends, in a status made of escape sequences."""
+    thread = LoopThread()
+    key = "33333333-3333-4333-8333-333333333333"
+
+    def execution() -> web.Response:
+        return web.json_response(_execution(key, status="RUNNING" + EVIL), status=201)
+
+    routes = {("POST", "/workflows"): execution, ("GET", f"/workflows/{key}"): execution}
+    url, runner = thread.call(hostile_app(routes))
+    yield {"TRANSACTIONLINK_TOKEN": "tot_x", "TRANSACTIONLINK_BASE_URL": url, "key": key}
+    thread.call(runner.cleanup())
+    thread.close()
+
+
+@pytest.mark.parametrize("on_screen", [False, True], ids=["plain", "terminal"])
+@pytest.mark.parametrize("command", ["run", "wait"])
+def test_statuses_are_escaped_in_progress_lines_and_live_views(
+    evil_status: dict[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    on_screen: bool,
+) -> None:
+    """run's plain lines and live line, wait's plain lines and live table: escaped."""
+    env = {name: value for name, value in evil_status.items() if name != "key"}
+    target = "kyc" if command == "run" else str(evil_status["key"])
+    arguments = [command, target, "--poll-interval", "0.01", "--timeout", "0.6"]
+    if on_screen:
+        code, raw = invoke_on_screen(arguments, env, monkeypatch)
+        raw = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)  # the live view's own sequences
+    else:
+        invoked = invoke(arguments, env)
+        code, raw = invoked.code, invoked.out
+    assert code == 3
+    assert "RUNNING\\x1b]0;pwned\\x07" in raw, raw
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202e]", raw.replace("\r", "")), repr(raw)
+
+
+def test_verbose_logs_are_escaped() -> None:
+    """-v's log lines escape what the server sent."""
+    import io
+    import logging
+
+    from aiotlink._commands import library_logs
+
+    stream = io.StringIO()
+    with library_logs(1, stream):
+        logging.getLogger("aiotlink.test").warning("status %s", EVIL)
+    logged = stream.getvalue()
+    assert logged.startswith("WARNING aiotlink.test: status \\x1b]0;pwned\\x07\\x1b[2J"), logged
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f\u202e]", logged), repr(logged)
+
+
+def test_write_all_writes_everything_to_an_unbuffered_file_or_raises(tmp_path: Path) -> None:
+    """Unbuffered stdout (PYTHONUNBUFFERED): the whole text, or BrokenPipeError."""
+    import io
+    import os
+
+    from aiotlink._commands import write_all
+
+    path = tmp_path / "out.txt"
+    with io.TextIOWrapper(io.FileIO(path, "w"), encoding="utf-8") as unbuffered:
+        write_all(unbuffered, "é" * 200_000)
+    assert path.read_text(encoding="utf-8") == "é" * 200_000
+    read, write = os.pipe()
+    os.close(read)
+    raw = io.FileIO(write, "w")
+    closed = io.TextIOWrapper(raw, encoding="utf-8")
+    try:
+        with pytest.raises(BrokenPipeError):
+            write_all(closed, "x" * 200_000)
+    finally:
+        closed.detach()
+        raw.close()

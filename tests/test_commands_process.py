@@ -42,6 +42,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
                 },
                 {"name": "slow-review", "statuses": ["RUNNING", "COMPLETED"], "step_seconds": 1.5},
                 {"name": "stuck", "statuses": ["AWAITING"], "interactive": True},
+                # 0.8 MB of JSON, printed indented: 1.4 MB in one write
+                {
+                    "name": "wide",
+                    "statuses": ["COMPLETED"],
+                    "result": [{"k": number} for number in range(60_000)],
+                },
             ]
         )
     )
@@ -216,6 +222,36 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(
     assert outcomes == {"--cancel-on-interrupt": "CANCELLED", "--json": "AWAITING"}
 
 
+def test_ctrl_c_on_wait_json_writes_a_record_for_each_unfinished_id(
+    server: dict[str, str],
+) -> None:
+    """SIGINT while waiting: 130, and an Interrupted record for each id not yet ended."""
+    env = env_of(server)
+    done, stuck = start(server, "kyc-background"), start(server, "stuck")
+    process = subprocess.Popen(
+        [AIOTLINK, "wait", done, stuck, "--json", "--poll-interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    assert process.stdout is not None
+    try:
+        first = read_until(process.stdout.fileno(), lambda data: b"\n" in data, 30)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    records = [strict_json(line) for line in (first + out).decode().splitlines()]
+    assert [(record["id"], record.get("status")) for record in records] == [
+        (done, "COMPLETED"),
+        (stuck, None),
+    ]
+    assert records[1]["error"] == {"type": "Interrupted"}
+
+
 def test_a_closed_stdout_ends_quietly_with_141(server: dict[str, str]) -> None:
     """Output into a pipe nobody reads (`| head -0`) exits 141, nothing on stderr."""
     read, write = os.pipe()
@@ -232,6 +268,25 @@ def test_a_closed_stdout_ends_quietly_with_141(server: dict[str, str]) -> None:
     os.close(write)
     assert done.returncode == 141
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("json_mode", [False, True], ids=["lines", "json"])
+def test_a_large_result_into_head_exits_141(
+    server: dict[str, str], unbuffered: str, json_mode: bool
+) -> None:
+    """`result ID | head -c 10`: the one large write meets a closed pipe: 141, not 0."""
+    key = start(server, "wide")
+    env = {**os.environ, **env_of(server), "PYTHONUNBUFFERED": unbuffered}
+    arguments = [AIOTLINK, "result", key, *(["--json"] if json_mode else [])]
+    writer = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert writer.stdout is not None
+    first = writer.stdout.read(10)
+    writer.stdout.close()  # as head -c 10 does
+    _, err = writer.communicate(timeout=30)
+    assert writer.returncode == 141, err
+    assert first.startswith(b"[" if not json_mode else b'{"id"')
+    assert err == b""
 
 
 # In a terminal ---------------------------------------------------------------------------
@@ -306,3 +361,38 @@ def test_run_in_a_terminal_shows_its_status_in_place(server: dict[str, str]) -> 
     )
     assert ran.code == 0, ran
     assert IN_PLACE.search(ran.out)
+
+
+def test_fake_server_json_is_one_line_a_script_can_use(tmp_path: Path) -> None:
+    """--json: one JSON line (url, token, storage, definitions), nothing else on stdout."""
+    path = tmp_path / "flows.json"
+    path.write_text(json.dumps({"name": "odd\u001b[2Jname", "statuses": ["RUNNING", "COMPLETED"]}))
+    command = [AIOTLINK, "fake-server", "--port", "0", "--json", "--definition", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        record = strict_json(process.stdout.readline())
+        assert set(record) == {"url", "storage_url", "token", "jwt", "webhook_url", "definitions"}
+        assert record["url"].startswith("http://127.0.0.1:")
+        assert record["storage_url"].startswith("http://127.0.0.1:")
+        names = {item["name"]: item["id"] for item in record["definitions"]}
+        assert names["odd\x1b[2Jname"]
+        ran = run_process(
+            ["run", names["odd\x1b[2Jname"], "--json", "--poll-interval", "0.05"],
+            child_env(record["token"], record["url"]),
+        )
+        assert ran.code == 0, ran.err
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert (process.returncode, out) == (0, "")
+    assert err == "stopped\n"
+
+
+def test_the_banner_escapes_definition_names(tmp_path: Path) -> None:
+    """A name from a definition file cannot drive the terminal the banner is printed to."""
+    path = tmp_path / "flows.json"
+    path.write_text(json.dumps({"name": "odd\u001b[2Jname", "statuses": ["COMPLETED"]}))
+    with fake_server_process("--definition", str(path)) as info:
+        assert "\x1b" not in info["banner"]
+        assert "odd\\x1b[2Jname" in info["banner"]

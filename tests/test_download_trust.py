@@ -347,11 +347,14 @@ def make_folder(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
+SPECIAL_FILES = pytest.mark.parametrize(
     "make",
     [make_fifo, make_socket, make_folder, lambda _: Path("/dev/null")],
     ids=["fifo", "socket", "directory", "device"],
 )
+
+
+@SPECIAL_FILES
 async def test_a_destination_that_is_no_regular_file_is_refused_before_any_request(
     server: ScriptedServer, tmp_path: Path, make: Callable[[Path], Path]
 ) -> None:
@@ -368,6 +371,20 @@ async def test_a_destination_that_is_no_regular_file_is_refused_before_any_reque
         stat.S_IFMT(before.st_mode),
         before.st_ino,
     )
+    assert server.seen == []
+
+
+@SPECIAL_FILES
+async def test_a_link_to_a_special_file_is_refused_before_any_request(
+    server: ScriptedServer, tmp_path: Path, make: Callable[[Path], Path]
+) -> None:
+    """A link to a FIFO, socket, directory or device (``/dev/stdout``) stays as it was."""
+    link = tmp_path / "link.json"
+    link.symlink_to(make(tmp_path))
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        with pytest.raises(ValueError, match="path is a link to"):
+            await client.workflows.download_result(EXECUTION_ID, link)
+    assert link.is_symlink()
     assert server.seen == []
 
 

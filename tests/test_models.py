@@ -223,3 +223,12 @@ def test_status_from_non_text_is_refused() -> None:
     """WorkflowStatus accepts text only: a number is a ValueError."""
     with pytest.raises(ValueError, match="not a valid WorkflowStatus"):
         WorkflowStatus(3)
+
+
+@pytest.mark.parametrize("key", ["../../x", "", "not-a-uuid", EXECUTION_ID + "/result"])
+def test_an_execution_id_that_is_no_uuid_does_not_decode(key: str) -> None:
+    """The id goes into URL paths: anything but a UUID is a malformed answer."""
+    with pytest.raises(DecodeError) as caught:
+        decode_execution(execution_body(id=key))
+    assert caught.value.problems == ["the execution id is not a UUID @ $.id"]
+    assert decode_execution(execution_body(id=EXECUTION_ID.upper())).id == EXECUTION_ID.upper()

@@ -9,6 +9,7 @@ import inspect
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from aiotlink import (
     WorkflowFailedError,
     WorkflowStatus,
 )
+from aiotlink._arguments import UUID_PATTERN
 from aiotlink._converter import decode_execution
 from aiotlink._polling import (
     ADMITTED_PER_ITERATION,
@@ -71,7 +73,14 @@ def client_tasks() -> list[asyncio.Task[Any]]:
 
 
 def lookup(**changes: Any) -> Lookup:
-    """A poll's answer: the execution body with ``changes``, decoded, and no Retry-After."""
+    """A poll's answer: the execution body with ``changes``, decoded, and no Retry-After.
+
+    The poller's keys here are short names (``id-7``); the body's id must be a UUID
+    (decode_execution refuses others), so a name becomes a UUID made from it.
+    """
+    key = changes.get("id")
+    if isinstance(key, str) and not UUID_PATTERN.fullmatch(key):
+        changes["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
     body = json.dumps(execution_body(**changes)).encode()
     return Lookup(decode_execution(json.loads(body)), body, None)
 
@@ -1110,7 +1119,7 @@ async def test_a_change_after_the_deadline_fired_is_the_last_one_seen() -> None:
         await next_change(subscription)
     last = raised.value.execution
     assert last is not None
-    assert (last.id, last.status) == ("x", WorkflowStatus.RUNNING)
+    assert (last.id, last.status) == (lookup(id="x").execution.id, WorkflowStatus.RUNNING)
     poller.unsubscribe(subscription)
 
 

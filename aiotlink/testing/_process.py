@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import uuid
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="POST a signed webhook for every status change here (needs aiotlink[webhooks])",
     )
     parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON line (url, storage_url, token, jwt, webhook_url, definitions)"
+        " instead of the banner, and nothing else on stdout",
+    )
+    parser.add_argument(
         "--definition",
         dest="definitions",
         type=_argparse_type(load_definitions),
@@ -252,6 +259,33 @@ def add_file_definitions(
         )
 
 
+def _shown(name: str) -> str:
+    # A definition file's name, printed to a terminal: no escape sequence gets through.
+    return name if name.isprintable() else ascii(name)[1:-1]
+
+
+def _record(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
+    """The ``--json`` line: what the banner says, for a script."""
+    definitions = [
+        {"id": demo.definition_id, "name": demo.name, "statuses": list(demo.statuses)}
+        for demo in DEMO_DEFINITIONS
+    ]
+    definitions += [
+        {"id": item.definition_id, "name": item.name, "statuses": list(item.statuses)}
+        for group in options.definitions
+        for item in group
+    ]
+    record = {
+        "url": fake.url,
+        "storage_url": fake.storage_url,
+        "token": fake.token,
+        "jwt": fake.jwt,
+        "webhook_url": fake.webhook_url,
+        "definitions": definitions,
+    }
+    return json.dumps(record)
+
+
 def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
     lines = [
         f"FakeTransactionLink listening on {fake.url}",
@@ -277,7 +311,8 @@ def _banner(fake: FakeTransactionLink, options: argparse.Namespace) -> str:
     for definitions in options.definitions:
         for definition in definitions:
             notes = " > ".join(definition.statuses)
-            lines.append(f"    {definition.definition_id}  {definition.name:<16} {notes}")
+            name = _shown(definition.name)  # statuses are known ones, checked on loading
+            lines.append(f"    {definition.definition_id}  {name:<16} {notes}")
     first = DEMO_DEFINITIONS[0].definition_id
     # Commands that exist: the demo in every install, `run` with the cli extra.
     lines.append(
@@ -348,12 +383,13 @@ async def _serve(
     except OSError as exc:
         print(f"error: cannot listen on {HOST}: {exc.strerror or exc}", file=err, flush=True)
         return 1
+    json_mode = getattr(options, "json", False)
     try:
-        print(_banner(fake, options), file=out, flush=True)
+        print(_record(fake, options) if json_mode else _banner(fake, options), file=out, flush=True)
         await stop.wait()
     finally:
         await fake.close()
-    print("stopped", file=out, flush=True)
+    print("stopped", file=err if json_mode else out, flush=True)
     return 0
 
 
