@@ -384,13 +384,16 @@ async def test_a_handler_cancelled_by_the_job_timeout_counts_as_a_failed_attempt
     async def slow_once(ctx: dict[str, Any], outcome: Outcome) -> None:
         runs.append(outcome.attempt)
         if outcome.attempt == 1:
-            await asyncio.sleep(30)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:  # a handler that ignores its own time limit
+                await asyncio.sleep(30)
 
-    # The handler's own limit is far off: arq's timeout of the job (its function's) cuts it.
+    # The handler ignores its own limit: arq's timeout of the job (its function's) cuts it.
     async with running_worker(
-        redis, [slow_once], **client_options(fake), handler_timeout=60, retry_delay=0.05
+        redis, [slow_once], **client_options(fake), handler_timeout=0.2, retry_delay=0.05
     ) as worker:
-        worker.functions["aiotlink_deliver"].timeout_s = 0.3
+        worker.functions["aiotlink_deliver"].timeout_s = 0.5
         await follow(redis, execution_id, on_terminal="slow_once")
         await eventually(lambda: runs == [1, 2], timeout=5)
 
@@ -762,3 +765,185 @@ async def test_a_follow_started_untraced_keeps_no_trace_context(
     execution_id = await start(fake, definition)
     assert await follow(redis, execution_id, on_terminal="later", poll_interval=30)
     assert (await redis.hgetall(follow_key(execution_id)))[b"trace"] == b""
+
+
+# Review of issue 18: Redis failures, shutdowns and lost jobs lose no outcome.
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str) -> list[int]:
+    """Make the first run of one of the scripts fail as a dropped connection would."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from aiotlink.arq import _state
+
+    real = _state.Scripts.__init__
+    failed: list[int] = []
+
+    def patched(self: _state.Scripts, redis: ArqRedis) -> None:
+        real(self, redis)
+        original = getattr(self, script)
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if not failed:
+                failed.append(1)
+                raise RedisConnectionError("Connection reset by peer")
+            return await original(*args, **kwargs)
+
+        setattr(self, script, flaky)
+
+    monkeypatch.setattr(_state.Scripts, "__init__", patched)
+    _state._SCRIPTS.clear()
+    return failed
+
+
+async def test_a_redis_error_as_a_poll_begins_makes_arq_run_the_poll_again(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"]))
+    failed = _failing_once(monkeypatch, "begin")
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        [outcome] = await handled.wait_for(1, timeout=5)
+    assert failed == [1]
+    assert outcome.kind is OutcomeKind.TERMINAL
+
+
+async def test_a_follow_whose_poll_job_was_lost_gets_it_back_from_follow_or_nudge(
+    redis: ArqRedis, fake: FakeTransactionLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    assert await follow(redis, execution_id, on_terminal="Handled")
+    job = (await redis.hget(follow_key(execution_id), "job")).decode()  # type: ignore[misc]  # redis-py's stubs
+
+    async def lose() -> None:
+        await redis.delete(f"arq:job:{job}")
+        await redis.zrem(redis.default_queue_name, job)
+
+    async def queued() -> bool:
+        return await redis.zscore(redis.default_queue_name, job) is not None and bool(
+            await redis.exists(f"arq:job:{job}")
+        )
+
+    await lose()
+    with caplog.at_level(logging.WARNING, logger="aiotlink"):
+        assert not await follow(redis, execution_id, on_terminal="Handled")
+    assert "lost its poll job" in caplog.text
+    assert await queued()
+    assert not await follow(redis, execution_id, on_terminal="Handled")  # nothing more
+    await lose()
+    assert await nudge(redis, execution_id)
+    assert await queued()
+    assert await redis.hget(follow_key(execution_id), "gen") == b"1"  # type: ignore[misc]  # redis-py's stubs
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        [outcome] = await handled.wait_for(1, timeout=5)
+    assert outcome.key == f"{execution_id}:1"
+
+
+async def test_a_shutdown_during_a_handler_is_no_failed_attempt(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """SIGTERM (a deploy) cancels a running handler: arq runs the same attempt again."""
+    import signal
+
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    runs: list[int] = []
+    done: list[int] = []
+
+    async def slow(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(outcome.attempt)
+        await asyncio.sleep(0.4)
+        done.append(outcome.attempt)
+
+    async with running_worker(redis, [slow], **client_options(fake), retry_delay=0.05) as first:
+        await follow(redis, execution_id, on_terminal="slow")
+        await eventually(lambda: runs == [1])
+        first.handle_sig(signal.SIGTERM)
+        await asyncio.gather(*first.tasks.values(), return_exceptions=True)
+    async with running_worker(redis, [slow], **client_options(fake), retry_delay=0.05):
+        await eventually(lambda: done == [1])
+        await asyncio.sleep(0.6)  # no second attempt comes
+    assert (runs, done) == ([1, 1], [1])
+    assert not await redis.hlen(DEAD_LETTERS_KEY)  # type: ignore[misc]  # redis-py's stubs
+
+
+async def test_a_redis_error_while_queueing_the_next_attempt_is_retried(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    runs: list[int] = []
+    real = ArqRedis.enqueue_job
+    blips: list[int] = []
+
+    async def flaky_enqueue(self: ArqRedis, *args: Any, **kwargs: Any) -> Any:
+        if not blips:
+            blips.append(1)
+            raise RedisConnectionError("Connection reset by peer")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArqRedis, "enqueue_job", flaky_enqueue)
+
+    async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(outcome.attempt)
+        raise ValueError("db down")
+
+    options = client_options(fake, retry_delay=0.05, max_attempts=2)
+    async with running_worker(redis, [failing], **options):
+        await follow(redis, execution_id, on_terminal="failing")
+        await eventually(lambda: letters(redis, 1), timeout=8)
+    assert blips == [1]
+    assert runs[-1] == 2
+    [letter] = await dead_letters(redis)
+    assert letter["id"] == execution_id
+
+
+async def test_a_redis_error_while_recording_a_dead_letter_is_retried(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    real = ArqRedis.hset
+    blips: list[int] = []
+
+    async def flaky_hset(self: ArqRedis, *args: Any, **kwargs: Any) -> Any:
+        if not blips and args and args[0] == DEAD_LETTERS_KEY:
+            blips.append(1)
+            raise RedisConnectionError("Connection reset by peer")
+        return await real(self, *args, **kwargs)  # type: ignore[misc]  # redis-py's stubs
+
+    monkeypatch.setattr(ArqRedis, "hset", flaky_hset)
+
+    async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        raise ValueError("db down")
+
+    async with running_worker(redis, [failing], **client_options(fake, max_attempts=1)):
+        await follow(redis, execution_id, on_terminal="failing")
+        await eventually(lambda: letters(redis, 1), timeout=8)
+    assert blips == [1]
+
+
+async def test_an_undecodable_delivery_payload_is_dead_lettered_raw_and_capped(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    from aiotlink.arq._state import DELIVER_FUNCTION
+    from aiotlink.arq._worker import RAW_LETTER_CHARS
+
+    garbage = "{not json" + "x" * (2 * RAW_LETTER_CHARS)
+    async with running_worker(redis, [], **client_options(fake)):
+        await redis.enqueue_job(DELIVER_FUNCTION, garbage, _job_id="broken")
+        await redis.enqueue_job(DELIVER_FUNCTION, '{"id": "x"}', _job_id="missing")
+        await eventually(lambda: letters(redis, 2), timeout=5)
+    stored = {
+        key.decode(): value
+        for key, value in (await redis.hgetall(DEAD_LETTERS_KEY)).items()  # type: ignore[misc]  # redis-py's stubs
+    }
+    import json
+
+    broken = json.loads(stored["undecodable:broken"])
+    assert broken["raw"] == garbage[:RAW_LETTER_CHARS]
+    assert broken["reason"].startswith("undecodable payload")
+    assert json.loads(stored["undecodable:missing"])["raw"] == '{"id": "x"}'

@@ -66,17 +66,31 @@ local function enqueue(job_id, payload, queue, score_ms, ttl_ms)
   redis.call('ZADD', queue, math.floor(score_ms), job_id)
   return 1
 end
+-- A follow whose poll job is gone (neither stored nor queued: a Redis failure lost it)
+-- gets it back, due now, under the same job id: the fence and the generation stay.
+local function heal(follow, payload, now, grace)
+  local f = redis.call('HMGET', follow, 'job', 'queue')
+  if redis.call('EXISTS', '@JOB@' .. f[1]) == 1 or redis.call('ZSCORE', f[2], f[1]) then
+    return 0
+  end
+  enqueue(f[1], payload, f[2], now * 1000, grace * 1000)
+  redis.call('HSET', follow, 'due', tostring(now), 'running', 0, 'nudged', 0)
+  redis.call('EXPIRE', follow, grace)
+  return 1
+end
 """.replace("@JOB@", job_key_prefix).replace("@RESULT@", result_key_prefix)
 
 # KEYS: follow hash, generation counter. ARGV: execution id, now, poll job, queue,
 # handler, download dir, poll_interval, max_poll_interval, factor, deadline ('' none),
 # timeout ('' none), grace seconds, generation ttl, the follower's trace context (JSON,
-# '' without tracing). Returns the generation, or 0 when
-# the execution is followed already (nothing changes).
+# '' without tracing). Returns the generation, or 0 when the execution is followed
+# already (nothing changes), -1 when it is but its poll job was lost (queued again).
 FOLLOW = (
     _ENQUEUE
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return -heal(KEYS[1], ARGV[3], tonumber(ARGV[2]), tonumber(ARGV[12]))
+end
 local generation = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[13])
 local job = 'aiotlink:poll:' .. ARGV[1] .. ':' .. generation .. ':0'
@@ -161,13 +175,17 @@ return 1
 )
 
 # KEYS: follow hash. ARGV: now, '1' when the signal may mean the end (a terminal status
-# or none), '0' for a status that is not terminal. Returns 0 when nobody follows the
-# execution. A follow waits for the end only, so a non-terminal status costs nothing;
+# or none), '0' for a status that is not terminal, a poll job's payload, grace seconds.
+# Returns 0 when nobody follows the execution. A lost poll job is queued again, due
+# now. A follow waits for the end only, so a non-terminal status costs nothing;
 # otherwise the scheduled poll is brought forward to the nudge floor (never before the
 # last Retry-After, nor within NUDGE_MIN_GAP of the last lookup), or, with a lookup in
 # flight, the next poll will follow it as soon as that floor allows.
-NUDGE = """
+NUDGE = (
+    _ENQUEUE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if heal(KEYS[1], ARGV[3], tonumber(ARGV[1]), tonumber(ARGV[4])) == 1 then return 1 end
 if ARGV[2] == '0' then return 1 end
 local f = redis.call('HMGET', KEYS[1], 'running', 'nudge_at', 'due', 'job', 'queue')
 if f[1] == '1' then
@@ -181,6 +199,7 @@ if sooner < tonumber(f[3]) then
 end
 return 1
 """
+)
 
 # KEYS: dead letters. ARGV: entry id, the entry as listed, job id, payload, queue, now,
 # grace seconds. Takes the entry off and queues its delivery again, in one step: of

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aiotlink")
 
 CONTEXT_KEY = "aiotlink"
+# An undecodable delivery payload is kept as a dead letter, this much of it.
+RAW_LETTER_CHARS = 4096
 
 
 class OutcomeKind(enum.Enum):
@@ -255,7 +257,11 @@ async def poll(ctx: dict[str, Any], execution_id: str) -> None:
     job_id: str = ctx["job_id"]
     run = scripts(redis)
     started = time.time()
-    row = await run.begin(keys=[follow_key(execution_id)], args=[job_id, repr(started)])
+    try:
+        row = await run.begin(keys=[follow_key(execution_id)], args=[job_id, repr(started)])
+    except RedisError as error:
+        # Not a drop: the follow names this job, so arq must run it again.
+        _retry_later(execution_id, error)
     if row is None:
         return  # stale: the follow ended, or another run of this poll got there first
     follow = _Follow(row)
@@ -431,8 +437,14 @@ def _outcome(payload: dict[str, Any]) -> Outcome:
 async def deliver(ctx: dict[str, Any], encoded: str) -> None:
     """Run a follow's ``on_terminal`` with its outcome (the job ``aiotlink_deliver``)."""
     state = _state(ctx)
-    payload: dict[str, Any] = json.loads(encoded)
-    outcome = _outcome(payload)
+    began = time.monotonic()
+    try:
+        payload: dict[str, Any] = json.loads(encoded)
+        outcome = _outcome(payload)
+    except (ValueError, KeyError, TypeError, TransactionLinkError) as error:
+        # A payload that does not decode is kept for an operator, never dropped.
+        await _undecodable(ctx, encoded, error)
+        return
     try:
         handler = state.settings.handlers.get(payload["handler"])
         if handler is None:
@@ -451,6 +463,15 @@ async def deliver(ctx: dict[str, Any], encoded: str) -> None:
                 outcome = attrs.evolve(outcome, result_path=path)
             await handler(ctx, outcome)
     except (Exception, asyncio.CancelledError) as error:
+        if (
+            isinstance(error, asyncio.CancelledError)
+            and _cancelled_from_outside()
+            and time.monotonic() - began < state.settings.handler_timeout
+        ):
+            # Cancelled before its time was up: a shutdown (SIGTERM, a deploy), not
+            # arq's job timeout (which comes after handler_timeout). arq runs this same
+            # job again; it is not a failed attempt.
+            raise
         # A handler that raised, ran over its time, or was cancelled by arq's job
         # timeout: a failed attempt, run again later or recorded as a dead letter.
         await asyncio.shield(_failed(ctx, state, payload, error))
@@ -479,13 +500,16 @@ async def _failed(
             reason,
         )
         again = {**payload, "attempt": attempt + 1}
-        await redis.enqueue_job(
-            DELIVER_FUNCTION,
-            encode(again),
-            _job_id=outcome_job_id(payload["id"], payload["gen"], attempt + 1),
-            _queue_name=payload["queue"],
-            _defer_by=delay,
-        )
+        try:
+            await redis.enqueue_job(
+                DELIVER_FUNCTION,
+                encode(again),
+                _job_id=outcome_job_id(payload["id"], payload["gen"], attempt + 1),
+                _queue_name=payload["queue"],
+                _defer_by=delay,
+            )
+        except RedisError as failure:
+            _retry_later(payload["id"], failure)
         return
     logger.error(
         "handler %s for %s failed %d times, recorded as a dead letter: %s",
@@ -495,6 +519,27 @@ async def _failed(
         reason,
     )
     letter = {**payload, "failed_at": time.time(), "reason": reason}
-    entry = f"{payload['id']}:{payload['gen']}"
-    # redis-py types its async client's commands as "Awaitable[int] | int".
-    await redis.hset(DEAD_LETTERS_KEY, entry, encode(letter))  # type: ignore[misc]
+    await _dead_letter(redis, f"{payload['id']}:{payload['gen']}", letter, payload["id"])
+
+
+async def _undecodable(ctx: dict[str, Any], encoded: object, error: Exception) -> None:
+    raw = encoded if isinstance(encoded, str) else repr(encoded)
+    reason = f"undecodable payload: {type(error).__name__}"
+    logger.error("delivery job %s: %s, recorded as a dead letter", ctx["job_id"], reason)
+    letter = {
+        "id": "",
+        "reason": reason,
+        "failed_at": time.time(),
+        # Capped: a dead letter is for an operator to read, not a second copy of a body.
+        "raw": raw[:RAW_LETTER_CHARS],
+    }
+    await _dead_letter(ctx["redis"], f"undecodable:{ctx['job_id']}", letter, ctx["job_id"])
+
+
+async def _dead_letter(redis: ArqRedis, entry: str, letter: dict[str, Any], name: str) -> None:
+    """Record a dead letter; Redis failing here makes arq run the delivery job again."""
+    try:
+        # redis-py types its async client's commands as "Awaitable[int] | int".
+        await redis.hset(DEAD_LETTERS_KEY, entry, encode(letter))  # type: ignore[misc]
+    except RedisError as failure:
+        _retry_later(name, failure)
