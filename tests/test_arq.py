@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -903,19 +904,8 @@ async def test_a_redis_error_while_queueing_the_next_attempt_is_retried(
 async def test_a_redis_error_while_recording_a_dead_letter_is_retried(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
-    real = ArqRedis.hset
-    blips: list[int] = []
-
-    async def flaky_hset(self: ArqRedis, *args: Any, **kwargs: Any) -> Any:
-        if not blips and args and args[0] == DEAD_LETTERS_KEY:
-            blips.append(1)
-            raise RedisConnectionError("Connection reset by peer")
-        return await real(self, *args, **kwargs)  # type: ignore[misc]  # redis-py's stubs
-
-    monkeypatch.setattr(ArqRedis, "hset", flaky_hset)
+    failed = _failing_once(monkeypatch, "dead_letter")
 
     async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
         raise ValueError("db down")
@@ -923,7 +913,9 @@ async def test_a_redis_error_while_recording_a_dead_letter_is_retried(
     async with running_worker(redis, [failing], **client_options(fake, max_attempts=1)):
         await follow(redis, execution_id, on_terminal="failing")
         await eventually(lambda: letters(redis, 1), timeout=8)
-    assert blips == [1]
+    assert failed == [1]
+    [letter] = await dead_letters(redis)
+    assert letter["id"] == execution_id
 
 
 async def test_an_undecodable_delivery_payload_is_dead_lettered_raw_and_capped(
@@ -947,3 +939,86 @@ async def test_an_undecodable_delivery_payload_is_dead_lettered_raw_and_capped(
     assert broken["raw"] == garbage[:RAW_LETTER_CHARS]
     assert broken["reason"].startswith("undecodable payload")
     assert json.loads(stored["undecodable:missing"])["raw"] == '{"id": "x"}'
+
+
+async def recorded(redis: ArqRedis, entry: str) -> bool:
+    """Whether the dead letter ``entry`` is recorded."""
+    return bool(await redis.hexists(DEAD_LETTERS_KEY, entry))  # type: ignore[misc]  # redis-py's stubs
+
+
+async def test_dead_letters_are_capped_oldest_dropped_and_purged(
+    redis: ArqRedis,
+    fake: FakeTransactionLink,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aiotlink.arq import _worker
+    from aiotlink.arq._state import DEAD_LETTER_ORDER_KEY, DELIVER_FUNCTION
+
+    monkeypatch.setattr(_worker, "MAX_DEAD_LETTERS", 2)
+    ids = [await start(fake, fake.add_definition(statuses=["COMPLETED"])) for _ in range(3)]
+
+    async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        raise ValueError("db down")
+
+    with caplog.at_level(logging.WARNING, logger="aiotlink"):
+        async with running_worker(redis, [failing], **client_options(fake, max_attempts=1)):
+            for execution_id in ids:
+                await follow(redis, execution_id, on_terminal="failing")
+                await eventually(partial(recorded, redis, f"{execution_id}:1"), timeout=5)
+            await redis.enqueue_job(DELIVER_FUNCTION, "not json", _job_id="broken")
+            await eventually(partial(recorded, redis, "undecodable:broken"), timeout=5)
+    assert [letter["entry"] for letter in await dead_letters(redis)] == [
+        f"{ids[2]}:1",
+        "undecodable:broken",
+    ]
+    assert f"dropped the oldest, {ids[0]}:1" in caplog.text
+    assert f"dropped the oldest, {ids[1]}:1" in caplog.text
+    url = redis_server.url
+    assert await asyncio.to_thread(main, ["list", "--redis", url]) == 0
+    assert "undecodable:broken" in capsys.readouterr().out
+    # An undecodable payload is not replayed; it is purged.
+    assert await asyncio.to_thread(main, ["replay", "--redis", url, "undecodable:broken"]) == 1
+    assert await asyncio.to_thread(main, ["purge", "--redis", url, "undecodable:broken"]) == 0
+    assert await asyncio.to_thread(main, ["purge", "--redis", url, "undecodable:broken"]) == 1
+    assert await asyncio.to_thread(main, ["purge", "--redis", url, "--all"]) == 0
+    assert f"purged {ids[2]}:1" in capsys.readouterr().out
+    assert not await redis.exists(DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY)
+    with pytest.raises(SystemExit):
+        main(["purge", "--redis", url])
+
+
+async def test_a_timeout_shorter_than_the_interval_ends_the_follow_at_its_deadline(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """The next poll is never scheduled past the deadline: the TIMEOUT comes on time."""
+    endless = await start(fake, fake.add_definition(statuses=["RUNNING"], step_seconds=3600))
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        began = time.monotonic()
+        await follow(redis, endless, on_terminal="Handled", poll_interval=3, timeout=0.4)
+        [outcome] = await handled.wait_for(1, timeout=5)
+        took = time.monotonic() - began
+    assert outcome.kind is OutcomeKind.TIMEOUT
+    assert 0.4 <= took < 0.9, took  # not the interval's 2.4 s or more
+    assert len(finds(fake, endless)) == 1
+
+
+async def test_the_generation_counter_lives_on_while_the_follow_does(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """Its TTL is refreshed as the follow goes on: a later follow never reuses a key."""
+    from aiotlink.arq._state import GENERATION_TTL_SECONDS
+
+    endless = await start(fake, fake.add_definition(statuses=["RUNNING"], step_seconds=3600))
+    assert await follow(redis, endless, on_terminal="Handled", poll_interval=0.05)
+    await redis.expire(generation_key(endless), 100)  # as if the follow were 30 days old
+
+    async def refreshed() -> bool:
+        return bool(await redis.ttl(generation_key(endless)) > GENERATION_TTL_SECONDS - 60)
+
+    async with running_worker(redis, [Handled()], **client_options(fake)):
+        await eventually(refreshed, timeout=5)
+    assert len(finds(fake, endless)) >= 1

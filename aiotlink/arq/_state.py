@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 POLL_FUNCTION = "aiotlink_poll"
 DELIVER_FUNCTION = "aiotlink_deliver"
 DEAD_LETTERS_KEY = "aiotlink:dead-letters"
+# The dead letters in the order they came (scored by time): the oldest go first when
+# there are more than MAX_DEAD_LETTERS (README, "Durable following").
+DEAD_LETTER_ORDER_KEY = "aiotlink:dead-letters:order"
+MAX_DEAD_LETTERS = 10_000
 # Every state key outlives its next due poll by this long, as arq's own job keys do
 # (arq.constants.expires_extra_ms): a fleet that is down for longer than that loses
 # its follows, and nothing is kept forever by a follow that a bug orphaned.
@@ -136,9 +140,9 @@ return row
 
 # KEYS: follow hash. ARGV: this poll's job id, now, the next interval, due, the nudge
 # floor, a new status ('' unchanged), its body, the next poll job, grace seconds,
-# execution id. Schedules the next poll (as soon as the nudge floor allows if nudged
-# during the lookup; never past the deadline) and returns its due time, or nil when
-# the poll is stale.
+# execution id, generation ttl (refreshed here: a follow may outlive it). Schedules
+# the next poll (as soon as the nudge floor allows if nudged during the lookup; never
+# past the deadline) and returns its due time, or nil when the poll is stale.
 RESCHEDULE = (
     _ENQUEUE
     + """
@@ -156,6 +160,7 @@ local now = tonumber(ARGV[2])
 local grace = tonumber(ARGV[9])
 enqueue(job, ARGV[8], f[4], due * 1000, (math.max(due - now, 0) + grace) * 1000)
 redis.call('EXPIRE', KEYS[1], math.ceil(math.max(due - now, 0) + grace))
+redis.call('EXPIRE', 'aiotlink:generation:' .. ARGV[10], ARGV[11])
 return tostring(due)
 """
 )
@@ -201,14 +206,32 @@ return 1
 """
 )
 
-# KEYS: dead letters. ARGV: entry id, the entry as listed, job id, payload, queue, now,
-# grace seconds. Takes the entry off and queues its delivery again, in one step: of
-# replays racing for one entry, one wins (1), the others find it gone (0).
+# KEYS: dead letters, their order. ARGV: entry id, the letter, now, the most kept.
+# Records it; returns the entries dropped, oldest first, to keep at most that many.
+DEAD_LETTER = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+local dropped = {}
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #popped, 2 do
+    redis.call('HDEL', KEYS[1], popped[i])
+    table.insert(dropped, popped[i])
+  end
+end
+return dropped
+"""
+
+# KEYS: dead letters, their order. ARGV: entry id, the entry as listed, job id, payload,
+# queue, now, grace seconds. Takes the entry off and queues its delivery again, in one
+# step: of replays racing for one entry, one wins (1), the others find it gone (0).
 REPLAY = (
     _ENQUEUE
     + """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 enqueue(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]) * 1000, tonumber(ARGV[7]) * 1000)
 return 1
 """
@@ -225,6 +248,7 @@ class Scripts:
         self.end: AsyncScript = redis.register_script(END)
         self.nudge: AsyncScript = redis.register_script(NUDGE)
         self.replay: AsyncScript = redis.register_script(REPLAY)
+        self.dead_letter: AsyncScript = redis.register_script(DEAD_LETTER)
 
 
 _SCRIPTS: dict[int, tuple[Any, Scripts]] = {}

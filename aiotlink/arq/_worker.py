@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 from arq.worker import Function, func
@@ -32,8 +32,11 @@ from .._polling import PollSchedule, interval_after, is_transient, next_poll, nu
 from .._transport import parse_json
 from ._state import (
     BEGIN_FIELDS,
+    DEAD_LETTER_ORDER_KEY,
     DEAD_LETTERS_KEY,
     DELIVER_FUNCTION,
+    GENERATION_TTL_SECONDS,
+    MAX_DEAD_LETTERS,
     POLL_FUNCTION,
     STATE_GRACE_SECONDS,
     encode,
@@ -150,7 +153,7 @@ def configure(
     ``handler_timeout`` seconds at most (its download included); one that raises or
     runs over is run again after ``retry_delay`` seconds, doubling up to
     ``max_retry_delay``, ``max_attempts`` times in all, and then recorded as a dead
-    letter (``python -m aiotlink.arq list|replay``).
+    letter (``python -m aiotlink.arq list|replay|purge``).
     """
     handlers: dict[str, Handler] = {}
     for function in functions:
@@ -368,13 +371,14 @@ async def _reschedule(
                 job_payload(redis, POLL_FUNCTION, execution_id),
                 STATE_GRACE_SECONDS,
                 execution_id,
+                GENERATION_TTL_SECONDS,
             ],
         )
     except RedisError as error:
         _retry_later(execution_id, error)
 
 
-def _retry_later(execution_id: str, error: RedisError) -> None:
+def _retry_later(execution_id: str, error: RedisError) -> NoReturn:
     """Redis failed us mid-poll: arq runs this very job again (the fence still passes it)."""
     from arq.worker import Retry
 
@@ -539,7 +543,13 @@ async def _undecodable(ctx: dict[str, Any], encoded: object, error: Exception) -
 async def _dead_letter(redis: ArqRedis, entry: str, letter: dict[str, Any], name: str) -> None:
     """Record a dead letter; Redis failing here makes arq run the delivery job again."""
     try:
-        # redis-py types its async client's commands as "Awaitable[int] | int".
-        await redis.hset(DEAD_LETTERS_KEY, entry, encode(letter))  # type: ignore[misc]
+        dropped = await scripts(redis).dead_letter(
+            keys=[DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
+            args=[entry, encode(letter), repr(time.time()), MAX_DEAD_LETTERS],
+        )
     except RedisError as failure:
         _retry_later(name, failure)
+    for old in dropped:
+        logger.warning(
+            "more than %d dead letters: dropped the oldest, %s", MAX_DEAD_LETTERS, text(old)
+        )
