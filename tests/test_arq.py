@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -384,13 +385,16 @@ async def test_a_handler_cancelled_by_the_job_timeout_counts_as_a_failed_attempt
     async def slow_once(ctx: dict[str, Any], outcome: Outcome) -> None:
         runs.append(outcome.attempt)
         if outcome.attempt == 1:
-            await asyncio.sleep(30)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:  # a handler that ignores its own time limit
+                await asyncio.sleep(30)
 
-    # The handler's own limit is far off: arq's timeout of the job (its function's) cuts it.
+    # The handler ignores its own limit: arq's timeout of the job (its function's) cuts it.
     async with running_worker(
-        redis, [slow_once], **client_options(fake), handler_timeout=60, retry_delay=0.05
+        redis, [slow_once], **client_options(fake), handler_timeout=0.2, retry_delay=0.05
     ) as worker:
-        worker.functions["aiotlink_deliver"].timeout_s = 0.3
+        worker.functions["aiotlink_deliver"].timeout_s = 0.5
         await follow(redis, execution_id, on_terminal="slow_once")
         await eventually(lambda: runs == [1, 2], timeout=5)
 
@@ -762,3 +766,259 @@ async def test_a_follow_started_untraced_keeps_no_trace_context(
     execution_id = await start(fake, definition)
     assert await follow(redis, execution_id, on_terminal="later", poll_interval=30)
     assert (await redis.hgetall(follow_key(execution_id)))[b"trace"] == b""
+
+
+# Review of issue 18: Redis failures, shutdowns and lost jobs lose no outcome.
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str) -> list[int]:
+    """Make the first run of one of the scripts fail as a dropped connection would."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from aiotlink.arq import _state
+
+    real = _state.Scripts.__init__
+    failed: list[int] = []
+
+    def patched(self: _state.Scripts, redis: ArqRedis) -> None:
+        real(self, redis)
+        original = getattr(self, script)
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if not failed:
+                failed.append(1)
+                raise RedisConnectionError("Connection reset by peer")
+            return await original(*args, **kwargs)
+
+        setattr(self, script, flaky)
+
+    monkeypatch.setattr(_state.Scripts, "__init__", patched)
+    _state._SCRIPTS.clear()
+    return failed
+
+
+async def test_a_redis_error_as_a_poll_begins_makes_arq_run_the_poll_again(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"]))
+    failed = _failing_once(monkeypatch, "begin")
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        [outcome] = await handled.wait_for(1, timeout=5)
+    assert failed == [1]
+    assert outcome.kind is OutcomeKind.TERMINAL
+
+
+async def test_a_follow_whose_poll_job_was_lost_gets_it_back_from_follow_or_nudge(
+    redis: ArqRedis, fake: FakeTransactionLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    assert await follow(redis, execution_id, on_terminal="Handled")
+    job = (await redis.hget(follow_key(execution_id), "job")).decode()  # type: ignore[misc]  # redis-py's stubs
+
+    async def lose() -> None:
+        await redis.delete(f"arq:job:{job}")
+        await redis.zrem(redis.default_queue_name, job)
+
+    async def queued() -> bool:
+        return await redis.zscore(redis.default_queue_name, job) is not None and bool(
+            await redis.exists(f"arq:job:{job}")
+        )
+
+    await lose()
+    with caplog.at_level(logging.WARNING, logger="aiotlink"):
+        assert not await follow(redis, execution_id, on_terminal="Handled")
+    assert "lost its poll job" in caplog.text
+    assert await queued()
+    assert not await follow(redis, execution_id, on_terminal="Handled")  # nothing more
+    await lose()
+    assert await nudge(redis, execution_id)
+    assert await queued()
+    assert await redis.hget(follow_key(execution_id), "gen") == b"1"  # type: ignore[misc]  # redis-py's stubs
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        [outcome] = await handled.wait_for(1, timeout=5)
+    assert outcome.key == f"{execution_id}:1"
+
+
+async def test_a_shutdown_during_a_handler_is_no_failed_attempt(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """SIGTERM (a deploy) cancels a running handler: arq runs the same attempt again."""
+    import signal
+
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    runs: list[int] = []
+    done: list[int] = []
+
+    async def slow(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(outcome.attempt)
+        await asyncio.sleep(0.4)
+        done.append(outcome.attempt)
+
+    async with running_worker(redis, [slow], **client_options(fake), retry_delay=0.05) as first:
+        await follow(redis, execution_id, on_terminal="slow")
+        await eventually(lambda: runs == [1])
+        first.handle_sig(signal.SIGTERM)
+        await asyncio.gather(*first.tasks.values(), return_exceptions=True)
+    async with running_worker(redis, [slow], **client_options(fake), retry_delay=0.05):
+        await eventually(lambda: done == [1])
+        await asyncio.sleep(0.6)  # no second attempt comes
+    assert (runs, done) == ([1, 1], [1])
+    assert not await redis.hlen(DEAD_LETTERS_KEY)  # type: ignore[misc]  # redis-py's stubs
+
+
+async def test_a_redis_error_while_queueing_the_next_attempt_is_retried(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    runs: list[int] = []
+    real = ArqRedis.enqueue_job
+    blips: list[int] = []
+
+    async def flaky_enqueue(self: ArqRedis, *args: Any, **kwargs: Any) -> Any:
+        if not blips:
+            blips.append(1)
+            raise RedisConnectionError("Connection reset by peer")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArqRedis, "enqueue_job", flaky_enqueue)
+
+    async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(outcome.attempt)
+        raise ValueError("db down")
+
+    options = client_options(fake, retry_delay=0.05, max_attempts=2)
+    async with running_worker(redis, [failing], **options):
+        await follow(redis, execution_id, on_terminal="failing")
+        await eventually(lambda: letters(redis, 1), timeout=8)
+    assert blips == [1]
+    assert runs[-1] == 2
+    [letter] = await dead_letters(redis)
+    assert letter["id"] == execution_id
+
+
+async def test_a_redis_error_while_recording_a_dead_letter_is_retried(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    failed = _failing_once(monkeypatch, "dead_letter")
+
+    async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        raise ValueError("db down")
+
+    async with running_worker(redis, [failing], **client_options(fake, max_attempts=1)):
+        await follow(redis, execution_id, on_terminal="failing")
+        await eventually(lambda: letters(redis, 1), timeout=8)
+    assert failed == [1]
+    [letter] = await dead_letters(redis)
+    assert letter["id"] == execution_id
+
+
+async def test_an_undecodable_delivery_payload_is_dead_lettered_raw_and_capped(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    from aiotlink.arq._state import DELIVER_FUNCTION
+    from aiotlink.arq._worker import RAW_LETTER_CHARS
+
+    garbage = "{not json" + "x" * (2 * RAW_LETTER_CHARS)
+    async with running_worker(redis, [], **client_options(fake)):
+        await redis.enqueue_job(DELIVER_FUNCTION, garbage, _job_id="broken")
+        await redis.enqueue_job(DELIVER_FUNCTION, '{"id": "x"}', _job_id="missing")
+        await eventually(lambda: letters(redis, 2), timeout=5)
+    stored = {
+        key.decode(): value
+        for key, value in (await redis.hgetall(DEAD_LETTERS_KEY)).items()  # type: ignore[misc]  # redis-py's stubs
+    }
+    import json
+
+    broken = json.loads(stored["undecodable:broken"])
+    assert broken["raw"] == garbage[:RAW_LETTER_CHARS]
+    assert broken["reason"].startswith("undecodable payload")
+    assert json.loads(stored["undecodable:missing"])["raw"] == '{"id": "x"}'
+
+
+async def recorded(redis: ArqRedis, entry: str) -> bool:
+    """Whether the dead letter ``entry`` is recorded."""
+    return bool(await redis.hexists(DEAD_LETTERS_KEY, entry))  # type: ignore[misc]  # redis-py's stubs
+
+
+async def test_dead_letters_are_capped_oldest_dropped_and_purged(
+    redis: ArqRedis,
+    fake: FakeTransactionLink,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aiotlink.arq import _worker
+    from aiotlink.arq._state import DEAD_LETTER_ORDER_KEY, DELIVER_FUNCTION
+
+    monkeypatch.setattr(_worker, "MAX_DEAD_LETTERS", 2)
+    ids = [await start(fake, fake.add_definition(statuses=["COMPLETED"])) for _ in range(3)]
+
+    async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        raise ValueError("db down")
+
+    with caplog.at_level(logging.WARNING, logger="aiotlink"):
+        async with running_worker(redis, [failing], **client_options(fake, max_attempts=1)):
+            for execution_id in ids:
+                await follow(redis, execution_id, on_terminal="failing")
+                await eventually(partial(recorded, redis, f"{execution_id}:1"), timeout=5)
+            await redis.enqueue_job(DELIVER_FUNCTION, "not json", _job_id="broken")
+            await eventually(partial(recorded, redis, "undecodable:broken"), timeout=5)
+    assert [letter["entry"] for letter in await dead_letters(redis)] == [
+        f"{ids[2]}:1",
+        "undecodable:broken",
+    ]
+    assert f"dropped the oldest, {ids[0]}:1" in caplog.text
+    assert f"dropped the oldest, {ids[1]}:1" in caplog.text
+    url = redis_server.url
+    assert await asyncio.to_thread(main, ["list", "--redis", url]) == 0
+    assert "undecodable:broken" in capsys.readouterr().out
+    # An undecodable payload is not replayed; it is purged.
+    assert await asyncio.to_thread(main, ["replay", "--redis", url, "undecodable:broken"]) == 1
+    assert await asyncio.to_thread(main, ["purge", "--redis", url, "undecodable:broken"]) == 0
+    assert await asyncio.to_thread(main, ["purge", "--redis", url, "undecodable:broken"]) == 1
+    assert await asyncio.to_thread(main, ["purge", "--redis", url, "--all"]) == 0
+    assert f"purged {ids[2]}:1" in capsys.readouterr().out
+    assert not await redis.exists(DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY)
+    with pytest.raises(SystemExit):
+        main(["purge", "--redis", url])
+
+
+async def test_a_timeout_shorter_than_the_interval_ends_the_follow_at_its_deadline(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """The next poll is never scheduled past the deadline: the TIMEOUT comes on time."""
+    endless = await start(fake, fake.add_definition(statuses=["RUNNING"], step_seconds=3600))
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        began = time.monotonic()
+        await follow(redis, endless, on_terminal="Handled", poll_interval=3, timeout=0.4)
+        [outcome] = await handled.wait_for(1, timeout=5)
+        took = time.monotonic() - began
+    assert outcome.kind is OutcomeKind.TIMEOUT
+    assert 0.4 <= took < 0.9, took  # not the interval's 2.4 s or more
+    assert len(finds(fake, endless)) == 1
+
+
+async def test_the_generation_counter_lives_on_while_the_follow_does(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """Its TTL is refreshed as the follow goes on: a later follow never reuses a key."""
+    from aiotlink.arq._state import GENERATION_TTL_SECONDS
+
+    endless = await start(fake, fake.add_definition(statuses=["RUNNING"], step_seconds=3600))
+    assert await follow(redis, endless, on_terminal="Handled", poll_interval=0.05)
+    await redis.expire(generation_key(endless), 100)  # as if the follow were 30 days old
+
+    async def refreshed() -> bool:
+        return bool(await redis.ttl(generation_key(endless)) > GENERATION_TTL_SECONDS - 60)
+
+    async with running_worker(redis, [Handled()], **client_options(fake)):
+        await eventually(refreshed, timeout=5)
+    assert len(finds(fake, endless)) >= 1

@@ -1,4 +1,4 @@
-"""``python -m aiotlink.arq list|replay``."""
+"""``python -m aiotlink.arq list|replay|purge``."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``python -m aiotlink.arq list|replay``: the dead letters, for an operator."""
+"""``python -m aiotlink.arq list|replay|purge``: the dead letters, for an operator."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._state import (
+    DEAD_LETTER_ORDER_KEY,
     DEAD_LETTERS_KEY,
     DELIVER_FUNCTION,
     STATE_GRACE_SECONDS,
@@ -51,12 +52,14 @@ async def replay(redis: ArqRedis, entry: str) -> bool:
     if stored is None:
         return False
     letter = json.loads(stored)
+    if "raw" in letter:
+        return False  # a payload that did not decode: for an operator to read, then purge
     payload = {key: value for key, value in letter.items() if key not in ("failed_at", "reason")}
     payload["attempt"] = 1
     now = time.time()
     job_id = f"aiotlink:replay:{entry}:{uuid.uuid4().hex}"
     replayed = await scripts(redis).replay(
-        keys=[DEAD_LETTERS_KEY],
+        keys=[DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
         args=[
             entry,
             stored,
@@ -70,12 +73,22 @@ async def replay(redis: ArqRedis, entry: str) -> bool:
     return bool(int(replayed))
 
 
+async def purge(redis: ArqRedis, entry: str) -> bool:
+    """Delete the dead letter ``entry``; whether it was there."""
+    async with redis.pipeline(transaction=True) as both:
+        both.hdel(DEAD_LETTERS_KEY, entry)
+        both.zrem(DEAD_LETTER_ORDER_KEY, entry)
+        deleted, _ = await both.execute()
+    return bool(deleted)
+
+
 def _line(letter: dict[str, Any]) -> str:
     # Never the execution's body: it holds the execution's token.
     failed = datetime.fromtimestamp(letter.get("failed_at", 0), UTC).isoformat(timespec="seconds")
     return (
-        f"{letter['entry']}  {failed}  handler={letter['handler']} queue={letter['queue']}"
-        f" outcome={letter['kind']} attempts={letter['attempt']}  {letter.get('reason', '')}"
+        f"{letter['entry']}  {failed}  handler={letter.get('handler')}"
+        f" queue={letter.get('queue')} outcome={letter.get('kind')}"
+        f" attempts={letter.get('attempt')}  {letter.get('reason', '')}"
     )
 
 
@@ -93,11 +106,12 @@ async def _run(options: argparse.Namespace) -> int:
             return 0
         entries = [letter["entry"] for letter in letters] if options.all else options.entries
         status = 0
+        act, done = (replay, "replayed") if options.command == "replay" else (purge, "purged")
         for entry in entries:
-            if await replay(redis, entry):
-                print(f"replayed {entry}")
+            if await act(redis, entry):
+                print(f"{done} {entry}")
             else:
-                print(f"no dead letter {entry} (replayed already?)", file=sys.stderr)
+                print(f"no dead letter {entry} to be {done} (gone already?)", file=sys.stderr)
                 status = 1
         return status
     finally:
@@ -108,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m aiotlink.arq``."""
     parser = argparse.ArgumentParser(
         prog="python -m aiotlink.arq",
-        description="List and replay the dead letters of durable following (aiotlink.arq).",
+        description="List, replay and purge the dead letters of durable following (aiotlink.arq).",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -121,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     again = commands.add_parser(
         "replay", help="run the handler of dead letters again", parents=[common]
     )
-    again.add_argument("entries", nargs="*", help="entries as listed (<execution id>:<generation>)")
-    again.add_argument("--all", action="store_true", help="replay every dead letter")
+    gone = commands.add_parser("purge", help="delete dead letters", parents=[common])
+    for command, verb in ((again, "replay"), (gone, "delete")):
+        command.add_argument(
+            "entries", nargs="*", help="entries as listed (<execution id>:<generation>)"
+        )
+        command.add_argument("--all", action="store_true", help=f"{verb} every dead letter")
     return parser
 
 
@@ -130,6 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
     options = parser.parse_args(argv)
-    if options.command == "replay" and not (options.entries or options.all):
-        parser.error("replay needs entries, or --all")
+    if options.command != "list" and not (options.entries or options.all):
+        parser.error(f"{options.command} needs entries, or --all")
     return asyncio.run(_run(options))

@@ -98,7 +98,9 @@ async def follow(
             json.dumps(carrier) if (carrier := trace_context()) else "",
         ],
     )
-    started = int(generation) != 0
+    started = int(generation) > 0
+    if int(generation) < 0:
+        logger.warning("the durable follow of %s had lost its poll job: queued again", key)
     if started:
         logger.info("following execution %s durably (generation %s)", key, generation)
     return started
@@ -122,7 +124,13 @@ async def nudge(
     hint = None if status is None else WorkflowStatus(check_text("status", status))
     maybe_end = hint is None or hint.is_terminal
     followed = await scripts(pool).nudge(
-        keys=[follow_key(key)], args=[repr(time.time()), "1" if maybe_end else "0"]
+        keys=[follow_key(key)],
+        args=[
+            repr(time.time()),
+            "1" if maybe_end else "0",
+            job_payload(pool, POLL_FUNCTION, key),
+            STATE_GRACE_SECONDS,
+        ],
     )
     return bool(int(followed))
 

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 POLL_FUNCTION = "aiotlink_poll"
 DELIVER_FUNCTION = "aiotlink_deliver"
 DEAD_LETTERS_KEY = "aiotlink:dead-letters"
+# The dead letters in the order they came (scored by time): the oldest go first when
+# there are more than MAX_DEAD_LETTERS (README, "Durable following").
+DEAD_LETTER_ORDER_KEY = "aiotlink:dead-letters:order"
+MAX_DEAD_LETTERS = 10_000
 # Every state key outlives its next due poll by this long, as arq's own job keys do
 # (arq.constants.expires_extra_ms): a fleet that is down for longer than that loses
 # its follows, and nothing is kept forever by a follow that a bug orphaned.
@@ -66,17 +70,31 @@ local function enqueue(job_id, payload, queue, score_ms, ttl_ms)
   redis.call('ZADD', queue, math.floor(score_ms), job_id)
   return 1
 end
+-- A follow whose poll job is gone (neither stored nor queued: a Redis failure lost it)
+-- gets it back, due now, under the same job id: the fence and the generation stay.
+local function heal(follow, payload, now, grace)
+  local f = redis.call('HMGET', follow, 'job', 'queue')
+  if redis.call('EXISTS', '@JOB@' .. f[1]) == 1 or redis.call('ZSCORE', f[2], f[1]) then
+    return 0
+  end
+  enqueue(f[1], payload, f[2], now * 1000, grace * 1000)
+  redis.call('HSET', follow, 'due', tostring(now), 'running', 0, 'nudged', 0)
+  redis.call('EXPIRE', follow, grace)
+  return 1
+end
 """.replace("@JOB@", job_key_prefix).replace("@RESULT@", result_key_prefix)
 
 # KEYS: follow hash, generation counter. ARGV: execution id, now, poll job, queue,
 # handler, download dir, poll_interval, max_poll_interval, factor, deadline ('' none),
 # timeout ('' none), grace seconds, generation ttl, the follower's trace context (JSON,
-# '' without tracing). Returns the generation, or 0 when
-# the execution is followed already (nothing changes).
+# '' without tracing). Returns the generation, or 0 when the execution is followed
+# already (nothing changes), -1 when it is but its poll job was lost (queued again).
 FOLLOW = (
     _ENQUEUE
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return -heal(KEYS[1], ARGV[3], tonumber(ARGV[2]), tonumber(ARGV[12]))
+end
 local generation = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[13])
 local job = 'aiotlink:poll:' .. ARGV[1] .. ':' .. generation .. ':0'
@@ -122,9 +140,9 @@ return row
 
 # KEYS: follow hash. ARGV: this poll's job id, now, the next interval, due, the nudge
 # floor, a new status ('' unchanged), its body, the next poll job, grace seconds,
-# execution id. Schedules the next poll (as soon as the nudge floor allows if nudged
-# during the lookup; never past the deadline) and returns its due time, or nil when
-# the poll is stale.
+# execution id, generation ttl (refreshed here: a follow may outlive it). Schedules
+# the next poll (as soon as the nudge floor allows if nudged during the lookup; never
+# past the deadline) and returns its due time, or nil when the poll is stale.
 RESCHEDULE = (
     _ENQUEUE
     + """
@@ -142,6 +160,7 @@ local now = tonumber(ARGV[2])
 local grace = tonumber(ARGV[9])
 enqueue(job, ARGV[8], f[4], due * 1000, (math.max(due - now, 0) + grace) * 1000)
 redis.call('EXPIRE', KEYS[1], math.ceil(math.max(due - now, 0) + grace))
+redis.call('EXPIRE', 'aiotlink:generation:' .. ARGV[10], ARGV[11])
 return tostring(due)
 """
 )
@@ -161,13 +180,17 @@ return 1
 )
 
 # KEYS: follow hash. ARGV: now, '1' when the signal may mean the end (a terminal status
-# or none), '0' for a status that is not terminal. Returns 0 when nobody follows the
-# execution. A follow waits for the end only, so a non-terminal status costs nothing;
+# or none), '0' for a status that is not terminal, a poll job's payload, grace seconds.
+# Returns 0 when nobody follows the execution. A lost poll job is queued again, due
+# now. A follow waits for the end only, so a non-terminal status costs nothing;
 # otherwise the scheduled poll is brought forward to the nudge floor (never before the
 # last Retry-After, nor within NUDGE_MIN_GAP of the last lookup), or, with a lookup in
 # flight, the next poll will follow it as soon as that floor allows.
-NUDGE = """
+NUDGE = (
+    _ENQUEUE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if heal(KEYS[1], ARGV[3], tonumber(ARGV[1]), tonumber(ARGV[4])) == 1 then return 1 end
 if ARGV[2] == '0' then return 1 end
 local f = redis.call('HMGET', KEYS[1], 'running', 'nudge_at', 'due', 'job', 'queue')
 if f[1] == '1' then
@@ -181,15 +204,34 @@ if sooner < tonumber(f[3]) then
 end
 return 1
 """
+)
 
-# KEYS: dead letters. ARGV: entry id, the entry as listed, job id, payload, queue, now,
-# grace seconds. Takes the entry off and queues its delivery again, in one step: of
-# replays racing for one entry, one wins (1), the others find it gone (0).
+# KEYS: dead letters, their order. ARGV: entry id, the letter, now, the most kept.
+# Records it; returns the entries dropped, oldest first, to keep at most that many.
+DEAD_LETTER = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+local dropped = {}
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #popped, 2 do
+    redis.call('HDEL', KEYS[1], popped[i])
+    table.insert(dropped, popped[i])
+  end
+end
+return dropped
+"""
+
+# KEYS: dead letters, their order. ARGV: entry id, the entry as listed, job id, payload,
+# queue, now, grace seconds. Takes the entry off and queues its delivery again, in one
+# step: of replays racing for one entry, one wins (1), the others find it gone (0).
 REPLAY = (
     _ENQUEUE
     + """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 enqueue(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]) * 1000, tonumber(ARGV[7]) * 1000)
 return 1
 """
@@ -206,6 +248,7 @@ class Scripts:
         self.end: AsyncScript = redis.register_script(END)
         self.nudge: AsyncScript = redis.register_script(NUDGE)
         self.replay: AsyncScript = redis.register_script(REPLAY)
+        self.dead_letter: AsyncScript = redis.register_script(DEAD_LETTER)
 
 
 _SCRIPTS: dict[int, tuple[Any, Scripts]] = {}

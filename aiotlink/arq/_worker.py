@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 from arq.worker import Function, func
@@ -32,8 +32,11 @@ from .._polling import PollSchedule, interval_after, is_transient, next_poll, nu
 from .._transport import parse_json
 from ._state import (
     BEGIN_FIELDS,
+    DEAD_LETTER_ORDER_KEY,
     DEAD_LETTERS_KEY,
     DELIVER_FUNCTION,
+    GENERATION_TTL_SECONDS,
+    MAX_DEAD_LETTERS,
     POLL_FUNCTION,
     STATE_GRACE_SECONDS,
     encode,
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aiotlink")
 
 CONTEXT_KEY = "aiotlink"
+# An undecodable delivery payload is kept as a dead letter, this much of it.
+RAW_LETTER_CHARS = 4096
 
 
 class OutcomeKind(enum.Enum):
@@ -148,7 +153,7 @@ def configure(
     ``handler_timeout`` seconds at most (its download included); one that raises or
     runs over is run again after ``retry_delay`` seconds, doubling up to
     ``max_retry_delay``, ``max_attempts`` times in all, and then recorded as a dead
-    letter (``python -m aiotlink.arq list|replay``).
+    letter (``python -m aiotlink.arq list|replay|purge``).
     """
     handlers: dict[str, Handler] = {}
     for function in functions:
@@ -255,7 +260,11 @@ async def poll(ctx: dict[str, Any], execution_id: str) -> None:
     job_id: str = ctx["job_id"]
     run = scripts(redis)
     started = time.time()
-    row = await run.begin(keys=[follow_key(execution_id)], args=[job_id, repr(started)])
+    try:
+        row = await run.begin(keys=[follow_key(execution_id)], args=[job_id, repr(started)])
+    except RedisError as error:
+        # Not a drop: the follow names this job, so arq must run it again.
+        _retry_later(execution_id, error)
     if row is None:
         return  # stale: the follow ended, or another run of this poll got there first
     follow = _Follow(row)
@@ -362,13 +371,14 @@ async def _reschedule(
                 job_payload(redis, POLL_FUNCTION, execution_id),
                 STATE_GRACE_SECONDS,
                 execution_id,
+                GENERATION_TTL_SECONDS,
             ],
         )
     except RedisError as error:
         _retry_later(execution_id, error)
 
 
-def _retry_later(execution_id: str, error: RedisError) -> None:
+def _retry_later(execution_id: str, error: RedisError) -> NoReturn:
     """Redis failed us mid-poll: arq runs this very job again (the fence still passes it)."""
     from arq.worker import Retry
 
@@ -431,8 +441,14 @@ def _outcome(payload: dict[str, Any]) -> Outcome:
 async def deliver(ctx: dict[str, Any], encoded: str) -> None:
     """Run a follow's ``on_terminal`` with its outcome (the job ``aiotlink_deliver``)."""
     state = _state(ctx)
-    payload: dict[str, Any] = json.loads(encoded)
-    outcome = _outcome(payload)
+    began = time.monotonic()
+    try:
+        payload: dict[str, Any] = json.loads(encoded)
+        outcome = _outcome(payload)
+    except (ValueError, KeyError, TypeError, TransactionLinkError) as error:
+        # A payload that does not decode is kept for an operator, never dropped.
+        await _undecodable(ctx, encoded, error)
+        return
     try:
         handler = state.settings.handlers.get(payload["handler"])
         if handler is None:
@@ -451,6 +467,15 @@ async def deliver(ctx: dict[str, Any], encoded: str) -> None:
                 outcome = attrs.evolve(outcome, result_path=path)
             await handler(ctx, outcome)
     except (Exception, asyncio.CancelledError) as error:
+        if (
+            isinstance(error, asyncio.CancelledError)
+            and _cancelled_from_outside()
+            and time.monotonic() - began < state.settings.handler_timeout
+        ):
+            # Cancelled before its time was up: a shutdown (SIGTERM, a deploy), not
+            # arq's job timeout (which comes after handler_timeout). arq runs this same
+            # job again; it is not a failed attempt.
+            raise
         # A handler that raised, ran over its time, or was cancelled by arq's job
         # timeout: a failed attempt, run again later or recorded as a dead letter.
         await asyncio.shield(_failed(ctx, state, payload, error))
@@ -479,13 +504,16 @@ async def _failed(
             reason,
         )
         again = {**payload, "attempt": attempt + 1}
-        await redis.enqueue_job(
-            DELIVER_FUNCTION,
-            encode(again),
-            _job_id=outcome_job_id(payload["id"], payload["gen"], attempt + 1),
-            _queue_name=payload["queue"],
-            _defer_by=delay,
-        )
+        try:
+            await redis.enqueue_job(
+                DELIVER_FUNCTION,
+                encode(again),
+                _job_id=outcome_job_id(payload["id"], payload["gen"], attempt + 1),
+                _queue_name=payload["queue"],
+                _defer_by=delay,
+            )
+        except RedisError as failure:
+            _retry_later(payload["id"], failure)
         return
     logger.error(
         "handler %s for %s failed %d times, recorded as a dead letter: %s",
@@ -495,6 +523,33 @@ async def _failed(
         reason,
     )
     letter = {**payload, "failed_at": time.time(), "reason": reason}
-    entry = f"{payload['id']}:{payload['gen']}"
-    # redis-py types its async client's commands as "Awaitable[int] | int".
-    await redis.hset(DEAD_LETTERS_KEY, entry, encode(letter))  # type: ignore[misc]
+    await _dead_letter(redis, f"{payload['id']}:{payload['gen']}", letter, payload["id"])
+
+
+async def _undecodable(ctx: dict[str, Any], encoded: object, error: Exception) -> None:
+    raw = encoded if isinstance(encoded, str) else repr(encoded)
+    reason = f"undecodable payload: {type(error).__name__}"
+    logger.error("delivery job %s: %s, recorded as a dead letter", ctx["job_id"], reason)
+    letter = {
+        "id": "",
+        "reason": reason,
+        "failed_at": time.time(),
+        # Capped: a dead letter is for an operator to read, not a second copy of a body.
+        "raw": raw[:RAW_LETTER_CHARS],
+    }
+    await _dead_letter(ctx["redis"], f"undecodable:{ctx['job_id']}", letter, ctx["job_id"])
+
+
+async def _dead_letter(redis: ArqRedis, entry: str, letter: dict[str, Any], name: str) -> None:
+    """Record a dead letter; Redis failing here makes arq run the delivery job again."""
+    try:
+        dropped = await scripts(redis).dead_letter(
+            keys=[DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
+            args=[entry, encode(letter), repr(time.time()), MAX_DEAD_LETTERS],
+        )
+    except RedisError as failure:
+        _retry_later(name, failure)
+    for old in dropped:
+        logger.warning(
+            "more than %d dead letters: dropped the oldest, %s", MAX_DEAD_LETTERS, text(old)
+        )
