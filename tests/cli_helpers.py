@@ -220,6 +220,16 @@ def found(pattern: str, text: str) -> str:
     return match[1]
 
 
+def sigint_default() -> None:
+    """In a child before it runs: SIGINT delivered as at a terminal (Popen's preexec_fn).
+
+    A shell starts background jobs with SIGINT ignored and their children inherit that;
+    Python then leaves Ctrl-C alone, as it should. CI may run the suite so: the tests
+    that press Ctrl-C act as a user at the terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def read_until(fd: int, done: Callable[[bytes], bool], timeout: float) -> bytes:
     """What ``fd`` gives until ``done(all so far)`` or EOF or ``timeout`` seconds."""
     data = b""

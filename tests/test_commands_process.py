@@ -20,6 +20,7 @@ from .cli_helpers import (
     read_until,
     run_in_pty,
     run_process,
+    sigint_default,
     strict_json,
 )
 
@@ -180,6 +181,7 @@ def test_ctrl_c_on_run_wait_cancels_with_the_option_and_not_without(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, **env, "PYTHONFAULTHANDLER": "1"},
+            preexec_fn=sigint_default,
         )
         assert process.stdout is not None
         assert process.stderr is not None
@@ -233,6 +235,7 @@ def test_ctrl_c_on_wait_json_writes_a_record_for_each_unfinished_id(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **env},
+        preexec_fn=sigint_default,
     )
     assert process.stdout is not None
     try:
