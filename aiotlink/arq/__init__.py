@@ -20,9 +20,10 @@ following".
 
 from __future__ import annotations
 
+# Imported here to fail here, naming the extra, rather than deep in a submodule.
 try:
-    import arq as _arq  # noqa: F401  (imported to fail here, naming the extra)
-    import redis as _redis  # noqa: F401
+    import arq as _arq
+    import redis as _redis
 except ImportError as _missing:  # pragma: no cover - tested in a subprocess without arq
     raise ImportError(
         'aiotlink.arq needs the "arq" extra: pip install "aiotlink[arq]"'
@@ -31,5 +32,7 @@ except ImportError as _missing:  # pragma: no cover - tested in a subprocess wit
 from ._follow import follow, nudge
 from ._state import DEAD_LETTERS_KEY
 from ._worker import Outcome, OutcomeKind, configure
+
+del _arq, _redis  # checked above; the names stay out of the module
 
 __all__ = ["DEAD_LETTERS_KEY", "Outcome", "OutcomeKind", "configure", "follow", "nudge"]

@@ -9,9 +9,9 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._state import (
     DEAD_LETTER_ORDER_KEY,
@@ -33,7 +33,8 @@ REDIS_URL_VARIABLE = "AIOTLINK_REDIS_URL"
 
 async def dead_letters(redis: ArqRedis) -> list[dict[str, Any]]:
     """Every dead letter, oldest first: its payload, ``reason``, ``failed_at`` and ``entry``."""
-    entries = await redis.hgetall(DEAD_LETTERS_KEY)  # type: ignore[misc]  # redis-py's stubs
+    # redis-py types its commands as "an awaitable or the value", whichever client.
+    entries = await cast("Awaitable[dict[bytes, bytes]]", redis.hgetall(DEAD_LETTERS_KEY))
     letters = []
     for entry, stored in entries.items():
         letter = json.loads(stored)
@@ -48,7 +49,7 @@ async def replay(redis: ArqRedis, entry: str) -> bool:
     Atomic: of replays racing for one entry, one queues it (True), the others find it
     gone (False). The handler then gets ``max_attempts`` attempts again.
     """
-    stored = await redis.hget(DEAD_LETTERS_KEY, entry)  # type: ignore[misc]  # redis-py's stubs
+    stored = await cast("Awaitable[bytes | None]", redis.hget(DEAD_LETTERS_KEY, entry))
     if stored is None:
         return False
     letter = json.loads(stored)
