@@ -41,6 +41,23 @@ async def eventually(condition: Callable[[], object], timeout: float = 5.0) -> N
         raise AssertionError(f"the condition did not hold within {timeout} s") from None
 
 
+async def settled(count: Callable[[], int], quiet: float = 0.1) -> int:
+    """``count()`` once it has not changed for ``quiet`` seconds (within 5 s).
+
+    For "nothing is polled any more": requests sent before a stop may reach a server on
+    the test's loop a little later on a busy machine; a count that keeps rising never
+    settles, and the test fails.
+    """
+    async with asyncio.timeout(5):
+        last = count()
+        while True:
+            await asyncio.sleep(quiet)
+            now = count()
+            if now == last:
+                return now
+            last = now
+
+
 def follow_answers(
     fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> list[asyncio.Task[Any]]:

@@ -12,7 +12,7 @@ import time
 import types
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -31,7 +31,7 @@ from aiotlink._polling import DEFAULT_SCHEDULE, Batch, Subscription
 from aiotlink.testing import FakeTransactionLink
 
 from .conftest import EXECUTION_ID, execution_body
-from .servers import ScriptedServer, eventually, reply, stall
+from .servers import ScriptedServer, eventually, reply, settled, stall
 
 FAST = {"poll_interval": 0.01, "max_poll_interval": 0.01}
 
@@ -194,18 +194,6 @@ async def test_breaking_out_stops_every_poll(
     lookups = await settled(lambda: len(fake.requests_for("find")))
     await asyncio.sleep(0.2)
     assert len(fake.requests_for("find")) == lookups  # nothing polled any more
-
-
-async def settled(count: Callable[[], int], quiet: float = 0.1) -> int:
-    """``count()`` once it has not changed for ``quiet`` seconds (within 5 s)."""
-    async with asyncio.timeout(5):
-        last = count()
-        while True:
-            await asyncio.sleep(quiet)
-            now = count()
-            if now == last:
-                return now
-            last = now
 
 
 async def test_cancelling_the_iterating_task_stops_every_poll(

@@ -39,7 +39,7 @@ from aiotlink import (
 )
 from aiotlink.testing import FakeTransactionLink
 
-from .servers import eventually
+from .servers import eventually, settled
 
 # Over the fake's redirect threshold below: a result that comes from pre-signed storage.
 BIG = {"blob": "x" * 300_000}
@@ -866,7 +866,7 @@ async def test_a_span_processor_or_hook_that_raises_never_breaks_the_client(
         assert (await client.workflows.find(execution_id)).status.value == "RUNNING"
         with pytest.raises(WaitTimeoutError):
             await client.workflows.wait_for_completion(execution_id, timeout=0.2, **FAST)
-        finds = len(fake.requests_for("find"))
+        finds = await settled(lambda: len(fake.requests_for("find")))
         await asyncio.sleep(0.25)
         assert len(fake.requests_for("find")) == finds  # no poll left running
         with _instrument.following(execution_id, _instrument.trace_context()):
@@ -1025,7 +1025,7 @@ async def test_a_wait_hook_that_raises_leaves_the_poller_whole(
     finally:
         aiotlink.otel.uninstrument()
     if hook == "wait_ended":
-        finds = len(fake.requests_for("find"))
+        finds = await settled(lambda: len(fake.requests_for("find")))
         await asyncio.sleep(0.25)
         assert len(fake.requests_for("find")) == finds  # its poll stopped with it
     async with asyncio.timeout(5):
