@@ -60,7 +60,7 @@ class FakeProcess:
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a wedged fake only
+        except subprocess.TimeoutExpired:  # a fake that ignores SIGTERM for 10 s
             self.process.kill()
             self.process.wait()
         if self.process.stdout is not None:
@@ -92,15 +92,15 @@ class Workers:
         self.logs = outcomes.parent
 
     def start(self, module: str = "tests.arq_worker.WorkerSettings") -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"worker-{len(self.processes)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", "arq", module],
-            env=self.environment,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()  # the child has its own descriptor
+        # Closed here once the child has it: the child keeps its own descriptor.
+        with (self.logs / f"worker-{len(self.processes)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "arq", module],
+                env=self.environment,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.processes.append(process)
         return process
 

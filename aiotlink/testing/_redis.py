@@ -108,7 +108,7 @@ class RedisServer:
         process.terminate()
         try:
             process.wait(timeout=START_SECONDS)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a wedged server only
+        except subprocess.TimeoutExpired:  # pragma: no cover - a redis-server deaf to SIGTERM
             process.kill()
             process.wait()
 
