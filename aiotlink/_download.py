@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from functools import partial
 from http import HTTPStatus
 from pathlib import Path
@@ -65,13 +65,20 @@ DIRECT_IO = False
 # What one download may have queued for the disk at once, at most: enough to keep a
 # disk thread busy while the loop reads on.
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
-# Chunks are gathered into writes of up to a quarter of this (fewer when many share).
+# Chunks are gathered into writes of up to a quarter of this, less as more downloads
+# share the client's budget: gathered bytes are held until written, and at 100
+# downloads a write per chunk as it came measured as fast as larger ones.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-# A download's socket reads: large for one download (page faults, not HTTP, set the
-# pace), smaller as more share the client's budget, so that what aiohttp holds for all
-# their connections stays within it.
+MIN_BATCH_BYTES = 64 * 1024
+# What aiohttp may hold of a download's body (read_bufsize is a quarter of this; it
+# stops reading the socket past twice read_bufsize): large for one download (page
+# faults, not HTTP, set the pace), smaller as more share the client's budget. Never
+# below 512 KiB: asyncio reads up to 256 KiB at a time, and a smaller read_bufsize
+# stopped and restarted the socket on nearly every read (two epoll_ctl calls and a
+# timer each), which at 100 downloads cost more than the memory it saved
+# (benchmarks/NOTES.md, "Downloads at concurrency").
 MAX_READ_BUFFER_BYTES = 1024 * 1024
-MIN_READ_BUFFER_BYTES = 64 * 1024
+MIN_READ_BUFFER_BYTES = 512 * 1024
 # Direct writes go through up to this many buffers of this size (a multiple of
 # DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 DIRECT_BUFFERS = 3
@@ -405,6 +412,9 @@ class _TempFile:
             raise
         self.size = 0
 
+    def has_room(self, size: int) -> bool:
+        return self._writer.has_room(size)
+
     async def write(self, chunk: bytes) -> None:
         with self._disk_errors("could not write"):
             await self._writer.write(chunk)
@@ -565,6 +575,10 @@ class _DirectWriter:
         self._queued: deque[concurrent.futures.Future[None]] = deque()
         self._closed = False
 
+    def has_room(self, size: int) -> bool:
+        """Always said: its waits are for its own few buffers, reserved at the start."""
+        return True
+
     async def write(self, chunk: bytes) -> None:
         data = memoryview(chunk)
         while data:
@@ -630,11 +644,15 @@ class _DirectWriter:
 class _PageCacheWriter:
     """Writes through the page cache, every one off the event loop: the default writer.
 
-    Each chunk is handed to the file's disk queue as it arrives, and the loop goes on
-    reading while the disk threads write. Until a chunk is written its bytes count
-    against this download's share (at most MAX_QUEUED_BYTES, less when many downloads
-    share the client's budget) and against the budget itself. What the page cache
-    holds is the OS's to flush; the fsync before the rename makes the file durable.
+    Chunks are gathered into writes (MAX_BATCH_BYTES) for the file's disk queue, and
+    the loop goes on reading while the disk threads write. Each chunk's bytes are taken
+    from the client's budget as it arrives and come back once written, so that what
+    every download holds, gathered or queued, stays within the budget. A download that
+    finds no room hands what it has gathered to the disk before it waits (else the
+    room that all wait for could be held by batches nobody writes), and the budget lets
+    the waiting downloads in, in turn. One download holds MAX_QUEUED_BYTES at most: a
+    fast one does not take the whole budget. What the page cache holds is the OS's to
+    flush; the fsync before the rename makes the file durable.
     """
 
     def __init__(self, descriptor: int, disk: _DiskQueue, budget: ByteBudget) -> None:
@@ -644,39 +662,42 @@ class _PageCacheWriter:
         self._loop = asyncio.get_running_loop()
         self._queued: deque[tuple[concurrent.futures.Future[Any], int]] = deque()
         self._queued_bytes = 0
-        # Chunks gathered into one write: a write per chunk as it arrives (often 64 KiB)
-        # costs the loop more in hand-overs than the copy it saves.
+        # Chunks gathered into one write: a write per chunk as it arrives costs the loop
+        # and the disk threads more in hand-overs than the copy it saves.
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._offset = 0
         self._closed = False
 
-    async def write(self, chunk: bytes) -> None:
-        self._batch.append(chunk)
-        self._batch_bytes += len(chunk)
-        if self._batch_bytes >= self._budget.share(MAX_BATCH_BYTES, MIN_READ_BUFFER_BYTES) // 4:
-            await self._hand_over()
+    def has_room(self, size: int) -> bool:
+        return self._budget.has_room(size)
 
-    async def _hand_over(self) -> None:
-        """Queue the gathered chunks as one write, within this download's share."""
+    async def write(self, chunk: bytes) -> None:
+        size = len(chunk)
+        if not self._budget.try_take(size):
+            self._hand_over()
+            await self._budget.take(size)
+        self._batch.append(chunk)
+        self._batch_bytes += size
+        if self._batch_bytes >= self._budget.share(MAX_BATCH_BYTES, MIN_BATCH_BYTES) // 4:
+            self._hand_over()
+        while self._queued and self._queued_bytes + self._batch_bytes > MAX_QUEUED_BYTES:
+            await asyncio.wrap_future(self._queued[0][0])
+            self._land_oldest()
+        while self._queued and self._queued[0][0].done():
+            self._land_oldest()
+
+    def _hand_over(self) -> None:
+        """Queue the gathered chunks as one write; their bytes come back once written."""
         if not self._batch:
             return
         batch, size = self._batch, self._batch_bytes
         self._batch, self._batch_bytes = [], 0
-        # This download's share first, then the client's budget: one fast download does
-        # not hold all of it, and many together never hold more than all of it.
-        share = self._budget.share(MAX_QUEUED_BYTES, size)
-        while self._queued and self._queued_bytes + size > share:
-            await asyncio.wrap_future(self._queued[0][0])
-            self._land_oldest()
-        await self._budget.take(size)
         future = self._disk.submit(_write_gathered, self.descriptor, batch, self._offset)
         future.add_done_callback(partial(_give_back, self._loop, self._budget, size))
         self._offset += size
         self._queued_bytes += size
         self._queued.append((future, size))
-        while self._queued and self._queued[0][0].done():
-            self._land_oldest()
 
     def _land_oldest(self) -> None:
         """Forget the oldest queued write, done; raises its OSError if it failed."""
@@ -686,7 +707,7 @@ class _PageCacheWriter:
 
     async def settle(self) -> None:
         """Write what is gathered and wait for every queued write; raises the first error."""
-        await self._hand_over()
+        self._hand_over()
         while self._queued:
             await asyncio.wrap_future(self._queued[0][0])
             self._land_oldest()
@@ -702,7 +723,35 @@ class _PageCacheWriter:
     def close(self) -> None:
         if not self._closed:  # a failed rename closes it twice: after the commit, on discard
             self._closed = True
-            os.close(self.descriptor)
+            # Gathered, never handed over (the download was cancelled or failed): the
+            # bytes it took go back. A queued write that was dropped gives its own back
+            # (its future is cancelled, and done).
+            gathered, self._batch, self._batch_bytes = self._batch_bytes, [], 0
+            try:
+                os.close(self.descriptor)
+            finally:
+                if gathered:
+                    _give_back(self._loop, self._budget, gathered)
+
+
+@contextlib.asynccontextmanager
+async def _not_reading(response: aiohttp.ClientResponse) -> AsyncIterator[None]:
+    """The socket left unread while the download waits for room in the client's budget.
+
+    Else aiohttp reads on into its own buffer (up to twice ``read_bufsize`` and one read
+    more) for every download that waits: at 100 downloads, tens of MiB outside the
+    budget. Its read timeout does not run meanwhile: the wait is ours, not storage's.
+    """
+    connection = response.connection
+    protocol = None if connection is None else connection.protocol
+    if protocol is None or response.content.at_eof():  # the body is all read already
+        yield
+        return
+    protocol.pause_reading()
+    try:
+        yield
+    finally:
+        protocol.resume_reading()
 
 
 def _give_back(
@@ -721,6 +770,10 @@ class _Sink(Protocol):
     """
 
     size: int
+
+    def has_room(self, size: int) -> bool:
+        """Whether a write of ``size`` bytes would go on at once, with no wait for room."""
+        ...
 
     async def write(self, chunk: bytes) -> None: ...
 
@@ -745,6 +798,10 @@ class StreamSink:
         self._loop = asyncio.get_running_loop()
         self._piece: asyncio.Future[bytes | None] = self._loop.create_future()
         self._room: asyncio.Future[None] | None = None
+
+    def has_room(self, size: int) -> bool:
+        """Always: a write waits for the reader, and aiohttp's own bound holds meanwhile."""
+        return True
 
     async def write(self, chunk: bytes) -> None:
         start, self.size = self.size, self.size + len(chunk)
@@ -1068,7 +1125,11 @@ class Downloader:
                 await temp.restart(reason="storage sent more bytes than it announced")
                 self._etag = self._total = None
                 raise _Unusable("storage sent more bytes than it announced", url=display_url)
-            await temp.write(chunk)
+            if temp.has_room(len(chunk)):
+                await temp.write(chunk)
+            else:
+                async with _not_reading(response):
+                    await temp.write(chunk)
             await self._progress.report(temp.size, total)
         if total is not None and temp.size != total:
             # Fewer bytes than announced (more cannot come: the parser stops there).

@@ -27,7 +27,7 @@ from aiotlink import (
 from aiotlink._download import line_up
 
 from .conftest import EXECUTION_ID, TOKEN
-from .servers import ScriptedServer, reply
+from .servers import ScriptedServer, eventually, reply
 
 RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
 OBJECT = ("GET", "/bucket/result.json")
@@ -718,10 +718,139 @@ async def test_budget_given_back_from_a_thread_wakes_the_loop_only_for_a_waiter(
     waiter = asyncio.create_task(budget.take(60))
     await asyncio.sleep(0)
     assert not waiter.done()
-    give_from_a_thread(40)  # room for the waiter: the loop is woken to let it in
+    give_from_a_thread(5)  # still no room for the waiter: no wake-up either
+    assert wakes == []
+    give_from_a_thread(35)  # room for the waiter: the loop is woken to let it in
+    give_from_a_thread(10)  # a wake-up is on its way: no second one
     await asyncio.wait_for(waiter, 5)
     assert len(wakes) == 1
-    assert budget.used == 90
+    assert budget.used == 80
+    assert budget.try_take(20)
+    assert not budget.try_take(1)  # full: not taken
+    blocked = asyncio.create_task(budget.take(10))
+    await asyncio.sleep(0)
+    give_from_a_thread(50)
+    assert not budget.try_take(1)  # room, but a waiter comes first
+    await asyncio.wait_for(blocked, 5)
+    assert budget.used == 60
+
+
+async def test_a_download_waiting_for_room_leaves_its_socket_unread(
+    server: ScriptedServer,
+    storage: ScriptedServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the budget has no room, aiohttp reads no more of the body into its buffer.
+
+    Then it reads on, with storage's read timeout back in force, and the file is whole.
+    """
+    from aiohttp.streams import StreamReader
+
+    fed = [0]
+    real_feed_data = StreamReader.feed_data
+
+    def feed_data(self: StreamReader, data: bytes, *args: Any) -> Any:
+        fed[0] += len(data)
+        return real_feed_data(self, data, *args)
+
+    monkeypatch.setattr(StreamReader, "feed_data", feed_data)
+    payload = b'["' + b"x" * 3_000_000 + b'"]'
+    redirect_to(server, storage)
+    storage.script(*OBJECT, whole(payload, '"v1"'))
+    async with TransactionLinkClient(TOKEN, base_url=server.url, timeout=5) as client:
+        budget = client._sessions.download_budget
+        await budget.take(budget.limit)  # all of it: the download's first write must wait
+        download = asyncio.create_task(
+            client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+        )
+        await eventually(lambda: budget._waiting)
+        waiting_since = fed[0]
+        await asyncio.sleep(0.5)
+        assert fed[0] == waiting_since  # nothing more read while it waits
+        assert fed[0] < len(payload) // 2
+        budget.give(budget.limit)
+        done = await asyncio.wait_for(download, 10)
+    assert done.size == len(payload)
+    assert (tmp_path / "r.json").read_bytes() == payload
+
+
+async def test_one_download_queues_at_most_its_cap_for_a_slow_disk(
+    server: ScriptedServer,
+    storage: ScriptedServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disk slower than the network: the download waits for its own writes to land."""
+    import threading
+    import time
+
+    from aiotlink import _download
+
+    cap = 256 * 1024
+    monkeypatch.setattr(_download, "MAX_QUEUED_BYTES", cap)
+    monkeypatch.setattr(_download, "MAX_BATCH_BYTES", cap)  # writes of 64 KiB
+    real_write = _download._write_gathered
+    lock = threading.Lock()
+    queued, most = [0], [0]
+
+    def slow_write(descriptor: int, chunks: list[bytes], offset: int) -> None:
+        time.sleep(0.01)
+        real_write(descriptor, chunks, offset)
+        with lock:
+            queued[0] -= sum(map(len, chunks))
+
+    real_submit = _download._DiskQueue.submit
+
+    def submit(self: Any, work: Any, *args: Any) -> Any:
+        if work is slow_write:
+            with lock:
+                queued[0] += sum(map(len, args[1]))
+                most[0] = max(most[0], queued[0])
+        return real_submit(self, work, *args)
+
+    monkeypatch.setattr(_download, "_write_gathered", slow_write)
+    monkeypatch.setattr(_download._DiskQueue, "submit", submit)
+    payload = b'["' + b"x" * 3_000_000 + b'"]'
+    redirect_to(server, storage)
+    storage.script(*OBJECT, whole(payload, '"v1"'))
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        done = await client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+        assert client._sessions.download_budget.used == 0
+    assert done.size == len(payload)
+    assert (tmp_path / "r.json").read_bytes() == payload
+    # The cap, and one socket read (256 KiB at most) that may go over it as handed over.
+    assert 0 < most[0] <= cap + 256 * 1024
+
+
+async def test_a_cancelled_download_gives_back_what_it_gathered(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """Bytes taken from the budget for a batch never written come back on cancel."""
+    arrived = asyncio.Event()
+
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(10 * 2**20)})
+        await response.prepare(request)
+        await response.write(b'["' + b"x" * 300_000)  # less than one write's batch
+        arrived.set()
+        await asyncio.sleep(60)
+        return response
+
+    redirect_to(server, storage)
+    storage.script(*OBJECT, stalls)
+    async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
+        budget = client._sessions.download_budget
+        download = asyncio.create_task(
+            client.workflows.download_result(EXECUTION_ID, tmp_path / "r.json")
+        )
+        await asyncio.wait_for(arrived.wait(), 10)
+        await eventually(lambda: budget.used >= 300_000)  # gathered, counted
+        download.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await download
+        await eventually(lambda: budget.used == 0)
+    assert leftovers(tmp_path) == []
 
 
 async def test_direct_io_is_asked_for_and_checked(server: ScriptedServer, tmp_path: Path) -> None:
