@@ -70,15 +70,18 @@ MAX_QUEUED_BYTES = 4 * 1024 * 1024
 # downloads a write per chunk as it came measured as fast as larger ones.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MIN_BATCH_BYTES = 64 * 1024
-# What aiohttp may hold of a download's body (read_bufsize is a quarter of this; it
-# stops reading the socket past twice read_bufsize): large for one download (page
-# faults, not HTTP, set the pace), smaller as more share the client's budget. Never
-# below 512 KiB: asyncio reads up to 256 KiB at a time, and a smaller read_bufsize
-# stopped and restarted the socket on nearly every read (two epoll_ctl calls and a
-# timer each), which at 100 downloads cost more than the memory it saved
-# (benchmarks/NOTES.md, "Downloads at concurrency").
+# What aiohttp may hold of a download's body (read_bufsize is a quarter of this): large
+# for one download (page faults, not HTTP, set the pace), smaller as more share the
+# client's budget, but never under twice a socket read (below).
 MAX_READ_BUFFER_BYTES = 1024 * 1024
-MIN_READ_BUFFER_BYTES = 512 * 1024
+MIN_READ_BUFFER_BYTES = 64 * 1024
+# How much one turn of the event loop may read for all of a client's downloads, shared
+# among them as the size of each socket read (asyncio's 256 KiB at most, 64 KiB at
+# least). Every socket with data is read in the same turn: at 100 downloads of 256 KiB
+# reads a turn took some 40 ms at 650 MB/s, and the loop's lag with it.
+LOOP_TURN_READ_BYTES = 16 * 1024 * 1024
+MAX_SOCKET_READ_BYTES = 256 * 1024
+MIN_SOCKET_READ_BYTES = 64 * 1024
 # Direct writes go through up to this many buffers of this size (a multiple of
 # DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 DIRECT_BUFFERS = 3
@@ -231,8 +234,9 @@ class _DiskPool:
 
     IDLE_SECONDS = 0.5
 
-    def __init__(self, max_threads: int) -> None:
+    def __init__(self, max_threads: int, name: str = "aiotlink-disk") -> None:
         self._max_threads = max_threads
+        self._name = name
         self._work: deque[Callable[[], None]] = deque()
         self._ready = threading.Condition()
         self._threads = self._idle = 0
@@ -248,7 +252,7 @@ class _DiskPool:
             if self._threads >= self._max_threads:
                 return
             self._threads += 1
-            name = f"aiotlink-disk-{next(self._names)}"
+            name = f"{self._name}-{next(self._names)}"
         try:
             threading.Thread(target=self._serve, name=name, daemon=True).start()
         except BaseException:  # no thread to be had: the work waits for a running one
@@ -281,8 +285,12 @@ class _DiskPool:
 
 DISK_THREADS = 4
 _DISK_POOL = _DiskPool(DISK_THREADS)
+# The fsyncs before the renames run on threads of their own: one takes tens of ms, and
+# 100 downloads ending together would hold every write of the others behind them.
+_SYNC_POOL = _DiskPool(DISK_THREADS, name="aiotlink-sync")
 if hasattr(os, "register_at_fork"):  # a child forked while disk work ran starts afresh
     os.register_at_fork(after_in_child=_DISK_POOL.reset_after_fork)
+    os.register_at_fork(after_in_child=_SYNC_POOL.reset_after_fork)
 
 
 class _DiskQueue:
@@ -295,39 +303,48 @@ class _DiskQueue:
     get its number and the bytes meant for this one.
     """
 
-    def __init__(self, pool: _DiskPool = _DISK_POOL) -> None:
+    def __init__(self, pool: _DiskPool = _DISK_POOL, sync_pool: _DiskPool = _SYNC_POOL) -> None:
         self._pool = pool
+        self._sync_pool = sync_pool
         self._lock = threading.Lock()
         self._pending: deque[
-            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...], bool]
         ] = deque()
         self._scheduled = self._running = self._stopped = False
         self._last: Callable[[], None] | None = None
 
-    def submit(self, work: Callable[..., object], *args: Any) -> concurrent.futures.Future[Any]:
-        """Queue ``work(*args)``; its future holds its outcome (cancelled if dropped)."""
+    def submit(
+        self, work: Callable[..., object], *args: Any, sync: bool = False
+    ) -> concurrent.futures.Future[Any]:
+        """Queue ``work(*args)``; its future holds its outcome (cancelled if dropped).
+
+        ``sync``: it is the fsync before the rename, run on the sync pool's threads.
+        """
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._stopped:
                 future.cancel()
                 return future
-            self._pending.append((future, work, args))
+            self._pending.append((future, work, args, sync))
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
-            self._pool.submit(self._step)
+            self._next_pool(sync).submit(self._step)
         return future
 
-    async def run(self, work: Callable[..., object], *args: Any) -> None:
+    async def run(self, work: Callable[..., object], *args: Any, sync: bool = False) -> None:
         """Run ``work`` after the work queued before it, and wait for it."""
-        await asyncio.wrap_future(self.submit(work, *args))
+        await asyncio.wrap_future(self.submit(work, *args, sync=sync))
+
+    def _next_pool(self, sync: bool) -> _DiskPool:
+        return self._sync_pool if sync else self._pool
 
     def _step(self) -> None:
         with self._lock:
             if self._stopped or not self._pending:
                 self._scheduled = False
                 return
-            future, work, args = self._pending.popleft()
+            future, work, args, _ = self._pending.popleft()
             if not future.set_running_or_notify_cancel():
                 item = None
             else:
@@ -358,8 +375,9 @@ class _DiskQueue:
         with self._lock:
             again = bool(self._pending) and not self._stopped
             self._scheduled = again
+            sync = again and self._pending[0][3]
         if again:
-            self._pool.submit(self._step)
+            self._next_pool(sync).submit(self._step)
 
     def stop(self, last: Callable[[], None]) -> None:
         """Drop the queued work; run ``last`` now, or once the running work is done."""
@@ -369,7 +387,7 @@ class _DiskQueue:
             if not run_now:
                 self._last = last
             dropped, self._pending = self._pending, deque()
-        for future, _, _ in dropped:
+        for future, *_ in dropped:
             future.cancel()
         if run_now:
             last()
@@ -431,7 +449,7 @@ class _TempFile:
         """Write what is left, fsync, then rename over the destination and fsync the folder."""
         with self._disk_errors("could not finish writing"):
             await self._writer.settle()
-            await self._disk.run(self._commit)
+            await self._disk.run(self._commit, sync=True)
 
     def _commit(self) -> None:
         self._writer.finish()
@@ -732,6 +750,20 @@ class _PageCacheWriter:
             finally:
                 if gathered:
                     _give_back(self._loop, self._budget, gathered)
+
+
+def _limit_socket_reads(response: aiohttp.ClientResponse, size: int) -> None:
+    """Each read of the response's socket takes ``size`` bytes at most.
+
+    asyncio's selector transport reads ``max_size`` bytes at a time (256 KiB, a class
+    attribute that an instance may shadow); a transport without it (uvloop's) keeps
+    its own.
+    """
+    connection = response.connection
+    transport = None if connection is None else connection.transport
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        selector_transport: Any = transport
+        selector_transport.max_size = size
 
 
 @contextlib.asynccontextmanager
@@ -1064,8 +1096,7 @@ class Downloader:
             headers=headers,
             route=route,
             attempt_number=attempt_number,
-            read_bufsize=self._read_bufsize
-            or self._budget.share(MAX_READ_BUFFER_BYTES, MIN_READ_BUFFER_BYTES) // 4,
+            read_bufsize=self._read_bufsize or self._read_buffer_bytes(),
             consume=partial(self._stream, source=source, temp=temp, probe_redirect=probe_redirect),
         )
         if (hook := _instrument.current) is None:
@@ -1092,6 +1123,7 @@ class Downloader:
             hook.responded(response.status)
         display_url = mask_url(source.url)
         total = await self._line_up(response, temp, display_url)
+        _limit_socket_reads(response, self._socket_read_bytes())
         content = response.content
         if probe_redirect:
             first = await read_up_to(response, REDIRECT_PROBE_BYTES)
@@ -1135,6 +1167,21 @@ class Downloader:
             # Fewer bytes than announced (more cannot come: the parser stops there).
             raise _Incomplete(f"got {temp.size} of {total} bytes", url=display_url)
         return None
+
+    def _socket_read_bytes(self) -> int:
+        """The size of each socket read: LOOP_TURN_READ_BYTES shared among the downloads."""
+        share = LOOP_TURN_READ_BYTES // max(1, self._budget.users)
+        return max(MIN_SOCKET_READ_BYTES, min(MAX_SOCKET_READ_BYTES, share))
+
+    def _read_buffer_bytes(self) -> int:
+        """The read_bufsize for aiohttp: it stops reading past twice this, not at every read.
+
+        Below half a socket read it would stop and restart the socket on nearly every
+        read (two epoll_ctl calls and a timer each), which at 100 downloads cost more
+        than the memory it saved (benchmarks/NOTES.md, "Downloads at concurrency").
+        """
+        share = self._budget.share(MAX_READ_BUFFER_BYTES, MIN_READ_BUFFER_BYTES) // 4
+        return max(share, self._socket_read_bytes() // 2)
 
     def _check_size(self, size: int, announced: int | None, display_url: str) -> None:
         """ResultTooLargeError if ``size`` bytes (or the announced length) pass max_bytes."""

@@ -57,7 +57,7 @@ from ._transport import (
 
 T = TypeVar("T")
 # What a client's downloads may buffer at once, all of them together.
-DEFAULT_DOWNLOAD_BUFFER_BYTES = 32 * 2**20
+DEFAULT_DOWNLOAD_BUFFER_BYTES = 16 * 2**20
 
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 

@@ -38,6 +38,8 @@ from .servers import ScriptedServer, eventually, follow_answers, reply
 
 BIG = GeneratedResult(3_000_000, seed=7)
 RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
+# The threads of disk work, off the event loop: writes, and the fsyncs before renames.
+DISK_THREADS = ("aiotlink-disk", "aiotlink-sync")
 
 
 @pytest.fixture(autouse=True)
@@ -451,7 +453,7 @@ async def test_large_results_bypass_the_page_cache_from_a_worker_thread(
     padded_tail = [-(-tail // 4096) * 4096] if tail else []
     assert [length for _, _, length in writes] == [65_536] * whole_buffers + padded_tail
     assert all(direct for _, direct, _ in writes)
-    assert all(thread.startswith("aiotlink-disk") for thread, _, _ in writes)
+    assert all(thread.startswith(DISK_THREADS) for thread, _, _ in writes)
     await eventually(lambda: not disk_threads())  # the thread ends with the download
 
 
@@ -479,7 +481,7 @@ async def test_without_o_direct_writes_go_through_the_page_cache(
     await client.workflows.download_result(execution_id, target)
     assert sha256(target) == BIG.sha256()
     assert writers
-    assert all(name.startswith("aiotlink-disk") for name in writers)
+    assert all(name.startswith(DISK_THREADS) for name in writers)
 
 
 # BIG ends in a partial buffer at this offset: 45 whole buffers of 64 KiB come first.
@@ -658,7 +660,7 @@ async def test_cancelling_while_the_disk_thread_works_closes_the_file_after_it(
         await task
     assert leftovers(tmp_path) == []
     ((descriptor, thread),) = held
-    assert thread.startswith("aiotlink-disk")  # the work was off the event loop
+    assert thread.startswith(DISK_THREADS)  # the work was off the event loop
     assert ".part" in open_file(descriptor)  # still open, its name already gone
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
@@ -681,7 +683,7 @@ def test_a_disk_queue_runs_work_in_order_and_then_the_last_action() -> None:
         disk.submit(lambda n: done.append((n, threading.current_thread().name)), number).result()
     disk.stop(lambda: done.append((-1, threading.current_thread().name)))
     assert [number for number, _ in done] == [0, 1, 2, -1]
-    assert all(thread.startswith("aiotlink-disk") for _, thread in done[:3])
+    assert all(thread.startswith(DISK_THREADS) for _, thread in done[:3])
     assert done[-1][1] == threading.current_thread().name
 
 
@@ -751,7 +753,7 @@ def test_idle_disk_threads_end() -> None:
 
 def disk_threads() -> list[str]:
     """The download's disk threads still alive."""
-    return [t.name for t in threading.enumerate() if t.name.startswith("aiotlink-disk")]
+    return [t.name for t in threading.enumerate() if t.name.startswith(DISK_THREADS)]
 
 
 def open_file(descriptor: int) -> str:
@@ -1161,7 +1163,7 @@ async def test_page_cache_writes_are_made_off_the_event_loop(
     await client.workflows.download_result(execution_id, target)
     assert sha256(target) == BIG.sha256()
     assert writer_threads
-    assert all(name.startswith("aiotlink-disk") for name in writer_threads)
+    assert all(name.startswith(DISK_THREADS) for name in writer_threads)
 
 
 async def test_refusing_a_large_result_costs_the_fake_no_error(

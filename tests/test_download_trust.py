@@ -802,12 +802,12 @@ async def test_one_download_queues_at_most_its_cap_for_a_slow_disk(
 
     real_submit = _download._DiskQueue.submit
 
-    def submit(self: Any, work: Any, *args: Any) -> Any:
+    def submit(self: Any, work: Any, *args: Any, **options: Any) -> Any:
         if work is slow_write:
             with lock:
                 queued[0] += sum(map(len, args[1]))
                 most[0] = max(most[0], queued[0])
-        return real_submit(self, work, *args)
+        return real_submit(self, work, *args, **options)
 
     monkeypatch.setattr(_download, "_write_gathered", slow_write)
     monkeypatch.setattr(_download._DiskQueue, "submit", submit)
@@ -821,6 +821,57 @@ async def test_one_download_queues_at_most_its_cap_for_a_slow_disk(
     assert (tmp_path / "r.json").read_bytes() == payload
     # The cap, and one socket read (256 KiB at most) that may go over it as handed over.
     assert 0 < most[0] <= cap + 256 * 1024
+
+
+async def test_socket_reads_shrink_as_downloads_share_a_turn_of_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every socket with data is read in one turn: the more downloads, the smaller reads.
+
+    LOOP_TURN_READ_BYTES is shared among the client's downloads (64 KiB a read at
+    least, asyncio's 256 KiB at most), set on each storage connection's transport.
+    """
+    from aiotlink import _download
+    from aiotlink.testing import FakeTransactionLink, GeneratedResult
+
+    seen: list[tuple[int, int]] = []
+    real_limit = _download._limit_socket_reads
+
+    def limit(response: Any, size: int) -> None:
+        real_limit(response, size)
+        connection = response.connection
+        if connection is not None:  # the API's answer, a redirect, is read whole already
+            seen.append((size, connection.transport.max_size))
+
+    monkeypatch.setattr(_download, "_limit_socket_reads", limit)
+    monkeypatch.setattr(_download, "LOOP_TURN_READ_BYTES", 3 * 100 * 1024)
+    result = GeneratedResult(2_000_000, seed=3)
+    async with FakeTransactionLink(redirect_threshold=100_000) as fake:
+        definition = fake.add_definition(statuses=["COMPLETED"], result=result)
+        async with TransactionLinkClient(fake.token, base_url=fake.url) as client:
+            ids = [(await client.workflows.initialise(definition)).id for _ in range(3)]
+            alone = await client.workflows.download_result(ids[0], tmp_path / "alone.json")
+            together = await asyncio.gather(
+                *(client.workflows.download_result(i, tmp_path / f"{i}.json") for i in ids)
+            )
+    assert alone.size == result.size
+    assert all(d.size == result.size for d in together)
+    assert seen[0] == (256 * 1024, 256 * 1024)  # alone: asyncio's largest read
+    assert sorted(seen[1:]) == [(100 * 1024, 100 * 1024)] * 3  # three share the turn
+
+
+def test_a_transport_without_a_read_size_is_left_alone() -> None:
+    """uvloop's transports read with their own size: nothing is set, nothing raised."""
+    from types import SimpleNamespace
+
+    from aiotlink._download import _limit_socket_reads
+
+    transport = object()
+    response: Any = SimpleNamespace(connection=SimpleNamespace(transport=transport))
+    _limit_socket_reads(response, 64 * 1024)
+    assert not hasattr(transport, "max_size")
+    released: Any = SimpleNamespace(connection=None)  # a body read whole: no connection
+    _limit_socket_reads(released, 64 * 1024)
 
 
 async def test_a_cancelled_download_gives_back_what_it_gathered(
@@ -898,6 +949,31 @@ async def test_direct_downloads_reserve_their_buffers_at_once_and_never_deadlock
                 )
                 assert client._sessions.download_budget.used == 0
             assert all(d.size == result.size for d in downloads)
+
+
+def test_writes_go_on_while_another_files_fsync_runs() -> None:
+    """The fsync before a rename runs on threads of its own: no write waits behind it."""
+    import threading
+
+    from aiotlink._download import _DiskPool, _DiskQueue
+
+    writes, syncs = _DiskPool(max_threads=1), _DiskPool(max_threads=1)
+    syncing, release = threading.Event(), threading.Event()
+
+    def slow_fsync() -> str:
+        syncing.set()
+        release.wait(10)
+        return "synced"
+
+    ending, writing = _DiskQueue(writes, syncs), _DiskQueue(writes, syncs)
+    synced = ending.submit(slow_fsync, sync=True)
+    assert syncing.wait(10)
+    assert writing.submit(lambda: "written").result(10) == "written"  # not held up
+    assert not synced.done()
+    release.set()
+    assert synced.result(10) == "synced"
+    after = ending.submit(lambda: "in order")  # the same file's next work: after its sync
+    assert after.result(10) == "in order"
 
 
 def test_a_failing_last_action_keeps_the_disk_thread() -> None:
