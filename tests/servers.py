@@ -116,6 +116,20 @@ def stall(seconds: float, then: Handler) -> Handler:
     return handler
 
 
+def stall_mid_body(first: bytes, announced: int, reached: asyncio.Event) -> Handler:
+    """A 200 announcing ``announced`` bytes that sends ``first``, sets ``reached``, stalls."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(announced)})
+        await response.prepare(request)
+        await response.write(first)
+        reached.set()
+        await asyncio.sleep(60)
+        return response
+
+    return handler
+
+
 class ScriptedServer:
     """Answers each ``(method, path)`` with its scripted handlers in order.
 

@@ -27,7 +27,7 @@ from aiotlink import (
 from aiotlink._download import line_up
 
 from .conftest import EXECUTION_ID, TOKEN
-from .servers import ScriptedServer, eventually, reply
+from .servers import ScriptedServer, eventually, reply, stall_mid_body
 
 RESULT = ("GET", f"/workflows/{EXECUTION_ID}/result")
 OBJECT = ("GET", "/bucket/result.json")
@@ -879,17 +879,9 @@ async def test_a_cancelled_download_gives_back_what_it_gathered(
 ) -> None:
     """Bytes taken from the budget for a batch never written come back on cancel."""
     arrived = asyncio.Event()
-
-    async def stalls(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": str(10 * 2**20)})
-        await response.prepare(request)
-        await response.write(b'["' + b"x" * 300_000)  # less than one write's batch
-        arrived.set()
-        await asyncio.sleep(60)
-        return response
-
     redirect_to(server, storage)
-    storage.script(*OBJECT, stalls)
+    # Less than one write's batch, of 10 MiB announced.
+    storage.script(*OBJECT, stall_mid_body(b'["' + b"x" * 300_000, 10 * 2**20, arrived))
     async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
         budget = client._sessions.download_budget
         download = asyncio.create_task(

@@ -26,7 +26,7 @@ from aiotlink._workflows import STREAM_TASK_NAME
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
 
 from .conftest import EXECUTION_ID, TOKEN
-from .servers import ScriptedServer, eventually, reply
+from .servers import ScriptedServer, eventually, reply, stall_mid_body
 from .test_download import completed
 from .test_download_trust import (
     CUT,
@@ -309,17 +309,8 @@ async def test_cancelling_the_reader_cancels_the_download(
 ) -> None:
     """A reader cancelled while it waits for a chunk leaves no task and no warning."""
     reached = asyncio.Event()
-
-    async def stalls(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": str(len(V1))})
-        await response.prepare(request)
-        await response.write(V1[:CUT])
-        reached.set()
-        await asyncio.sleep(30)
-        return response
-
     redirect_to(server, storage)
-    storage.script(*OBJECT, stalls)
+    storage.script(*OBJECT, stall_mid_body(V1[:CUT], len(V1), reached))
     async with TransactionLinkClient(TOKEN, base_url=server.url) as client:
         got = bytearray()
 
