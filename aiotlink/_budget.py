@@ -11,15 +11,16 @@ from collections import deque
 class ByteBudget:
     """Bytes of download buffers a client may hold at once, shared by all its downloads.
 
-    A download takes bytes before it hands a chunk (or maps a buffer) for the disk, and
-    they come back once the disk has it; when none are left it waits, rather than
-    allocate more. One chunk larger than the whole budget is let through alone.
+    A download takes bytes as each chunk arrives (or before it maps a buffer), and they
+    come back once the disk has them; when none are left it waits, rather than allocate
+    more. Downloads that wait are let in first come, first served, so that none starves
+    while others stream. One chunk larger than the whole budget is let through alone.
 
     Taking happens on the event loop; giving back mostly on a disk thread, as each write
-    ends. A disk thread gives back under a lock and wakes the loop only when a download
-    waits for room: a wake-up per write (thousands a second at 100 downloads) cost the
-    loop more than the writes themselves (benchmarks/NOTES.md, "Downloads at
-    concurrency").
+    ends. A disk thread gives back under a lock and wakes the loop only when the first
+    download waiting now fits, and once until the loop has let it in: a wake-up per
+    write (thousands a second at 100 downloads) cost the loop more than the writes
+    themselves (benchmarks/NOTES.md, "Downloads at concurrency").
     """
 
     def __init__(self, limit: int) -> None:
