@@ -425,7 +425,15 @@ def connection_error(
             request_sent=request_sent,
             timeout=timeout,
         )
-    if request_sent:
+    if type(exc) is aiohttp.ClientResponseError:
+        # aiohttp's parser refused the answer itself (its own subclasses are other
+        # things: too many redirects, a proxy's refusal). Not its text: that may quote
+        # what a hostile server sent, which may be anything.
+        message = (
+            "malformed answer: its status line or headers are not valid HTTP, or past "
+            "aiohttp's limits (8 KB a header line)"
+        )
+    elif request_sent:
         # Only the type: the text of a response error names the request, headers aside.
         message = f"connection lost ({type(exc).__name__})"
     else:

@@ -320,15 +320,24 @@ async def test_an_echoed_legacy_jwt_is_in_no_error(hostile: ScriptedServer) -> N
     assert_clean(caught.value, jwt, percent_encoded(jwt))
 
 
-async def test_a_malformed_answer_chains_no_aiohttp_error() -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: nonsense\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * 10_000 + b"\r\nContent-Length: 2\r\n\r\n{}",
+    ],
+    ids=["bad-length", "header-over-8-kb"],
+)
+async def test_a_malformed_answer_chains_no_aiohttp_error(answer: bytes) -> None:
     """A malformed HTTP answer: APIConnectionError with nothing of aiohttp in its chain.
 
-    aiohttp's response errors carry the request's headers, Authorization included.
+    aiohttp's response errors carry the request's headers, Authorization included. The
+    message says the answer was malformed, not that the connection was lost.
     """
 
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: nonsense\r\n\r\n{}")
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
@@ -345,6 +354,8 @@ async def test_a_malformed_answer_chains_no_aiohttp_error() -> None:
         await server.wait_closed()
     assert caught.value.__context__ is None
     assert caught.value.__cause__ is None
+    assert "malformed answer" in str(caught.value)
+    assert "connection lost" not in str(caught.value)
     assert_clean(caught.value, TOKEN)
 
 
