@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import subprocess
 import sys
@@ -28,7 +29,13 @@ from aiotlink import _polling as polling
 from aiotlink._polling import JITTER
 from aiotlink.arq import DEAD_LETTERS_KEY, Outcome, OutcomeKind, follow, nudge
 from aiotlink.arq._cli import dead_letters, main, replay
-from aiotlink.arq._state import STATE_GRACE_SECONDS, follow_key, generation_key
+from aiotlink.arq._state import (
+    DEAD_LETTER_ORDER_KEY,
+    STATE_GRACE_SECONDS,
+    follow_key,
+    generation_key,
+    scripts,
+)
 from aiotlink.testing import FakeTransactionLink, RecordedRequest, RedisServer
 
 from .arq_helpers import Handled, eventually, pool, running_worker
@@ -76,6 +83,11 @@ def client_options(fake: FakeTransactionLink, **more: Any) -> dict[str, Any]:
 async def letters(redis: ArqRedis, count: int) -> bool:
     """Whether ``count`` dead letters are recorded."""
     return await redis.hlen(DEAD_LETTERS_KEY) == count
+
+
+async def gone(redis: ArqRedis, execution_id: str) -> bool:
+    """Whether the follow of ``execution_id`` (its delivery included) is over."""
+    return not await redis.exists(follow_key(execution_id))
 
 
 async def followed_keys(redis: ArqRedis) -> list[bytes]:
@@ -172,6 +184,9 @@ async def test_following_again_after_the_outcome_was_delivered_delivers_again(
     async with running_worker(redis, [handled], **client_options(fake)):
         assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
         await handled.wait_for(1)
+        # Until the first delivery is written back, a follow changes nothing (README).
+        assert not await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+        await eventually(partial(gone, redis, execution_id))
         assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
         first, second = await handled.wait_for(2)
     assert (first.key, second.key) == (f"{execution_id}:1", f"{execution_id}:2")
@@ -310,27 +325,49 @@ async def test_a_poll_that_fails_unexpectedly_is_followed_by_the_next(
     assert calls == 2
 
 
-async def test_a_stale_poll_does_nothing(redis: ArqRedis, fake: FakeTransactionLink) -> None:
-    """A poll job arq runs again (its worker died, say) after the follow moved on."""
+async def test_a_stale_claims_write_back_does_nothing(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """A sweep whose claim expired (its worker stalled) and was taken over writes nothing."""
+    from aiotlink.arq._state import armed_key, due_key, shard_args, shard_of
+    from aiotlink.arq._worker import BATCH
+
     execution_id = await start(
         fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
     )
-    handled = Handled()
-    async with running_worker(redis, [handled], **client_options(fake)):
-        await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
-        await eventually(lambda: len(finds(fake, execution_id)) == 1)
-        await asyncio.sleep(0.05)
-        # The first poll's job, run again by hand: its job id is no longer the follow's.
-        stale = f"aiotlink:poll:{execution_id}:1:0"
-        assert await redis.enqueue_job("aiotlink_poll", execution_id, _job_id=stale)
+    assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+    queue, shard = redis.default_queue_name, shard_of(execution_id)
+    keys = [due_key(queue, shard), armed_key(queue, shard)]
+    shard_part = shard_args(redis, queue, shard)
+    run = scripts(redis)
 
-        async def taken() -> bool:  # the worker has taken the stale job off the queue
-            return await redis.zscore("arq:queue", stale) is None
+    async def claim(token: str, lease: float) -> list[Any]:
+        return list(
+            await run.claim(
+                keys=keys,
+                args=[*shard_part, repr(time.time()), BATCH, token, lease, lease, "no-job"],
+            )
+        )
 
-        await eventually(taken, timeout=2)
-        await asyncio.sleep(0.3)
-    assert len(finds(fake, execution_id)) == 1
-    assert (await redis.hgetall(follow_key(execution_id)))[b"seq"] == b"1"
+    [(member, phase, _)] = await claim("stale", 0.05)  # a lease that expires at once
+    assert (member, phase) == (execution_id.encode(), b"poll")
+    await asyncio.sleep(0.1)
+    [_] = await claim("fresh", 60)  # taken over after the lease
+    written = [[execution_id, "poll", "30.0", repr(time.time() + 1), "0", "RUNNING", "{}"]]
+    await run.write_back(
+        keys=[*keys, DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
+        args=[*shard_part, repr(time.time()), "stale", json.dumps(written), 60, 10],
+    )
+    state = await redis.hgetall(follow_key(execution_id))
+    assert (state[b"claim"], state[b"status"], state[b"running"]) == (b"fresh", b"", b"1")
+    assert await redis.zscore(keys[0], execution_id) > time.time() + 50  # the fresh lease
+    # The same write-back with the live token takes.
+    await run.write_back(
+        keys=[*keys, DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
+        args=[*shard_part, repr(time.time()), "fresh", json.dumps(written), 60, 10],
+    )
+    state = await redis.hgetall(follow_key(execution_id))
+    assert (state[b"claim"], state[b"status"], state[b"running"]) == (b"", b"RUNNING", b"0")
 
 
 # Defect 3 and point 5: handlers that fail, run over, are retried then dead-lettered.
@@ -398,7 +435,7 @@ async def test_a_handler_cancelled_by_the_job_timeout_counts_as_a_failed_attempt
     async with running_worker(
         redis, [slow_once], **client_options(fake), handler_timeout=0.2, retry_delay=0.05
     ) as worker:
-        worker.functions["aiotlink_deliver"].timeout_s = 0.5
+        worker.functions["aiotlink_sweep"].timeout_s = 0.5
         await follow(redis, execution_id, on_terminal="slow_once")
         await eventually(lambda: runs == [1, 2], timeout=5)
 
@@ -440,8 +477,11 @@ async def test_replay_is_atomic_and_goes_back_to_the_follows_queue(
     # Five operators replay at once: one wins, one job is queued, on the follow's queue.
     results = await asyncio.gather(*(replay(redis, letter["entry"]) for _ in range(5)))
     assert results.count(True) == 1
-    assert await redis.zcard(queue) == 1
+    assert await redis.zcard(queue) == 1  # its shard's sweep
     assert await redis.zcard("arq:queue") == 0
+    [due] = await redis.keys("aiotlink:due:*")
+    assert due.startswith(f"aiotlink:due:{queue}:".encode())
+    assert await redis.zcard(due) == 1
     failing = False
     async with running_worker(
         redis, [fragile], **client_options(fake), max_attempts=1, queue_name=queue
@@ -778,8 +818,11 @@ async def test_a_follow_started_untraced_keeps_no_trace_context(
 # Review of issue 18: Redis failures, shutdowns and lost jobs lose no outcome.
 
 
-def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str) -> list[int]:
-    """Make the first run of one of the scripts fail as a dropped connection would."""
+def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str, marker: str = "") -> list[int]:
+    """Make the first run of one of the scripts (with ``marker`` in an argument) fail.
+
+    As a dropped connection would.
+    """
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from aiotlink.arq import _state
@@ -792,7 +835,7 @@ def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str) -> list[int]:
         original = getattr(self, script)
 
         async def flaky(*args: Any, **kwargs: Any) -> Any:
-            if not failed:
+            if not failed and any(marker in str(arg) for arg in kwargs["args"]):
                 failed.append(1)
                 raise RedisConnectionError("Connection reset by peer")
             return await original(*args, **kwargs)
@@ -804,11 +847,11 @@ def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str) -> list[int]:
     return failed
 
 
-async def test_a_redis_error_as_a_poll_begins_makes_arq_run_the_poll_again(
+async def test_a_redis_error_as_a_sweep_claims_makes_arq_run_the_sweep_again(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = await start(fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"]))
-    failed = _failing_once(monkeypatch, "begin")
+    failed = _failing_once(monkeypatch, "claim")
     handled = Handled()
     async with running_worker(redis, [handled], **client_options(fake)):
         assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
@@ -817,36 +860,63 @@ async def test_a_redis_error_as_a_poll_begins_makes_arq_run_the_poll_again(
     assert outcome.kind is OutcomeKind.TERMINAL
 
 
-async def test_a_follow_whose_poll_job_was_lost_gets_it_back_from_follow_or_nudge(
+async def armed_sweep(redis: ArqRedis, execution_id: str) -> str | None:
+    """The sweep job armed for the shard of ``execution_id``, if it is stored and queued."""
+    from aiotlink.arq._state import armed_key, shard_of
+
+    queue = redis.default_queue_name
+    job = await redis.hget(armed_key(queue, shard_of(execution_id)), "job")
+    if job is None or await redis.zscore(queue, job) is None:
+        return None
+    return job.decode() if await redis.exists(f"arq:job:{job.decode()}") else None
+
+
+async def lose_sweep(redis: ArqRedis, execution_id: str) -> None:
+    """Lose the shard's armed sweep job, as a Redis failure would."""
+    job = await armed_sweep(redis, execution_id)
+    assert job is not None
+    await redis.delete(f"arq:job:{job}")
+    await redis.zrem(redis.default_queue_name, job)
+
+
+async def test_a_lost_sweep_or_due_entry_comes_back_by_follow_nudge_or_a_worker_start(
     redis: ArqRedis, fake: FakeTransactionLink, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from aiotlink.arq._state import due_key, shard_of
+
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
     assert await follow(redis, execution_id, on_terminal="Handled")
-    job = (await redis.hget(follow_key(execution_id), "job")).decode()
-
-    async def lose() -> None:
-        await redis.delete(f"arq:job:{job}")
-        await redis.zrem(redis.default_queue_name, job)
-
-    async def queued() -> bool:
-        return await redis.zscore(redis.default_queue_name, job) is not None and bool(
-            await redis.exists(f"arq:job:{job}")
-        )
-
-    await lose()
+    due = due_key(redis.default_queue_name, shard_of(execution_id))
+    first = await armed_sweep(redis, execution_id)
+    assert first is not None
+    # The sweep lost: a follow of the execution arms another.
+    await lose_sweep(redis, execution_id)
+    assert not await follow(redis, execution_id, on_terminal="Handled")
+    assert await armed_sweep(redis, execution_id) not in (None, first)
+    # The due entry lost: a follow makes it due again, and says so.
+    await redis.zrem(due, execution_id)
     with caplog.at_level(logging.WARNING, logger="aiotlink"):
         assert not await follow(redis, execution_id, on_terminal="Handled")
-    assert "lost its poll job" in caplog.text
-    assert await queued()
+    assert "lost its due entry" in caplog.text
+    assert await redis.zscore(due, execution_id) is not None
+    armed = await armed_sweep(redis, execution_id)
     assert not await follow(redis, execution_id, on_terminal="Handled")  # nothing more
-    await lose()
+    assert await armed_sweep(redis, execution_id) == armed
+    # Both lost: a nudge brings both back.
+    await lose_sweep(redis, execution_id)
+    await redis.zrem(due, execution_id)
     assert await nudge(redis, execution_id)
-    assert await queued()
+    assert await redis.zscore(due, execution_id) is not None
+    assert await armed_sweep(redis, execution_id) is not None
     assert await redis.hget(follow_key(execution_id), "gen") == b"1"
+    # The sweep lost again, and nobody follows or nudges: a worker's start arms it.
+    await lose_sweep(redis, execution_id)
     handled = Handled()
     async with running_worker(redis, [handled], **client_options(fake)):
         [outcome] = await handled.wait_for(1, timeout=5)
+        await eventually(partial(gone, redis, execution_id))
     assert outcome.key == f"{execution_id}:1"
+    assert not await redis.keys("arq:job:*")
 
 
 async def test_a_shutdown_during_a_handler_is_no_failed_attempt(
@@ -876,23 +946,12 @@ async def test_a_shutdown_during_a_handler_is_no_failed_attempt(
     assert not await redis.hlen(DEAD_LETTERS_KEY)
 
 
-async def test_a_redis_error_while_queueing_the_next_attempt_is_retried(
+async def test_a_redis_error_while_writing_back_is_ridden_out(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    failed = _failing_once(monkeypatch, "write_back")
     runs: list[int] = []
-    real = ArqRedis.enqueue_job
-    blips: list[int] = []
-
-    async def flaky_enqueue(self: ArqRedis, *args: Any, **kwargs: Any) -> Any:
-        if not blips:
-            blips.append(1)
-            raise RedisConnectionError("Connection reset by peer")
-        return await real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ArqRedis, "enqueue_job", flaky_enqueue)
 
     async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
         runs.append(outcome.attempt)
@@ -902,8 +961,8 @@ async def test_a_redis_error_while_queueing_the_next_attempt_is_retried(
     async with running_worker(redis, [failing], **options):
         await follow(redis, execution_id, on_terminal="failing")
         await eventually(lambda: letters(redis, 1), timeout=8)
-    assert blips == [1]
-    assert runs[-1] == 2
+    assert failed == [1]
+    assert runs == [1, 2]
     [letter] = await dead_letters(redis)
     assert letter["id"] == execution_id
 
@@ -912,30 +971,47 @@ async def test_a_redis_error_while_recording_a_dead_letter_is_retried(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
-    failed = _failing_once(monkeypatch, "dead_letter")
+    failed = _failing_once(monkeypatch, "write_back", marker='"dead"')
+    runs: list[int] = []
 
     async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(outcome.attempt)
         raise ValueError("db down")
 
     async with running_worker(redis, [failing], **client_options(fake, max_attempts=1)):
         await follow(redis, execution_id, on_terminal="failing")
-        await eventually(lambda: letters(redis, 1), timeout=8)
+        await eventually(lambda: gone(redis, execution_id) if runs else False, timeout=8)
     assert failed == [1]
+    assert runs == [1]
     [letter] = await dead_letters(redis)
     assert letter["id"] == execution_id
+
+
+async def plant_delivery(redis: ArqRedis, member: str, payload: str) -> None:
+    """A delivery whose payload is ``payload``, due now (as if Redis held garbage)."""
+    from aiotlink.arq._state import armed_key, due_key, shard_args, shard_of
+
+    queue, shard = redis.default_queue_name, shard_of(member)
+    mapping = {"phase": "deliver", "claim": "", "queue": queue, "payload": payload}
+    await redis.hset(follow_key(member), mapping=mapping)
+    await redis.zadd(due_key(queue, shard), {member: time.time()})
+    await scripts(redis).heal(
+        keys=[due_key(queue, shard), armed_key(queue, shard)],
+        args=[*shard_args(redis, queue, shard), repr(time.time())],
+    )
 
 
 async def test_an_undecodable_delivery_payload_is_dead_lettered_raw_and_capped(
     redis: ArqRedis, fake: FakeTransactionLink
 ) -> None:
-    from aiotlink.arq._state import DELIVER_FUNCTION
     from aiotlink.arq._worker import RAW_LETTER_CHARS
 
     garbage = "{not json" + "x" * (2 * RAW_LETTER_CHARS)
     async with running_worker(redis, [], **client_options(fake)):
-        await redis.enqueue_job(DELIVER_FUNCTION, garbage, _job_id="broken")
-        await redis.enqueue_job(DELIVER_FUNCTION, '{"id": "x"}', _job_id="missing")
+        await plant_delivery(redis, "broken", garbage)
+        await plant_delivery(redis, "missing", '{"id": "x"}')
         await eventually(lambda: letters(redis, 2), timeout=5)
+    assert not await redis.keys("aiotlink:follow:*")
     stored = {key.decode(): value for key, value in (await redis.hgetall(DEAD_LETTERS_KEY)).items()}
     import json
 
@@ -959,7 +1035,6 @@ async def test_dead_letters_are_capped_oldest_dropped_and_purged(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from aiotlink.arq import _worker
-    from aiotlink.arq._state import DEAD_LETTER_ORDER_KEY, DELIVER_FUNCTION
 
     monkeypatch.setattr(_worker, "MAX_DEAD_LETTERS", 2)
     ids = [await start(fake, fake.add_definition(statuses=["COMPLETED"])) for _ in range(3)]
@@ -972,7 +1047,7 @@ async def test_dead_letters_are_capped_oldest_dropped_and_purged(
             for execution_id in ids:
                 await follow(redis, execution_id, on_terminal="failing")
                 await eventually(partial(recorded, redis, f"{execution_id}:1"), timeout=5)
-            await redis.enqueue_job(DELIVER_FUNCTION, "not json", _job_id="broken")
+            await plant_delivery(redis, "broken", "not json")
             await eventually(partial(recorded, redis, "undecodable:broken"), timeout=5)
     assert [letter["entry"] for letter in await dead_letters(redis)] == [
         f"{ids[2]}:1",

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
 from .._arguments import check_execution_id, check_seconds, check_text, shown
@@ -16,12 +17,14 @@ from .._models import WorkflowStatus
 from .._workflows import poll_schedule
 from ._state import (
     GENERATION_TTL_SECONDS,
-    POLL_FUNCTION,
-    STATE_GRACE_SECONDS,
+    armed_key,
+    due_key,
     follow_key,
     generation_key,
-    job_payload,
     scripts,
+    shard_args,
+    shard_of,
+    text,
 )
 
 if TYPE_CHECKING:
@@ -77,14 +80,14 @@ async def follow(
     if not isinstance(download, str) or "\0" in download:
         raise ValueError(f"download_to must be a directory path, got {shown(download_to)}")
     queue = pool.default_queue_name if queue_name is None else check_text("queue_name", queue_name)
+    shard = shard_of(key)
     now = time.time()
     generation = await scripts(pool).follow(
-        keys=[follow_key(key), generation_key(key)],
+        keys=[follow_key(key), generation_key(key), due_key(queue, shard), armed_key(queue, shard)],
         args=[
+            *shard_args(pool, queue, shard),
             key,
             repr(now),
-            job_payload(pool, POLL_FUNCTION, key),
-            queue,
             handler,
             download,
             repr(schedule.poll_interval),
@@ -92,7 +95,6 @@ async def follow(
             repr(schedule.factor),
             "" if seconds is None else repr(now + seconds),
             "" if seconds is None else repr(seconds),
-            STATE_GRACE_SECONDS,
             GENERATION_TTL_SECONDS,
             # The trace that asked (when traced): every poll's span links to it.
             json.dumps(carrier) if (carrier := trace_context()) else "",
@@ -100,7 +102,7 @@ async def follow(
     )
     started = int(generation) > 0
     if int(generation) < 0:
-        logger.warning("the durable follow of %s had lost its poll job: queued again", key)
+        logger.warning("the durable follow of %s had lost its due entry: due again now", key)
     if started:
         logger.info("following execution %s durably (generation %s)", key, generation)
     return started
@@ -123,14 +125,15 @@ async def nudge(
     key = check_execution_id(execution_id)
     hint = None if status is None else WorkflowStatus(check_text("status", status))
     maybe_end = hint is None or hint.is_terminal
+    # The follow's queue (its due set's) is in its hash: read first, checked again by
+    # the script. redis-py types its commands as "an awaitable or the value".
+    queue = text(await cast("Awaitable[bytes | None]", pool.hget(follow_key(key), "queue")))
+    if not queue:
+        return False  # nobody follows it: nothing at all
+    shard = shard_of(key)
     followed = await scripts(pool).nudge(
-        keys=[follow_key(key)],
-        args=[
-            repr(time.time()),
-            "1" if maybe_end else "0",
-            job_payload(pool, POLL_FUNCTION, key),
-            STATE_GRACE_SECONDS,
-        ],
+        keys=[follow_key(key), due_key(queue, shard), armed_key(queue, shard)],
+        args=[*shard_args(pool, queue, shard), key, repr(time.time()), "1" if maybe_end else "0"],
     )
     return bool(int(followed))
 
