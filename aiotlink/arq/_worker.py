@@ -313,36 +313,60 @@ async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
             _retry_later(f"shard {shard} of {queue}", error)
         if not claimed:
             return
-        written: list[Written] = []
-        tasks = [asyncio.create_task(_work(ctx, state, item, now, written)) for item in claimed]
+        writer = _Writer(redis, queue, shard, token)
+        tasks = [asyncio.create_task(_work(ctx, state, item, now, writer)) for item in claimed]
         try:
             failures = await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:
-            # A shutdown or the job's timeout: each member has recorded what it got to
-            # (given back, a failed attempt, a poll to come); all of it is written back.
+            # A shutdown or the job's timeout: each member records what it got to
+            # (given back, a failed attempt, a poll to come) and writes it back.
             await asyncio.wait(tasks)
-            await asyncio.shield(_write_back(redis, queue, shard, token, written))
+            await asyncio.shield(writer.flush())
             raise
         for failure in failures:
             if failure is not None:  # pragma: no cover - _work records every outcome itself
                 logger.error("a sweep of %s lost a member's outcome: %r", queue, failure)
-        await _write_back(redis, queue, shard, token, written)
         if len(claimed) < BATCH or time.monotonic() - began >= SWEEP_BUDGET:
             return
 
 
+class _Writer:
+    """The write-backs of one claim: each outcome as soon as it is known, coalesced.
+
+    An outcome written back at once keeps a handler that has ended from running again
+    if its worker is killed before the rest of the batch ends (at-least-once, but no
+    more often than that); outcomes that come while a write-back is under way go
+    together in the next one, so a batch costs a few round trips, not one per member.
+    """
+
+    def __init__(self, redis: ArqRedis, queue: str, shard: int, token: str) -> None:
+        self.redis, self.queue, self.shard, self.token = redis, queue, shard, token
+        self.pending: list[Written] = []
+        self.lock = asyncio.Lock()
+
+    async def add(self, written: Written) -> None:
+        self.pending.append(written)
+        await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            taken, self.pending = self.pending, []
+            await _write_back(self.redis, self.queue, self.shard, self.token, taken)
+
+
 async def _work(
-    ctx: dict[str, Any], state: _WorkerState, item: list[Any], now: float, written: list[Written]
+    ctx: dict[str, Any], state: _WorkerState, item: list[Any], now: float, writer: _Writer
 ) -> None:
-    """Look up or deliver one claimed member; record what to write back."""
+    """Look up or deliver one claimed member; write back what came of it."""
     member, phase = text(item[0]), text(item[1])
     if phase == "deliver":
-        written.append(await _deliver(ctx, state, member, text(item[2])))
+        await writer.add(await _deliver(ctx, state, member, text(item[2])))
         return
     follow = _Follow(item[2])
     # A span for the poll (tracing on), linked to the trace that started the follow.
     with following(member, follow.trace):
-        written.append(await _poll(state, member, follow, now))
+        written = await _poll(state, member, follow, now)
+    await writer.add(written)
 
 
 def _carrier(stored: str) -> dict[str, str] | None:
