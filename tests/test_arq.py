@@ -180,15 +180,23 @@ async def test_following_again_after_the_outcome_was_delivered_delivers_again(
 ) -> None:
     definition = fake.add_definition(statuses=["RUNNING", "FAILED"])
     execution_id = await start(fake, definition)
-    handled = Handled()
-    async with running_worker(redis, [handled], **client_options(fake)):
-        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
-        await handled.wait_for(1)
-        # Until the first delivery is written back, a follow changes nothing (README).
-        assert not await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
+    outcomes: list[Outcome] = []
+    release = asyncio.Event()
+
+    async def held(ctx: dict[str, Any], outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        await release.wait()
+
+    async with running_worker(redis, [held], **client_options(fake)):
+        assert await follow(redis, execution_id, on_terminal="held", poll_interval=0.05)
+        await eventually(lambda: len(outcomes) == 1)
+        # While its outcome is being delivered, a follow changes nothing (README).
+        assert not await follow(redis, execution_id, on_terminal="held", poll_interval=0.05)
+        release.set()
         await eventually(partial(gone, redis, execution_id))
-        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
-        first, second = await handled.wait_for(2)
+        assert await follow(redis, execution_id, on_terminal="held", poll_interval=0.05)
+        await eventually(lambda: len(outcomes) == 2)
+    first, second = outcomes
     assert (first.key, second.key) == (f"{execution_id}:1", f"{execution_id}:2")
     assert second.execution is not None
     assert second.execution.status is WorkflowStatus.FAILED
