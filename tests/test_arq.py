@@ -243,6 +243,7 @@ async def test_a_forbidden_lookup_ends_the_follow_with_an_error_outcome(
     async with running_worker(redis, [handled], token=blind, base_url=fake.url):
         await follow(redis, execution_id, on_terminal="Handled")
         [outcome] = await handled.wait_for(1)
+        await eventually(partial(gone, redis, execution_id))  # written back
     assert outcome.kind is OutcomeKind.ERROR
     assert outcome.error_status == 403
     assert not await redis.keys("aiotlink:follow:*")
@@ -304,6 +305,7 @@ async def test_a_poll_cut_by_the_job_timeout_is_followed_by_the_next(
     async with running_worker(redis, [handled], **client_options(fake), poll_timeout=0.3):
         await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
         [outcome] = await handled.wait_for(1, timeout=5)
+        await eventually(partial(gone, redis, execution_id))  # written back
     assert outcome.kind is OutcomeKind.TERMINAL
     assert not await redis.keys("aiotlink:follow:*")
 
@@ -519,6 +521,7 @@ async def test_a_nudge_with_a_status_that_is_not_terminal_costs_no_lookup(
         await eventually(lambda: len(finds(fake, execution_id)) == 2, timeout=2)
         assert await nudge(redis, execution_id, status="COMPLETED")
         [outcome] = await handled.wait_for(1, timeout=2)
+        await eventually(partial(gone, redis, execution_id))  # written back
     assert outcome.kind is OutcomeKind.TERMINAL
     assert not await nudge(redis, str(uuid.uuid4()))  # nobody follows it: nothing at all
     assert not await nudge(redis, execution_id)

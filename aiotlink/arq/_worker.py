@@ -321,37 +321,60 @@ async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
             # A shutdown or the job's timeout: each member records what it got to
             # (given back, a failed attempt, a poll to come) and writes it back.
             await asyncio.wait(tasks)
-            await asyncio.shield(writer.flush())
+            await asyncio.shield(writer.close())
             raise
         for failure in failures:
             if failure is not None:  # pragma: no cover - _work records every outcome itself
                 logger.error("a sweep of %s lost a member's outcome: %r", queue, failure)
+        await writer.close()
         if len(claimed) < BATCH or time.monotonic() - began >= SWEEP_BUDGET:
             return
 
 
-class _Writer:
-    """The write-backs of one claim: each outcome as soon as it is known, coalesced.
+# Outcomes that come within this long (seconds) of each other are written back
+# together: a batch costs a few round trips, not one per member.
+FLUSH_DELAY = 0.02
 
-    An outcome written back at once keeps a handler that has ended from running again
-    if its worker is killed before the rest of the batch ends (at-least-once, but no
-    more often than that); outcomes that come while a write-back is under way go
-    together in the next one, so a batch costs a few round trips, not one per member.
+
+class _Writer:
+    """The write-backs of one claim: each outcome soon after it is known, coalesced.
+
+    A poll's outcome waits up to FLUSH_DELAY for others; a delivery's goes at once
+    (with those that came while a write-back was under way), so that a handler that has
+    ended does not run again if its worker is killed before the rest of its batch ends
+    (at-least-once, but not more often than that).
     """
 
     def __init__(self, redis: ArqRedis, queue: str, shard: int, token: str) -> None:
         self.redis, self.queue, self.shard, self.token = redis, queue, shard, token
+        self.shard_args = shard_args(redis, queue, shard)
         self.pending: list[Written] = []
+        self.scheduled = False
+        self.flushes: set[asyncio.Task[None]] = set()
         self.lock = asyncio.Lock()
 
-    async def add(self, written: Written) -> None:
+    def add(self, written: Written, *, at_once: bool = False) -> None:
         self.pending.append(written)
+        if not self.scheduled or at_once:
+            self.scheduled = True
+            flush = asyncio.create_task(self._flush_soon(0 if at_once else FLUSH_DELAY))
+            self.flushes.add(flush)
+            flush.add_done_callback(self.flushes.discard)
+
+    async def _flush_soon(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         await self.flush()
 
     async def flush(self) -> None:
         async with self.lock:
-            taken, self.pending = self.pending, []
-            await _write_back(self.redis, self.queue, self.shard, self.token, taken)
+            taken, self.pending, self.scheduled = self.pending, [], False
+            await _write_back(self, taken)
+
+    async def close(self) -> None:
+        """Write back everything recorded (waiting for the write-backs under way)."""
+        await asyncio.gather(*self.flushes)
+        await self.flush()
 
 
 async def _work(
@@ -360,13 +383,13 @@ async def _work(
     """Look up or deliver one claimed member; write back what came of it."""
     member, phase = text(item[0]), text(item[1])
     if phase == "deliver":
-        await writer.add(await _deliver(ctx, state, member, text(item[2])))
+        writer.add(await _deliver(ctx, state, member, text(item[2])), at_once=True)
         return
     follow = _Follow(item[2])
     # A span for the poll (tracing on), linked to the trace that started the follow.
     with following(member, follow.trace):
         written = await _poll(state, member, follow, now)
-    await writer.add(written)
+    writer.add(written)
 
 
 def _carrier(stored: str) -> dict[str, str] | None:
@@ -481,12 +504,11 @@ def _end(
 WRITE_BACK_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
-async def _write_back(
-    redis: ArqRedis, queue: str, shard: int, token: str, written: list[Written]
-) -> None:
-    """Write back every outcome of a batch in one script; arm the shard's next sweep."""
+async def _write_back(writer: _Writer, written: list[Written]) -> None:
+    """Write back outcomes of a batch in one script; arm the shard's next sweep."""
     if not written:
         return
+    redis, queue, shard = writer.redis, writer.queue, writer.shard
     outcomes = json.dumps(written, separators=(",", ":"))
     for delay in (*WRITE_BACK_DELAYS, None):
         try:
@@ -498,9 +520,9 @@ async def _write_back(
                     DEAD_LETTER_ORDER_KEY,
                 ],
                 args=[
-                    *shard_args(redis, queue, shard),
+                    *writer.shard_args,
                     repr(time.time()),
-                    token,
+                    writer.token,
                     outcomes,
                     GENERATION_TTL_SECONDS,
                     MAX_DEAD_LETTERS,
