@@ -1112,3 +1112,133 @@ async def test_the_generation_counter_lives_on_while_the_follow_does(
     async with running_worker(redis, [Handled()], **client_options(fake)):
         await eventually(refreshed, timeout=5)
     assert len(finds(fake, endless)) >= 1
+
+
+# Issue 18, point 9: batched sweeps. Their own failure modes.
+
+
+async def test_one_lookup_of_a_batch_failing_transiently_leaves_the_others_their_outcome(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one claimed batch, a 503-like failure reschedules that member only."""
+    from aiotlink import APIConnectionError
+    from aiotlink.arq._state import shard_of
+
+    done = fake.add_definition(statuses=["COMPLETED"])
+    executions = [await start(fake, done) for _ in range(40)]
+    by_shard: dict[int, list[str]] = {}
+    for execution_id in executions:
+        by_shard.setdefault(shard_of(execution_id), []).append(execution_id)
+    failing, ending = next(ids for ids in by_shard.values() if len(ids) >= 2)[:2]
+    for execution_id in (failing, ending):  # due together, before any worker looks
+        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.3)
+    lookups: list[tuple[str, float]] = []
+
+    async def flaky_lookups(ctx: dict[str, Any]) -> None:  # before the first sweep
+        workflows = ctx["aiotlink"].client.workflows
+        real = workflows._find
+
+        async def flaky(key: str) -> Any:
+            lookups.append((key, time.monotonic()))
+            if key == failing and len([k for k, _ in lookups if k == failing]) == 1:
+                raise APIConnectionError("reset", method="GET", url="x", request_sent=True)
+            return await real(key)
+
+        monkeypatch.setattr(workflows, "_find", flaky)
+
+    handled = Handled()
+    options = client_options(fake, on_startup=flaky_lookups)
+    async with running_worker(redis, [handled], **options):
+        first, second = await handled.wait_for(2)
+    assert [first.execution_id, second.execution_id] == [ending, failing]
+    assert first.kind is second.kind is OutcomeKind.TERMINAL
+    (_, ended_at), (_, failed_at), (_, again_at) = sorted(lookups, key=lambda lookup: lookup[1])
+    assert abs(ended_at - failed_at) < 0.1  # one batch
+    assert again_at - failed_at >= 0.3 * (1 - JITTER) * 1.5 - 0.01  # the grown interval
+
+
+async def test_a_killed_workers_claims_come_due_again_after_their_lease(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """A poll and a delivery claimed by a worker that died run once their lease ends."""
+    from aiotlink.arq._state import armed_key, due_key, shard_args, shard_of
+    from aiotlink.arq._worker import BATCH
+
+    done = fake.add_definition(statuses=["COMPLETED"])
+    executions = [await start(fake, done) for _ in range(40)]
+    by_shard: dict[int, list[str]] = {}
+    for execution_id in executions:
+        by_shard.setdefault(shard_of(execution_id), []).append(execution_id)
+    polled, delivered = next(ids for ids in by_shard.values() if len(ids) >= 2)[:2]
+    queue, shard = redis.default_queue_name, shard_of(polled)
+    assert await follow(redis, polled, on_terminal="Handled")
+    payload = {
+        "id": delivered,
+        "gen": 1,
+        "kind": "terminal",
+        "handler": "Handled",
+        "queue": queue,
+        "download": "",
+        "attempt": 1,
+        "body": None,
+    }
+    await plant_delivery(redis, delivered, json.dumps(payload))
+    # The dead worker's claim, as a sweep makes it: then nothing more of it.
+    claimed = await scripts(redis).claim(
+        keys=[due_key(queue, shard), armed_key(queue, shard)],
+        args=[*shard_args(redis, queue, shard), repr(time.time()), BATCH, "dead", 0.6, 0.6, "x"],
+    )
+    assert sorted(member for member, _, _ in claimed) == sorted(
+        [polled.encode(), delivered.encode()]
+    )
+    claimed_at = time.monotonic()
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        outcomes = await handled.wait_for(2, timeout=5)
+        took = time.monotonic() - claimed_at
+        await eventually(partial(gone, redis, polled))
+        await eventually(partial(gone, redis, delivered))
+    assert sorted(outcome.execution_id for outcome in outcomes) == sorted([polled, delivered])
+    assert took >= 0.6  # not before the lease ended
+    assert len(finds(fake, polled)) == 1
+    assert not await redis.keys("arq:job:*")
+
+
+async def test_a_backlog_is_worked_off_by_many_sweeps_each_within_its_budget(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep claims again only within its time budget: a backlog never holds one job."""
+    from aiotlink.arq import _state, _worker
+
+    monkeypatch.setattr(_worker, "BATCH", 4)
+    monkeypatch.setattr(_worker, "SWEEP_BUDGET", 0.0)  # one claim per sweep
+    claims: list[tuple[str, int]] = []
+    real = _state.Scripts.__init__
+
+    def counting(self: _state.Scripts, redis: ArqRedis) -> None:
+        real(self, redis)
+        claim = self.claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            claimed = await claim(*args, **kwargs)
+            claims.append((kwargs["args"][-1], len(claimed)))
+            return claimed
+
+        monkeypatch.setattr(self, "claim", counted)
+
+    monkeypatch.setattr(_state.Scripts, "__init__", counting)
+    _state._SCRIPTS.clear()
+    done = fake.add_definition(statuses=["COMPLETED"])
+    executions = [await start(fake, done) for _ in range(60)]
+    for execution_id in executions:
+        await follow(redis, execution_id, on_terminal="Handled")
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await handled.wait_for(60, timeout=20)
+    assert {outcome.execution_id for outcome in handled.outcomes} == set(executions)
+    per_job: dict[str, int] = {}
+    for job, _ in claims:
+        per_job[job] = per_job.get(job, 0) + 1
+    assert set(per_job.values()) == {1}, per_job  # each sweep claimed once, then ended
+    assert max(count for _, count in claims) == 4  # a batch at most
+    assert len(per_job) >= 2 * 60 / 4  # polls, then deliveries: many short sweeps
