@@ -1242,3 +1242,106 @@ async def test_a_backlog_is_worked_off_by_many_sweeps_each_within_its_budget(
     assert set(per_job.values()) == {1}, per_job  # each sweep claimed once, then ended
     assert max(count for _, count in claims) == 4  # a batch at most
     assert len(per_job) >= 2 * 60 / 4  # polls, then deliveries: many short sweeps
+
+
+async def test_a_sweep_claims_again_while_members_are_due_within_its_budget(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within its budget, one sweep goes on claiming full batches of a shard."""
+    from aiotlink.arq import _state, _worker
+    from aiotlink.arq._state import shard_of
+
+    monkeypatch.setattr(_worker, "BATCH", 3)
+    claims: list[tuple[str, int]] = []
+    real = _state.Scripts.__init__
+
+    def counting(self: _state.Scripts, redis: ArqRedis) -> None:
+        real(self, redis)
+        claim = self.claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            claimed = await claim(*args, **kwargs)
+            claims.append((kwargs["args"][-1], len(claimed)))
+            return claimed
+
+        monkeypatch.setattr(self, "claim", counted)
+
+    monkeypatch.setattr(_state.Scripts, "__init__", counting)
+    _state._SCRIPTS.clear()
+    done = fake.add_definition(statuses=["COMPLETED"])
+    by_shard: dict[int, list[str]] = {}
+    while not any(len(ids) >= 7 for ids in by_shard.values()):
+        execution_id = await start(fake, done)
+        by_shard.setdefault(shard_of(execution_id), []).append(execution_id)
+    executions = next(ids for ids in by_shard.values() if len(ids) >= 7)[:7]
+    for execution_id in executions:  # one shard, all due before the worker starts
+        await follow(redis, execution_id, on_terminal="Handled")
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await handled.wait_for(7)
+    first_job = claims[0][0]
+    # A full batch, then another (the rest may go to the sweep armed meanwhile).
+    assert [count for job, count in claims if job == first_job][:2] == [3, 3]
+
+
+async def test_a_write_back_that_redis_keeps_refusing_leaves_the_claims_to_expire(
+    redis: ArqRedis,
+    fake: FakeTransactionLink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retried, then given up with an ERROR: the member is due again after its lease."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from aiotlink.arq import _state, _worker
+
+    monkeypatch.setattr(_worker, "WRITE_BACK_DELAYS", (0.01,))
+    monkeypatch.setattr(_worker, "LEASE_MARGIN", 0.3)
+    real = _state.Scripts.__init__
+    refused: list[float] = []
+
+    def refusing(self: _state.Scripts, redis: ArqRedis) -> None:
+        real(self, redis)
+        write_back = self.write_back
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if len(refused) < 2:  # the first write-back and its one retry
+                refused.append(time.monotonic())
+                raise RedisConnectionError("Connection reset by peer")
+            return await write_back(*args, **kwargs)
+
+        monkeypatch.setattr(self, "write_back", flaky)
+
+    monkeypatch.setattr(_state.Scripts, "__init__", refusing)
+    _state._SCRIPTS.clear()
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake), poll_timeout=0.4):
+        await follow(redis, execution_id, on_terminal="Handled")
+        [outcome] = await handled.wait_for(1, timeout=5)
+    assert "due again when their claims expire" in caplog.text
+    lookups = finds(fake, execution_id)
+    assert len(lookups) == 2  # the first answer was lost with its write-back
+    assert lookups[1].at - lookups[0].at >= 0.4 + 0.3 - 0.05  # after the lease
+    assert outcome.kind is OutcomeKind.TERMINAL
+
+
+async def test_a_worker_starts_whatever_redis_holds_or_says(
+    redis: ArqRedis,
+    fake: FakeTransactionLink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stray key under the due sets' prefix is skipped; a Redis error is only logged."""
+    from aiotlink.arq import _worker
+
+    await redis.zadd("aiotlink:due:no-shard", {"x": 1})
+    async with running_worker(redis, [], **client_options(fake)) as worker:
+        await eventually(lambda: "aiotlink" in worker.ctx)
+    assert await redis.zcard("aiotlink:due:no-shard") == 1  # not ours: left alone
+    assert not await redis.keys("aiotlink:armed:*")
+    monkeypatch.setattr(_worker, "parse_due_key", lambda key: ("q", 1))
+    _failing_once(monkeypatch, "heal")
+    async with running_worker(redis, [], **client_options(fake)) as worker:
+        await eventually(lambda: "aiotlink" in worker.ctx)
+    assert "could not arm the sweeps of durable following at startup" in caplog.text
