@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -829,6 +829,25 @@ async def test_a_follow_started_untraced_keeps_no_trace_context(
 # Review of issue 18: Redis failures, shutdowns and lost jobs lose no outcome.
 
 
+Script = Callable[..., Awaitable[Any]]
+
+
+def wrap_script(
+    monkeypatch: pytest.MonkeyPatch, script: str, wrap: Callable[[Script], Script]
+) -> None:
+    """Run one of the scripts through ``wrap(original)``, on every client from now on."""
+    from aiotlink.arq import _state
+
+    real = _state.Scripts.__init__
+
+    def patched(self: _state.Scripts, redis: ArqRedis) -> None:
+        real(self, redis)
+        monkeypatch.setattr(self, script, wrap(getattr(self, script)))
+
+    monkeypatch.setattr(_state.Scripts, "__init__", patched)
+    _state._SCRIPTS.clear()
+
+
 def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str, marker: str = "") -> list[int]:
     """Make the first run of one of the scripts (with ``marker`` in an argument) fail.
 
@@ -836,25 +855,18 @@ def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str, marker: str = ""
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from aiotlink.arq import _state
-
-    real = _state.Scripts.__init__
     failed: list[int] = []
 
-    def patched(self: _state.Scripts, redis: ArqRedis) -> None:
-        real(self, redis)
-        original = getattr(self, script)
-
+    def wrap(original: Script) -> Script:
         async def flaky(*args: Any, **kwargs: Any) -> Any:
             if not failed and any(marker in str(arg) for arg in kwargs["args"]):
                 failed.append(1)
                 raise RedisConnectionError("Connection reset by peer")
             return await original(*args, **kwargs)
 
-        setattr(self, script, flaky)
+        return flaky
 
-    monkeypatch.setattr(_state.Scripts, "__init__", patched)
-    _state._SCRIPTS.clear()
+    wrap_script(monkeypatch, script, wrap)
     return failed
 
 
@@ -1117,19 +1129,27 @@ async def test_the_generation_counter_lives_on_while_the_follow_does(
 # Issue 18, point 9: batched sweeps. Their own failure modes.
 
 
+async def in_one_shard(fake: FakeTransactionLink, count: int) -> list[str]:
+    """``count`` executions (completed at once) whose ids fall in one shard."""
+    from aiotlink.arq._state import shard_of
+
+    done = fake.add_definition(statuses=["COMPLETED"])
+    by_shard: dict[int, list[str]] = {}
+    while True:
+        execution_id = await start(fake, done)
+        ids = by_shard.setdefault(shard_of(execution_id), [])
+        ids.append(execution_id)
+        if len(ids) == count:
+            return ids
+
+
 async def test_one_lookup_of_a_batch_failing_transiently_leaves_the_others_their_outcome(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In one claimed batch, a 503-like failure reschedules that member only."""
     from aiotlink import APIConnectionError
-    from aiotlink.arq._state import shard_of
 
-    done = fake.add_definition(statuses=["COMPLETED"])
-    executions = [await start(fake, done) for _ in range(40)]
-    by_shard: dict[int, list[str]] = {}
-    for execution_id in executions:
-        by_shard.setdefault(shard_of(execution_id), []).append(execution_id)
-    failing, ending = next(ids for ids in by_shard.values() if len(ids) >= 2)[:2]
+    failing, ending = await in_one_shard(fake, 2)
     for execution_id in (failing, ending):  # due together, before any worker looks
         assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.3)
     lookups: list[tuple[str, float]] = []
@@ -1164,12 +1184,7 @@ async def test_a_killed_workers_claims_come_due_again_after_their_lease(
     from aiotlink.arq._state import armed_key, due_key, shard_args, shard_of
     from aiotlink.arq._worker import BATCH
 
-    done = fake.add_definition(statuses=["COMPLETED"])
-    executions = [await start(fake, done) for _ in range(40)]
-    by_shard: dict[int, list[str]] = {}
-    for execution_id in executions:
-        by_shard.setdefault(shard_of(execution_id), []).append(execution_id)
-    polled, delivered = next(ids for ids in by_shard.values() if len(ids) >= 2)[:2]
+    polled, delivered = await in_one_shard(fake, 2)
     queue, shard = redis.default_queue_name, shard_of(polled)
     assert await follow(redis, polled, on_terminal="Handled")
     payload = {
@@ -1204,30 +1219,31 @@ async def test_a_killed_workers_claims_come_due_again_after_their_lease(
     assert not await redis.keys("arq:job:*")
 
 
-async def test_a_backlog_is_worked_off_by_many_sweeps_each_within_its_budget(
-    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A sweep claims again only within its time budget: a backlog never holds one job."""
-    from aiotlink.arq import _state, _worker
-
-    monkeypatch.setattr(_worker, "BATCH", 4)
-    monkeypatch.setattr(_worker, "SWEEP_BUDGET", 0.0)  # one claim per sweep
+def counted_claims(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every claim the sweeps make from now on: (the sweep's job id, members claimed)."""
     claims: list[tuple[str, int]] = []
-    real = _state.Scripts.__init__
 
-    def counting(self: _state.Scripts, redis: ArqRedis) -> None:
-        real(self, redis)
-        claim = self.claim
-
+    def wrap(claim: Script) -> Script:
         async def counted(*args: Any, **kwargs: Any) -> Any:
             claimed = await claim(*args, **kwargs)
             claims.append((kwargs["args"][-1], len(claimed)))
             return claimed
 
-        monkeypatch.setattr(self, "claim", counted)
+        return counted
 
-    monkeypatch.setattr(_state.Scripts, "__init__", counting)
-    _state._SCRIPTS.clear()
+    wrap_script(monkeypatch, "claim", wrap)
+    return claims
+
+
+async def test_a_backlog_is_worked_off_by_many_sweeps_each_within_its_budget(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep claims again only within its time budget: a backlog never holds one job."""
+    from aiotlink.arq import _worker
+
+    monkeypatch.setattr(_worker, "BATCH", 4)
+    monkeypatch.setattr(_worker, "SWEEP_BUDGET", 0.0)  # one claim per sweep
+    claims = counted_claims(monkeypatch)
     done = fake.add_definition(statuses=["COMPLETED"])
     executions = [await start(fake, done) for _ in range(60)]
     for execution_id in executions:
@@ -1248,32 +1264,11 @@ async def test_a_sweep_claims_again_while_members_are_due_within_its_budget(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Within its budget, one sweep goes on claiming full batches of a shard."""
-    from aiotlink.arq import _state, _worker
-    from aiotlink.arq._state import shard_of
+    from aiotlink.arq import _worker
 
     monkeypatch.setattr(_worker, "BATCH", 3)
-    claims: list[tuple[str, int]] = []
-    real = _state.Scripts.__init__
-
-    def counting(self: _state.Scripts, redis: ArqRedis) -> None:
-        real(self, redis)
-        claim = self.claim
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            claimed = await claim(*args, **kwargs)
-            claims.append((kwargs["args"][-1], len(claimed)))
-            return claimed
-
-        monkeypatch.setattr(self, "claim", counted)
-
-    monkeypatch.setattr(_state.Scripts, "__init__", counting)
-    _state._SCRIPTS.clear()
-    done = fake.add_definition(statuses=["COMPLETED"])
-    by_shard: dict[int, list[str]] = {}
-    while not any(len(ids) >= 7 for ids in by_shard.values()):
-        execution_id = await start(fake, done)
-        by_shard.setdefault(shard_of(execution_id), []).append(execution_id)
-    executions = next(ids for ids in by_shard.values() if len(ids) >= 7)[:7]
+    claims = counted_claims(monkeypatch)
+    executions = await in_one_shard(fake, 7)
     for execution_id in executions:  # one shard, all due before the worker starts
         await follow(redis, execution_id, on_terminal="Handled")
     handled = Handled()
@@ -1293,27 +1288,22 @@ async def test_a_write_back_that_redis_keeps_refusing_leaves_the_claims_to_expir
     """Retried, then given up with an ERROR: the member is due again after its lease."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from aiotlink.arq import _state, _worker
+    from aiotlink.arq import _worker
 
     monkeypatch.setattr(_worker, "WRITE_BACK_DELAYS", (0.01,))
     monkeypatch.setattr(_worker, "LEASE_MARGIN", 0.3)
-    real = _state.Scripts.__init__
     refused: list[float] = []
 
-    def refusing(self: _state.Scripts, redis: ArqRedis) -> None:
-        real(self, redis)
-        write_back = self.write_back
-
+    def wrap(write_back: Script) -> Script:
         async def flaky(*args: Any, **kwargs: Any) -> Any:
             if len(refused) < 2:  # the first write-back and its one retry
                 refused.append(time.monotonic())
                 raise RedisConnectionError("Connection reset by peer")
             return await write_back(*args, **kwargs)
 
-        monkeypatch.setattr(self, "write_back", flaky)
+        return flaky
 
-    monkeypatch.setattr(_state.Scripts, "__init__", refusing)
-    _state._SCRIPTS.clear()
+    wrap_script(monkeypatch, "write_back", wrap)
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
     handled = Handled()
     async with running_worker(redis, [handled], **client_options(fake), poll_timeout=0.4):
