@@ -1033,11 +1033,14 @@ async def test_an_undecodable_delivery_payload_is_dead_lettered_raw_and_capped(
     async with running_worker(redis, [], **client_options(fake)):
         await plant_delivery(redis, "broken", garbage)
         await plant_delivery(redis, "missing", '{"id": "x"}')
-        await eventually(lambda: letters(redis, 2), timeout=5)
+        await plant_delivery(redis, "mangled", "")
+        await redis.hset(follow_key("mangled"), mapping={"phase": "poll", "gen": "x"})
+        await eventually(lambda: letters(redis, 3), timeout=5)
     assert not await redis.keys("aiotlink:follow:*")
     stored = {key.decode(): value for key, value in (await redis.hgetall(DEAD_LETTERS_KEY)).items()}
     import json
 
+    assert json.loads(json.loads(stored["undecodable:mangled"])["raw"])["gen"] == "x"
     broken = json.loads(stored["undecodable:broken"])
     assert broken["raw"] == garbage[:RAW_LETTER_CHARS]
     assert broken["reason"].startswith("undecodable payload")

@@ -259,7 +259,10 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT
       redis.call('HSET', key, 'running', 1, 'started', ARGV[5], 'nudged', 0)
       redis.call('HINCRBY', key, 'polls', 1)
       local row = redis.call('HMGET', key, @FIELDS@)
-      if row[9] ~= '' and now >= tonumber(row[9]) then
+      -- tonumber(x or ''): nil for a field missing or '' (no deadline), never an error
+      -- that would stop the claim of the whole shard.
+      local deadline = tonumber(row[9] or '')
+      if deadline and now >= deadline then
         table.insert(row, redis.call('HGET', key, 'body') or '')
       end
       table.insert(claimed, {member, phase, row})
@@ -303,7 +306,8 @@ for _, o in ipairs(cjson.decode(ARGV[7])) do
       local f = redis.call('HMGET', key, 'nudged', 'deadline')
       local due = tonumber(o[4])
       if f[1] == '1' then due = tonumber(o[5]) end
-      if f[2] ~= '' and due > tonumber(f[2]) then due = tonumber(f[2]) end
+      local deadline = tonumber(f[2] or '')
+      if deadline and due > deadline then due = deadline end
       redis.call('HSET', key, 'claim', '', 'interval', o[3], 'due', tostring(due),
         'nudge_at', o[5], 'running', 0, 'nudged', 0)
       if o[6] ~= '' then redis.call('HSET', key, 'status', o[6], 'body', o[7]) end
@@ -363,7 +367,7 @@ if ARGV[7] == '1' and f[1] == 'poll' then
   if f[2] == '1' then
     redis.call('HSET', KEYS[1], 'nudged', 1)
   else
-    local sooner = math.max(now, tonumber(f[3]))
+    local sooner = math.max(now, tonumber(f[3] or '') or 0)
     if sooner < due then
       due = sooner
       redis.call('ZADD', KEYS[2], due, member)

@@ -324,7 +324,7 @@ async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
             await asyncio.shield(writer.close())
             raise
         for failure in failures:
-            if failure is not None:  # pragma: no cover - _work records every outcome itself
+            if failure is not None:  # pragma: no cover - _work records every outcome itself (a bug)
                 logger.error("a sweep of %s lost a member's outcome: %r", queue, failure)
         await writer.close()
         if len(claimed) < BATCH or time.monotonic() - began >= SWEEP_BUDGET:
@@ -385,7 +385,14 @@ async def _work(
     if phase == "deliver":
         writer.add(await _deliver(ctx, state, member, text(item[2])), at_once=True)
         return
-    follow = _Follow(item[2])
+    try:
+        follow = _Follow(item[2])
+    except (ValueError, TypeError, KeyError) as error:
+        # A follow's state that does not decode (written by something else than these
+        # scripts) is kept for an operator, not claimed again after every lease.
+        fields = dict(zip(BEGIN_FIELDS, map(text, item[2] or ()), strict=False))
+        writer.add(_undecodable(member, json.dumps(fields), error), at_once=True)
+        return
     # A span for the poll (tracing on), linked to the trace that started the follow.
     with following(member, follow.trace):
         written = await _poll(state, member, follow, now)
@@ -641,7 +648,7 @@ def _failed(
 
 def _undecodable(member: str, encoded: str, error: Exception) -> Written:
     reason = f"undecodable payload: {type(error).__name__}"
-    logger.error("the delivery of %s: %s, recorded as a dead letter", member, reason)
+    logger.error("the durable follow of %s: %s, recorded as a dead letter", member, reason)
     letter = {
         "id": "",
         "reason": reason,
