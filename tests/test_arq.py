@@ -352,12 +352,9 @@ async def test_a_stale_claims_write_back_does_nothing(
     run = scripts(redis)
 
     async def claim(token: str, lease: float) -> list[Any]:
-        return list(
-            await run.claim(
-                keys=keys,
-                args=[*shard_part, repr(time.time()), BATCH, token, lease, lease, "no-job"],
-            )
-        )
+        args = [*shard_part, repr(time.time()), BATCH, token, lease, lease, "no-job", "0"]
+        _, claimed = await run.claim(keys=keys, args=args)
+        return list(claimed)
 
     [(member, phase, _)] = await claim("stale", 0.05)  # a lease that expires at once
     assert (member, phase) == (execution_id.encode(), b"poll")
@@ -1202,9 +1199,18 @@ async def test_a_killed_workers_claims_come_due_again_after_their_lease(
     }
     await plant_delivery(redis, delivered, json.dumps(payload))
     # The dead worker's claim, as a sweep makes it: then nothing more of it.
-    claimed = await scripts(redis).claim(
+    _, claimed = await scripts(redis).claim(
         keys=[due_key(queue, shard), armed_key(queue, shard)],
-        args=[*shard_args(redis, queue, shard), repr(time.time()), BATCH, "dead", 0.6, 0.6, "x"],
+        args=[
+            *shard_args(redis, queue, shard),
+            repr(time.time()),
+            BATCH,
+            "dead",
+            0.6,
+            0.6,
+            "x",
+            "0",
+        ],
     )
     assert sorted(member for member, _, _ in claimed) == sorted(
         [polled.encode(), delivered.encode()]
@@ -1228,9 +1234,9 @@ def counted_claims(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
     def wrap(claim: Script) -> Script:
         async def counted(*args: Any, **kwargs: Any) -> Any:
-            claimed = await claim(*args, **kwargs)
-            claims.append((kwargs["args"][-1], len(claimed)))
-            return claimed
+            reply = await claim(*args, **kwargs)
+            claims.append((kwargs["args"][-2], len(reply[1])))
+            return reply
 
         return counted
 
@@ -1338,3 +1344,30 @@ async def test_a_worker_starts_whatever_redis_holds_or_says(
     async with running_worker(redis, [], **client_options(fake)) as worker:
         await eventually(lambda: "aiotlink" in worker.ctx)
     assert "could not arm the sweeps of durable following at startup" in caplog.text
+
+
+async def test_a_sweep_stays_for_what_comes_due_soon_instead_of_another_job(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard due every ~0.1 s is polled by few sweeps that stay, not one job per poll."""
+    from aiotlink.arq._state import shard_of
+
+    claims = counted_claims(monkeypatch)
+    endless = fake.add_definition(statuses=["RUNNING"], step_seconds=3600)
+    running: list[str] = []  # in one shard
+    while len(running) < 3:
+        execution_id = await start(fake, endless)
+        if not running or shard_of(execution_id) == shard_of(running[0]):
+            running.append(execution_id)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        for execution_id in running:
+            await follow(
+                redis, execution_id, on_terminal="Handled", poll_interval=0.1, max_poll_interval=0.1
+            )
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(1.5)
+    polls = sum(len(finds(fake, execution_id)) for execution_id in running)
+    jobs = {job for job, count in claims if count}
+    assert polls >= 20
+    assert len(jobs) <= polls / 8, (len(jobs), polls)  # sweeps stayed for several polls

@@ -60,6 +60,9 @@ BATCH = 100
 # A sweep claims again while members are due, for this long at most (seconds): a huge
 # backlog is worked off by many jobs, never held by one.
 SWEEP_BUDGET = 2.0
+# Within that budget, a sweep stays for members due within this long (seconds) rather
+# than end (a dense shard is then one job for its budget, not one per due time).
+STAY_SECONDS = 0.25
 # A claim outlives its lookup's or handler's own limit by this much (seconds): then it
 # is due again, for another worker (its own was killed, or lost Redis).
 LEASE_MARGIN = 10.0
@@ -228,19 +231,30 @@ BEGIN_FIELDS = (
     "trace",
 )
 # KEYS: due set, armed. ARGV: shard_args (4), now, the most members to claim, the claim
-# token, the lease of a poll and of a delivery (seconds), this sweep's job id. Claims
-# the members due (a poll: marked in flight), and returns for each {member, 'poll',
-# BEGIN_FIELDS (and the last body seen, once the deadline has passed)} or {member,
-# 'deliver', payload}. A sweep's first claim takes its own job off the armed pointer:
-# from then on a new one is armed for what stays due (at once if the batch was full, so
-# that other workers share a backlog).
+# token, the lease of a poll and of a delivery (seconds), this sweep's job id, '1' when
+# the sweep stayed on for what came due. Claims the members due (a poll: marked in
+# flight), and returns {the earliest due time left ('' none), the claimed}, each
+# {member, 'poll', BEGIN_FIELDS (and the last body seen, once the deadline has
+# passed)} or {member, 'deliver', payload}. A sweep's first claim takes its own job off
+# the armed pointer: from then on a new one is armed for what stays due (at once if the
+# batch was full, so that other workers share a backlog).
 CLAIM = (
     _ARM
     + """
 local s = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
 local now = tonumber(ARGV[5])
 local grace = tonumber(s[4])
-if redis.call('HGET', KEYS[2], 'job') == ARGV[10] then redis.call('HDEL', KEYS[2], 'job', 'at') end
+local a = redis.call('HMGET', KEYS[2], 'job', 'at')
+if a[1] == ARGV[10] then
+  redis.call('HDEL', KEYS[2], 'job', 'at')
+elseif a[1] and ARGV[11] == '1' and tonumber(a[2]) <= now then
+  -- A sweep that stayed for what comes due takes over the job armed for it: arq
+  -- skips a job no longer queued. (A sweep working off a backlog leaves it: it is
+  -- the help of another worker.)
+  redis.call('ZREM', s[1], a[1])
+  redis.call('DEL', '@JOB@' .. a[1])
+  redis.call('HDEL', KEYS[2], 'job', 'at')
+end
 local claimed = {}
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[6])) do
   local key = '@PREFIX@' .. member
@@ -269,11 +283,10 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT
     end
   end
 end
-settle(KEYS[1], KEYS[2], s, now)
-return claimed
-""".replace("@FIELDS@", ", ".join(f"'{field}'" for field in BEGIN_FIELDS)).replace(
-        "@PREFIX@", FOLLOW_PREFIX
-    )
+return {settle(KEYS[1], KEYS[2], s, now), claimed}
+""".replace("@FIELDS@", ", ".join(f"'{field}'" for field in BEGIN_FIELDS))
+    .replace("@PREFIX@", FOLLOW_PREFIX)
+    .replace("@JOB@", job_key_prefix)
 )
 
 # KEYS: due set, armed, dead letters, their order. ARGV: shard_args (4), now, the claim

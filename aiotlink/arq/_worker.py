@@ -16,6 +16,7 @@ import asyncio
 import enum
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -43,6 +44,7 @@ from ._state import (
     GENERATION_TTL_SECONDS,
     LEASE_MARGIN,
     MAX_DEAD_LETTERS,
+    STAY_SECONDS,
     SWEEP_BUDGET,
     SWEEP_FUNCTION,
     armed_key,
@@ -292,11 +294,12 @@ async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
     redis: ArqRedis = ctx["redis"]
     settings = state.settings
     began = time.monotonic()
+    stayed = False
     while True:
         token = uuid.uuid4().hex
         now = time.time()
         try:
-            claimed = await scripts(redis).claim(
+            earliest, claimed = await scripts(redis).claim(
                 keys=[due_key(queue, shard), armed_key(queue, shard)],
                 args=[
                     *shard_args(redis, queue, shard),
@@ -306,14 +309,13 @@ async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
                     repr(settings.poll_timeout + LEASE_MARGIN),
                     repr(settings.handler_timeout + LEASE_MARGIN),
                     ctx["job_id"],
+                    "1" if stayed else "0",
                 ],
             )
         except RedisError as error:
             # Nothing claimed: arq runs this sweep again (the armed one may be it).
             _retry_later(f"shard {shard} of {queue}", error)
-        if not claimed:
-            return
-        writer = _Writer(redis, queue, shard, token)
+        writer = _Writer(redis, queue, shard, token, text(earliest))
         tasks = [asyncio.create_task(_work(ctx, state, item, now, writer)) for item in claimed]
         try:
             failures = await asyncio.gather(*tasks, return_exceptions=True)
@@ -327,8 +329,19 @@ async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
             if failure is not None:  # pragma: no cover - _work records every outcome itself (a bug)
                 logger.error("a sweep of %s lost a member's outcome: %r", queue, failure)
         await writer.close()
-        if len(claimed) < BATCH or time.monotonic() - began >= SWEEP_BUDGET:
+        spent = time.monotonic() - began
+        if len(claimed) == BATCH and spent < SWEEP_BUDGET:
+            stayed = False
+            continue  # more are due: on with them
+        # Members due within STAY seconds: wait for them rather than end and have arq
+        # start the job armed for them (its start path costs more than a batch's
+        # claim). A sweep killed meanwhile leaves that job armed.
+        wait = (float(writer.earliest) - time.time()) if writer.earliest else math.inf
+        wait = max(wait, 0)
+        if wait > STAY_SECONDS or spent + wait >= SWEEP_BUDGET:
             return
+        await asyncio.sleep(wait)
+        stayed = True
 
 
 # Outcomes that come within this long (seconds) of each other are written back
@@ -345,8 +358,10 @@ class _Writer:
     (at-least-once, but not more often than that).
     """
 
-    def __init__(self, redis: ArqRedis, queue: str, shard: int, token: str) -> None:
+    def __init__(self, redis: ArqRedis, queue: str, shard: int, token: str, earliest: str) -> None:
         self.redis, self.queue, self.shard, self.token = redis, queue, shard, token
+        # When the shard's next member is due ('' none), as the last script saw it.
+        self.earliest = earliest
         self.shard_args = shard_args(redis, queue, shard)
         self.pending: list[Written] = []
         self.scheduled = False
@@ -519,7 +534,7 @@ async def _write_back(writer: _Writer, written: list[Written]) -> None:
     outcomes = json.dumps(written, separators=(",", ":"))
     for delay in (*WRITE_BACK_DELAYS, None):
         try:
-            _, dropped = await scripts(redis).write_back(
+            earliest, dropped = await scripts(redis).write_back(
                 keys=[
                     due_key(queue, shard),
                     armed_key(queue, shard),
@@ -535,6 +550,7 @@ async def _write_back(writer: _Writer, written: list[Written]) -> None:
                     MAX_DEAD_LETTERS,
                 ],
             )
+            writer.earliest = text(earliest)
             break
         except RedisError as error:
             if delay is None:
