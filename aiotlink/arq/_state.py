@@ -11,10 +11,12 @@ follow's queue, sharded by a stable hash of the id: ``aiotlink:due:<queue>:<shar
 Work is done by one kind of arq job, the sweep of one shard (``aiotlink_sweep``): it
 claims a batch of due members at once (a new token in each hash, its score pushed to
 the end of a lease, so that a killed worker's claims come due again by themselves),
-looks them up or runs their handlers concurrently, and writes every outcome back in
-one script, which does nothing for a member whose token is no longer the sweep's (a
-stale claim: the fence). The number of arq jobs so grows with the batches, not the
-executions (benchmarks/NOTES.md, "Durable following").
+looks them up or runs their handlers concurrently, and writes the outcomes back a few
+at a time in one script, which does nothing for a member whose token is no longer the
+sweep's (a stale claim: the fence). Within a time budget it claims again while members
+are due, and stays for those due within a fraction of a second (taking over the job
+armed for them). The number of arq jobs so grows with the batches, not the executions
+(benchmarks/NOTES.md, "Durable following").
 
 Each shard has at most one sweep armed (queued, not yet started) at a time, named in
 ``aiotlink:armed:<queue>:<shard>``: every script that makes a member due sooner arms

@@ -322,7 +322,8 @@ async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
         except asyncio.CancelledError:
             # A shutdown or the job's timeout: each member records what it got to
             # (given back, a failed attempt, a poll to come) and writes it back.
-            await asyncio.wait(tasks)
+            if tasks:
+                await asyncio.wait(tasks)
             await asyncio.shield(writer.close())
             raise
         for failure in failures:
