@@ -188,6 +188,16 @@ end
     .replace("@ARM_TTL@", str(ARM_TTL_SECONDS))
 )
 
+# What the scripts of a sweep (CLAIM, WRITE_BACK) begin with: shard_args, then now.
+_SWEEP = (
+    _ARM
+    + """
+local s = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
+local now = tonumber(ARGV[5])
+local grace = tonumber(s[4])
+"""
+)
+
 # KEYS: follow hash, generation counter, due set, armed. ARGV: shard_args (4), execution
 # id, now, handler, download dir, poll_interval, max_poll_interval, factor, deadline
 # ('' none), timeout ('' none), generation ttl, the follower's trace context (JSON, ''
@@ -241,11 +251,8 @@ BEGIN_FIELDS = (
 # the armed pointer: from then on a new one is armed for what stays due (at once if the
 # batch was full, so that other workers share a backlog).
 CLAIM = (
-    _ARM
+    _SWEEP
     + """
-local s = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
-local now = tonumber(ARGV[5])
-local grace = tonumber(s[4])
 local a = redis.call('HMGET', KEYS[2], 'job', 'at')
 if a[1] == ARGV[10] then
   redis.call('HDEL', KEYS[2], 'job', 'at')
@@ -306,11 +313,8 @@ return {settle(KEYS[1], KEYS[2], s, now), claimed}
 #   {member, 'done'}: delivered; {member, 'dead', entry, letter}: a dead letter.
 # Returns {the earliest due time left ('' none), the dead letters dropped, oldest first}.
 WRITE_BACK = (
-    _ARM
+    _SWEEP
     + """
-local s = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
-local now = tonumber(ARGV[5])
-local grace = tonumber(s[4])
 local dropped = {}
 for _, o in ipairs(cjson.decode(ARGV[7])) do
   local member = o[1]
