@@ -69,9 +69,15 @@ async def running_worker(
     try:
         yield worker
     finally:
+        # No job starts from now on, and those running get a moment to end: a job cut
+        # while arq starts or finishes it leaves arq's Redis pipeline unclosed.
+        worker.allow_pick_jobs = False
+        await asyncio.sleep(2 * POLL_DELAY)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if worker.tasks:
+            await asyncio.wait(worker.tasks.values(), timeout=0.5)
         for job in worker.tasks.values():
             job.cancel()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
