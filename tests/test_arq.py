@@ -1371,3 +1371,33 @@ async def test_a_sweep_stays_for_what_comes_due_soon_instead_of_another_job(
     jobs = {job for job, count in claims if count}
     assert polls >= 20
     assert len(jobs) <= polls / 8, (len(jobs), polls)  # sweeps stayed for several polls
+
+
+async def test_follows_made_at_once_go_to_redis_together_each_with_its_own_answer(
+    redis: ArqRedis,
+) -> None:
+    """A burst of follow() calls is one pipeline on one connection; errors stay their own."""
+    from redis.exceptions import ResponseError
+
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    await redis.hset(generation_key(ids[7]), "not", "a counter")  # its INCR fails
+    before = (await redis.info("stats"))["total_connections_received"]
+    results = await asyncio.gather(
+        *(follow(redis, execution_id, on_terminal="later") for execution_id in ids),
+        return_exceptions=True,
+    )
+    connections = (await redis.info("stats"))["total_connections_received"] - before
+    assert isinstance(results[7], ResponseError)
+    assert "WRONGTYPE" in str(results[7])
+    assert results[:7] + results[8:] == [True] * 199
+    assert connections <= 2  # one round trip for the burst, not a connection per call
+    assert len(await redis.keys("aiotlink:follow:*")) == 199
+    # A caller cancelled while its follow waits for the burst's answer leaves the others
+    # theirs (its own follow may still be made, as a request cut after it was sent).
+    more = [str(uuid.uuid4()) for _ in range(20)]
+    calls = [asyncio.create_task(follow(redis, key, on_terminal="later")) for key in more]
+    await asyncio.sleep(0)
+    calls[0].cancel()
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(answers[0], asyncio.CancelledError)
+    assert answers[1:] == [True] * 19

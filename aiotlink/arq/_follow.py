@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from .._arguments import check_execution_id, check_seconds, check_text, shown
@@ -43,6 +43,74 @@ def check_redis(redis: object) -> ArqRedis:
     if not isinstance(redis, ArqRedis):
         raise TypeError(f"redis must be an arq ArqRedis pool (arq.create_pool), got {shown(redis)}")
     return redis
+
+
+# The most follow() calls sent in one pipeline.
+MAX_PIPELINE = 1000
+
+
+class _Batch:
+    """``follow()`` calls made at once on one pool, sent together: one pipeline of scripts.
+
+    A caller waits for its own script's answer (or error) as if it were sent alone, but
+    a web process that hands over thousands of executions at once pays one round trip
+    per batch, not per call (benchmarks/NOTES.md, "Durable following").
+    """
+
+    def __init__(self, pool: ArqRedis) -> None:
+        self.pool = pool
+        self.waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self.sender: asyncio.Task[None] | None = None
+
+    async def run(self, keys: list[str], args: list[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((keys, args, future))
+        if self.sender is None:
+            # Started after the calls already scheduled, which join this batch.
+            self.sender = asyncio.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        taken: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        try:
+            while self.waiting:
+                taken, self.waiting = self.waiting[:MAX_PIPELINE], self.waiting[MAX_PIPELINE:]
+                try:
+                    async with self.pool.pipeline(transaction=False) as pipe:
+                        for keys, args, _ in taken:
+                            await scripts(self.pool).follow(keys=keys, args=args, client=pipe)
+                        answers = await pipe.execute(raise_on_error=False)
+                except Exception as error:  # no answers at all: each call fails with it
+                    answers = [error] * len(taken)
+                for (_, _, future), answer in zip(taken, answers, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+                taken = []
+        finally:
+            self.sender = None
+            # Cancelled itself (the loop closing): no caller waits for ever.
+            for _, _, future in taken + self.waiting:
+                future.cancel()
+            self.waiting = []
+
+
+_BATCHES: dict[int, tuple[ArqRedis, _Batch]] = {}
+
+
+def _batch(pool: ArqRedis) -> _Batch:
+    """The batch of ``pool``'s follow() calls, made once per pool."""
+    known = _BATCHES.get(id(pool))
+    if known is not None and known[0] is pool:
+        return known[1]
+    if len(_BATCHES) > 64:  # pools come and go in tests: keep the table small
+        _BATCHES.clear()
+    made = _Batch(pool)
+    _BATCHES[id(pool)] = (pool, made)
+    return made
 
 
 async def follow(
@@ -82,9 +150,9 @@ async def follow(
     queue = pool.default_queue_name if queue_name is None else check_text("queue_name", queue_name)
     shard = shard_of(key)
     now = time.time()
-    generation = await scripts(pool).follow(
-        keys=[follow_key(key), generation_key(key), due_key(queue, shard), armed_key(queue, shard)],
-        args=[
+    generation = await _batch(pool).run(
+        [follow_key(key), generation_key(key), due_key(queue, shard), armed_key(queue, shard)],
+        [
             *shard_args(pool, queue, shard),
             key,
             repr(now),
