@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -1401,3 +1402,37 @@ async def test_follows_made_at_once_go_to_redis_together_each_with_its_own_answe
     answers = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(answers[0], asyncio.CancelledError)
     assert answers[1:] == [True] * 19
+
+
+async def test_a_burst_of_follows_fails_together_when_redis_does_and_never_hangs() -> None:
+    """No Redis: each caller gets the error. A batch cut off (the loop closing): cancelled."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from aiotlink.arq._follow import _batch
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    nobody = ArqRedis(host="127.0.0.1", port=port)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    results = await asyncio.gather(
+        *(follow(nobody, key, on_terminal="later") for key in ids), return_exceptions=True
+    )
+    assert all(isinstance(result, RedisConnectionError) for result in results), results
+    await nobody.aclose()
+    # A "Redis" that never answers: the callers wait on the batch until it is cut off.
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda reader, writer: held.append(writer), "127.0.0.1", 0)
+    stuck = ArqRedis(host="127.0.0.1", port=silent.sockets[0].getsockname()[1])
+    calls = [asyncio.create_task(follow(stuck, key, on_terminal="later")) for key in ids]
+    await eventually(lambda: bool(held))
+    sender = _batch(stuck).sender
+    assert sender is not None
+    sender.cancel()
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(answer, asyncio.CancelledError) for answer in answers), answers
+    for writer in held:
+        writer.close()
+    silent.close()
+    await silent.wait_closed()
+    await stuck.aclose()

@@ -21,6 +21,7 @@ from ._state import (
     due_key,
     follow_key,
     generation_key,
+    per_client,
     scripts,
     shard_args,
     shard_of,
@@ -98,19 +99,12 @@ class _Batch:
             self.waiting = []
 
 
-_BATCHES: dict[int, tuple[ArqRedis, _Batch]] = {}
+_BATCHES: dict[int, tuple[Any, _Batch]] = {}
 
 
 def _batch(pool: ArqRedis) -> _Batch:
     """The batch of ``pool``'s follow() calls, made once per pool."""
-    known = _BATCHES.get(id(pool))
-    if known is not None and known[0] is pool:
-        return known[1]
-    if len(_BATCHES) > 64:  # pools come and go in tests: keep the table small
-        _BATCHES.clear()
-    made = _Batch(pool)
-    _BATCHES[id(pool)] = (pool, made)
-    return made
+    return per_client(_BATCHES, pool, _Batch)
 
 
 async def follow(

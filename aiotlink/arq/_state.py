@@ -33,7 +33,8 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
@@ -470,18 +471,26 @@ class Scripts:
 
 
 _SCRIPTS: dict[int, tuple[Any, Scripts]] = {}
+Made = TypeVar("Made")
+
+
+def per_client(
+    table: dict[int, tuple[Any, Made]], redis: ArqRedis, make: Callable[[ArqRedis], Made]
+) -> Made:
+    """What ``make(redis)`` makes, made once per client and kept in ``table``."""
+    known = table.get(id(redis))
+    if known is not None and known[0] is redis:
+        return known[1]
+    if len(table) > 64:  # clients come and go in tests: keep the table small
+        table.clear()
+    made = make(redis)
+    table[id(redis)] = (redis, made)
+    return made
 
 
 def scripts(redis: ArqRedis) -> Scripts:
     """The scripts for ``redis``, registered once per client."""
-    known = _SCRIPTS.get(id(redis))
-    if known is not None and known[0] is redis:
-        return known[1]
-    if len(_SCRIPTS) > 64:  # clients come and go in tests: keep the table small
-        _SCRIPTS.clear()
-    made = Scripts(redis)
-    _SCRIPTS[id(redis)] = (redis, made)
-    return made
+    return per_client(_SCRIPTS, redis, Scripts)
 
 
 def text(value: bytes | str | None) -> str:
