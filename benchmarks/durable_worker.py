@@ -34,7 +34,9 @@ WorkerSettings = {
     "redis_settings": RedisSettings(
         host="127.0.0.1", port=int(os.environ.get("BENCH_REDIS_PORT", "6379"))
     ),
-    "max_jobs": int(os.environ.get("BENCH_MAX_JOBS", "200")),
+    # A few sweeps at a time: each runs up to aiotlink.arq._state.BATCH lookups at once,
+    # more than the client's connections (connection_limit) can serve (benchmarks/NOTES.md).
+    "max_jobs": int(os.environ.get("BENCH_MAX_JOBS", "8")),
     "poll_delay": float(os.environ.get("BENCH_POLL_DELAY", "0.05")),
     "job_timeout": 60,
 }

@@ -15,6 +15,8 @@ from aiotlink.arq import Outcome, configure
 
 # Workers look at the queue this often: the tests' nudges land within it.
 POLL_DELAY = 0.02
+# The coroutines that outlive a cancelled job, shielded: arq's and the sweeps'.
+SHIELDED = {"Worker.finish_job", "Worker.finish_failed_job", "_Writer.close"}
 
 
 def redis_settings(port: int) -> RedisSettings:
@@ -67,12 +69,28 @@ async def running_worker(
     try:
         yield worker
     finally:
+        # No job starts from now on, and those running get a moment to end: a job cut
+        # while arq starts or finishes it leaves arq's Redis pipeline unclosed.
+        worker.allow_pick_jobs = False
+        await asyncio.sleep(2 * POLL_DELAY)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if worker.tasks:
+            await asyncio.wait(worker.tasks.values(), timeout=0.5)
         for job in worker.tasks.values():
             job.cancel()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        # What arq and the sweeps shield from a cancelled job (arq's bookkeeping of it,
+        # a sweep's last write-back) goes on after it: let it end before the test's loop
+        # closes, or its Redis pipeline is left unclosed.
+        shielded = [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "") in SHIELDED and not task.done()
+        ]
+        if shielded:
+            await asyncio.wait(shielded, timeout=5)
         # close() would close the pool the test owns: run only the shutdown hook.
         assert worker.on_shutdown is not None
         await worker.on_shutdown(worker.ctx)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -28,7 +30,13 @@ from aiotlink import _polling as polling
 from aiotlink._polling import JITTER
 from aiotlink.arq import DEAD_LETTERS_KEY, Outcome, OutcomeKind, follow, nudge
 from aiotlink.arq._cli import dead_letters, main, replay
-from aiotlink.arq._state import STATE_GRACE_SECONDS, follow_key, generation_key
+from aiotlink.arq._state import (
+    DEAD_LETTER_ORDER_KEY,
+    STATE_GRACE_SECONDS,
+    follow_key,
+    generation_key,
+    scripts,
+)
 from aiotlink.testing import FakeTransactionLink, RecordedRequest, RedisServer
 
 from .arq_helpers import Handled, eventually, pool, running_worker
@@ -76,6 +84,11 @@ def client_options(fake: FakeTransactionLink, **more: Any) -> dict[str, Any]:
 async def letters(redis: ArqRedis, count: int) -> bool:
     """Whether ``count`` dead letters are recorded."""
     return await redis.hlen(DEAD_LETTERS_KEY) == count
+
+
+async def gone(redis: ArqRedis, execution_id: str) -> bool:
+    """Whether the follow of ``execution_id`` (its delivery included) is over."""
+    return not await redis.exists(follow_key(execution_id))
 
 
 async def followed_keys(redis: ArqRedis) -> list[bytes]:
@@ -168,12 +181,23 @@ async def test_following_again_after_the_outcome_was_delivered_delivers_again(
 ) -> None:
     definition = fake.add_definition(statuses=["RUNNING", "FAILED"])
     execution_id = await start(fake, definition)
-    handled = Handled()
-    async with running_worker(redis, [handled], **client_options(fake)):
-        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
-        await handled.wait_for(1)
-        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
-        first, second = await handled.wait_for(2)
+    outcomes: list[Outcome] = []
+    release = asyncio.Event()
+
+    async def held(ctx: dict[str, Any], outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        await release.wait()
+
+    async with running_worker(redis, [held], **client_options(fake)):
+        assert await follow(redis, execution_id, on_terminal="held", poll_interval=0.05)
+        await eventually(lambda: len(outcomes) == 1)
+        # While its outcome is being delivered, a follow changes nothing (README).
+        assert not await follow(redis, execution_id, on_terminal="held", poll_interval=0.05)
+        release.set()
+        await eventually(partial(gone, redis, execution_id))
+        assert await follow(redis, execution_id, on_terminal="held", poll_interval=0.05)
+        await eventually(lambda: len(outcomes) == 2)
+    first, second = outcomes
     assert (first.key, second.key) == (f"{execution_id}:1", f"{execution_id}:2")
     assert second.execution is not None
     assert second.execution.status is WorkflowStatus.FAILED
@@ -220,6 +244,7 @@ async def test_a_forbidden_lookup_ends_the_follow_with_an_error_outcome(
     async with running_worker(redis, [handled], token=blind, base_url=fake.url):
         await follow(redis, execution_id, on_terminal="Handled")
         [outcome] = await handled.wait_for(1)
+        await eventually(partial(gone, redis, execution_id))  # written back
     assert outcome.kind is OutcomeKind.ERROR
     assert outcome.error_status == 403
     assert not await redis.keys("aiotlink:follow:*")
@@ -281,6 +306,7 @@ async def test_a_poll_cut_by_the_job_timeout_is_followed_by_the_next(
     async with running_worker(redis, [handled], **client_options(fake), poll_timeout=0.3):
         await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
         [outcome] = await handled.wait_for(1, timeout=5)
+        await eventually(partial(gone, redis, execution_id))  # written back
     assert outcome.kind is OutcomeKind.TERMINAL
     assert not await redis.keys("aiotlink:follow:*")
 
@@ -310,27 +336,46 @@ async def test_a_poll_that_fails_unexpectedly_is_followed_by_the_next(
     assert calls == 2
 
 
-async def test_a_stale_poll_does_nothing(redis: ArqRedis, fake: FakeTransactionLink) -> None:
-    """A poll job arq runs again (its worker died, say) after the follow moved on."""
+async def test_a_stale_claims_write_back_does_nothing(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """A sweep whose claim expired (its worker stalled) and was taken over writes nothing."""
+    from aiotlink.arq._state import armed_key, due_key, shard_args, shard_of
+    from aiotlink.arq._worker import BATCH
+
     execution_id = await start(
         fake, fake.add_definition(statuses=["INITIALISED", "RUNNING"], step_seconds=3600)
     )
-    handled = Handled()
-    async with running_worker(redis, [handled], **client_options(fake)):
-        await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
-        await eventually(lambda: len(finds(fake, execution_id)) == 1)
-        await asyncio.sleep(0.05)
-        # The first poll's job, run again by hand: its job id is no longer the follow's.
-        stale = f"aiotlink:poll:{execution_id}:1:0"
-        assert await redis.enqueue_job("aiotlink_poll", execution_id, _job_id=stale)
+    assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=30)
+    queue, shard = redis.default_queue_name, shard_of(execution_id)
+    keys = [due_key(queue, shard), armed_key(queue, shard)]
+    shard_part = shard_args(redis, queue, shard)
+    run = scripts(redis)
 
-        async def taken() -> bool:  # the worker has taken the stale job off the queue
-            return await redis.zscore("arq:queue", stale) is None
+    async def claim(token: str, lease: float) -> list[Any]:
+        args = [*shard_part, repr(time.time()), BATCH, token, lease, lease, "no-job", "0"]
+        _, claimed = await run.claim(keys=keys, args=args)
+        return list(claimed)
 
-        await eventually(taken, timeout=2)
-        await asyncio.sleep(0.3)
-    assert len(finds(fake, execution_id)) == 1
-    assert (await redis.hgetall(follow_key(execution_id)))[b"seq"] == b"1"
+    [(member, phase, _)] = await claim("stale", 0.05)  # a lease that expires at once
+    assert (member, phase) == (execution_id.encode(), b"poll")
+    await asyncio.sleep(0.1)
+    [_] = await claim("fresh", 60)  # taken over after the lease
+    written = [[execution_id, "poll", "30.0", repr(time.time() + 1), "0", "RUNNING", "{}"]]
+    await run.write_back(
+        keys=[*keys, DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
+        args=[*shard_part, repr(time.time()), "stale", json.dumps(written), 60, 10],
+    )
+    state = await redis.hgetall(follow_key(execution_id))
+    assert (state[b"claim"], state[b"status"], state[b"running"]) == (b"fresh", b"", b"1")
+    assert await redis.zscore(keys[0], execution_id) > time.time() + 50  # the fresh lease
+    # The same write-back with the live token takes.
+    await run.write_back(
+        keys=[*keys, DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
+        args=[*shard_part, repr(time.time()), "fresh", json.dumps(written), 60, 10],
+    )
+    state = await redis.hgetall(follow_key(execution_id))
+    assert (state[b"claim"], state[b"status"], state[b"running"]) == (b"", b"RUNNING", b"0")
 
 
 # Defect 3 and point 5: handlers that fail, run over, are retried then dead-lettered.
@@ -398,7 +443,7 @@ async def test_a_handler_cancelled_by_the_job_timeout_counts_as_a_failed_attempt
     async with running_worker(
         redis, [slow_once], **client_options(fake), handler_timeout=0.2, retry_delay=0.05
     ) as worker:
-        worker.functions["aiotlink_deliver"].timeout_s = 0.5
+        worker.functions["aiotlink_sweep"].timeout_s = 0.5
         await follow(redis, execution_id, on_terminal="slow_once")
         await eventually(lambda: runs == [1, 2], timeout=5)
 
@@ -440,8 +485,11 @@ async def test_replay_is_atomic_and_goes_back_to_the_follows_queue(
     # Five operators replay at once: one wins, one job is queued, on the follow's queue.
     results = await asyncio.gather(*(replay(redis, letter["entry"]) for _ in range(5)))
     assert results.count(True) == 1
-    assert await redis.zcard(queue) == 1
+    assert await redis.zcard(queue) == 1  # its shard's sweep
     assert await redis.zcard("arq:queue") == 0
+    [due] = await redis.keys("aiotlink:due:*")
+    assert due.startswith(f"aiotlink:due:{queue}:".encode())
+    assert await redis.zcard(due) == 1
     failing = False
     async with running_worker(
         redis, [fragile], **client_options(fake), max_attempts=1, queue_name=queue
@@ -471,6 +519,7 @@ async def test_a_nudge_with_a_status_that_is_not_terminal_costs_no_lookup(
         await eventually(lambda: len(finds(fake, execution_id)) == 2, timeout=2)
         assert await nudge(redis, execution_id, status="COMPLETED")
         [outcome] = await handled.wait_for(1, timeout=2)
+        await eventually(partial(gone, redis, execution_id))  # written back
     assert outcome.kind is OutcomeKind.TERMINAL
     assert not await nudge(redis, str(uuid.uuid4()))  # nobody follows it: nothing at all
     assert not await nudge(redis, execution_id)
@@ -778,37 +827,52 @@ async def test_a_follow_started_untraced_keeps_no_trace_context(
 # Review of issue 18: Redis failures, shutdowns and lost jobs lose no outcome.
 
 
-def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str) -> list[int]:
-    """Make the first run of one of the scripts fail as a dropped connection would."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
+Script = Callable[..., Awaitable[Any]]
 
+
+def wrap_script(
+    monkeypatch: pytest.MonkeyPatch, script: str, wrap: Callable[[Script], Script]
+) -> None:
+    """Run one of the scripts through ``wrap(original)``, on every client from now on."""
     from aiotlink.arq import _state
 
     real = _state.Scripts.__init__
-    failed: list[int] = []
 
     def patched(self: _state.Scripts, redis: ArqRedis) -> None:
         real(self, redis)
-        original = getattr(self, script)
+        monkeypatch.setattr(self, script, wrap(getattr(self, script)))
 
+    monkeypatch.setattr(_state.Scripts, "__init__", patched)
+    _state._SCRIPTS.clear()
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, script: str, marker: str = "") -> list[int]:
+    """Make the first run of one of the scripts (with ``marker`` in an argument) fail.
+
+    As a dropped connection would.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    failed: list[int] = []
+
+    def wrap(original: Script) -> Script:
         async def flaky(*args: Any, **kwargs: Any) -> Any:
-            if not failed:
+            if not failed and any(marker in str(arg) for arg in kwargs["args"]):
                 failed.append(1)
                 raise RedisConnectionError("Connection reset by peer")
             return await original(*args, **kwargs)
 
-        setattr(self, script, flaky)
+        return flaky
 
-    monkeypatch.setattr(_state.Scripts, "__init__", patched)
-    _state._SCRIPTS.clear()
+    wrap_script(monkeypatch, script, wrap)
     return failed
 
 
-async def test_a_redis_error_as_a_poll_begins_makes_arq_run_the_poll_again(
+async def test_a_redis_error_as_a_sweep_claims_makes_arq_run_the_sweep_again(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = await start(fake, fake.add_definition(statuses=["RUNNING", "COMPLETED"]))
-    failed = _failing_once(monkeypatch, "begin")
+    failed = _failing_once(monkeypatch, "claim")
     handled = Handled()
     async with running_worker(redis, [handled], **client_options(fake)):
         assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.05)
@@ -817,36 +881,63 @@ async def test_a_redis_error_as_a_poll_begins_makes_arq_run_the_poll_again(
     assert outcome.kind is OutcomeKind.TERMINAL
 
 
-async def test_a_follow_whose_poll_job_was_lost_gets_it_back_from_follow_or_nudge(
+async def armed_sweep(redis: ArqRedis, execution_id: str) -> str | None:
+    """The sweep job armed for the shard of ``execution_id``, if it is stored and queued."""
+    from aiotlink.arq._state import armed_key, shard_of
+
+    queue = redis.default_queue_name
+    job = await redis.hget(armed_key(queue, shard_of(execution_id)), "job")
+    if job is None or await redis.zscore(queue, job) is None:
+        return None
+    return job.decode() if await redis.exists(f"arq:job:{job.decode()}") else None
+
+
+async def lose_sweep(redis: ArqRedis, execution_id: str) -> None:
+    """Lose the shard's armed sweep job, as a Redis failure would."""
+    job = await armed_sweep(redis, execution_id)
+    assert job is not None
+    await redis.delete(f"arq:job:{job}")
+    await redis.zrem(redis.default_queue_name, job)
+
+
+async def test_a_lost_sweep_or_due_entry_comes_back_by_follow_nudge_or_a_worker_start(
     redis: ArqRedis, fake: FakeTransactionLink, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from aiotlink.arq._state import due_key, shard_of
+
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
     assert await follow(redis, execution_id, on_terminal="Handled")
-    job = (await redis.hget(follow_key(execution_id), "job")).decode()
-
-    async def lose() -> None:
-        await redis.delete(f"arq:job:{job}")
-        await redis.zrem(redis.default_queue_name, job)
-
-    async def queued() -> bool:
-        return await redis.zscore(redis.default_queue_name, job) is not None and bool(
-            await redis.exists(f"arq:job:{job}")
-        )
-
-    await lose()
+    due = due_key(redis.default_queue_name, shard_of(execution_id))
+    first = await armed_sweep(redis, execution_id)
+    assert first is not None
+    # The sweep lost: a follow of the execution arms another.
+    await lose_sweep(redis, execution_id)
+    assert not await follow(redis, execution_id, on_terminal="Handled")
+    assert await armed_sweep(redis, execution_id) not in (None, first)
+    # The due entry lost: a follow makes it due again, and says so.
+    await redis.zrem(due, execution_id)
     with caplog.at_level(logging.WARNING, logger="aiotlink"):
         assert not await follow(redis, execution_id, on_terminal="Handled")
-    assert "lost its poll job" in caplog.text
-    assert await queued()
+    assert "lost its due entry" in caplog.text
+    assert await redis.zscore(due, execution_id) is not None
+    armed = await armed_sweep(redis, execution_id)
     assert not await follow(redis, execution_id, on_terminal="Handled")  # nothing more
-    await lose()
+    assert await armed_sweep(redis, execution_id) == armed
+    # Both lost: a nudge brings both back.
+    await lose_sweep(redis, execution_id)
+    await redis.zrem(due, execution_id)
     assert await nudge(redis, execution_id)
-    assert await queued()
+    assert await redis.zscore(due, execution_id) is not None
+    assert await armed_sweep(redis, execution_id) is not None
     assert await redis.hget(follow_key(execution_id), "gen") == b"1"
+    # The sweep lost again, and nobody follows or nudges: a worker's start arms it.
+    await lose_sweep(redis, execution_id)
     handled = Handled()
     async with running_worker(redis, [handled], **client_options(fake)):
         [outcome] = await handled.wait_for(1, timeout=5)
+        await eventually(partial(gone, redis, execution_id))
     assert outcome.key == f"{execution_id}:1"
+    assert not await redis.keys("arq:job:*")
 
 
 async def test_a_shutdown_during_a_handler_is_no_failed_attempt(
@@ -876,23 +967,12 @@ async def test_a_shutdown_during_a_handler_is_no_failed_attempt(
     assert not await redis.hlen(DEAD_LETTERS_KEY)
 
 
-async def test_a_redis_error_while_queueing_the_next_attempt_is_retried(
+async def test_a_redis_error_while_writing_back_is_ridden_out(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    failed = _failing_once(monkeypatch, "write_back")
     runs: list[int] = []
-    real = ArqRedis.enqueue_job
-    blips: list[int] = []
-
-    async def flaky_enqueue(self: ArqRedis, *args: Any, **kwargs: Any) -> Any:
-        if not blips:
-            blips.append(1)
-            raise RedisConnectionError("Connection reset by peer")
-        return await real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ArqRedis, "enqueue_job", flaky_enqueue)
 
     async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
         runs.append(outcome.attempt)
@@ -902,8 +982,8 @@ async def test_a_redis_error_while_queueing_the_next_attempt_is_retried(
     async with running_worker(redis, [failing], **options):
         await follow(redis, execution_id, on_terminal="failing")
         await eventually(lambda: letters(redis, 1), timeout=8)
-    assert blips == [1]
-    assert runs[-1] == 2
+    assert failed == [1]
+    assert runs == [1, 2]
     [letter] = await dead_letters(redis)
     assert letter["id"] == execution_id
 
@@ -912,33 +992,53 @@ async def test_a_redis_error_while_recording_a_dead_letter_is_retried(
     redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
-    failed = _failing_once(monkeypatch, "dead_letter")
+    failed = _failing_once(monkeypatch, "write_back", marker='"dead"')
+    runs: list[int] = []
 
     async def failing(ctx: dict[str, Any], outcome: Outcome) -> None:
+        runs.append(outcome.attempt)
         raise ValueError("db down")
 
     async with running_worker(redis, [failing], **client_options(fake, max_attempts=1)):
         await follow(redis, execution_id, on_terminal="failing")
-        await eventually(lambda: letters(redis, 1), timeout=8)
+        await eventually(lambda: gone(redis, execution_id) if runs else False, timeout=8)
     assert failed == [1]
+    assert runs == [1]
     [letter] = await dead_letters(redis)
     assert letter["id"] == execution_id
+
+
+async def plant_delivery(redis: ArqRedis, member: str, payload: str) -> None:
+    """A delivery whose payload is ``payload``, due now (as if Redis held garbage)."""
+    from aiotlink.arq._state import armed_key, due_key, shard_args, shard_of
+
+    queue, shard = redis.default_queue_name, shard_of(member)
+    mapping = {"phase": "deliver", "claim": "", "queue": queue, "payload": payload}
+    await redis.hset(follow_key(member), mapping=mapping)
+    await redis.zadd(due_key(queue, shard), {member: time.time()})
+    await scripts(redis).heal(
+        keys=[due_key(queue, shard), armed_key(queue, shard)],
+        args=[*shard_args(redis, queue, shard), repr(time.time())],
+    )
 
 
 async def test_an_undecodable_delivery_payload_is_dead_lettered_raw_and_capped(
     redis: ArqRedis, fake: FakeTransactionLink
 ) -> None:
-    from aiotlink.arq._state import DELIVER_FUNCTION
     from aiotlink.arq._worker import RAW_LETTER_CHARS
 
     garbage = "{not json" + "x" * (2 * RAW_LETTER_CHARS)
     async with running_worker(redis, [], **client_options(fake)):
-        await redis.enqueue_job(DELIVER_FUNCTION, garbage, _job_id="broken")
-        await redis.enqueue_job(DELIVER_FUNCTION, '{"id": "x"}', _job_id="missing")
-        await eventually(lambda: letters(redis, 2), timeout=5)
+        await plant_delivery(redis, "broken", garbage)
+        await plant_delivery(redis, "missing", '{"id": "x"}')
+        await plant_delivery(redis, "mangled", "")
+        await redis.hset(follow_key("mangled"), mapping={"phase": "poll", "gen": "x"})
+        await eventually(lambda: letters(redis, 3), timeout=5)
+    assert not await redis.keys("aiotlink:follow:*")
     stored = {key.decode(): value for key, value in (await redis.hgetall(DEAD_LETTERS_KEY)).items()}
     import json
 
+    assert json.loads(json.loads(stored["undecodable:mangled"])["raw"])["gen"] == "x"
     broken = json.loads(stored["undecodable:broken"])
     assert broken["raw"] == garbage[:RAW_LETTER_CHARS]
     assert broken["reason"].startswith("undecodable payload")
@@ -959,7 +1059,6 @@ async def test_dead_letters_are_capped_oldest_dropped_and_purged(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from aiotlink.arq import _worker
-    from aiotlink.arq._state import DEAD_LETTER_ORDER_KEY, DELIVER_FUNCTION
 
     monkeypatch.setattr(_worker, "MAX_DEAD_LETTERS", 2)
     ids = [await start(fake, fake.add_definition(statuses=["COMPLETED"])) for _ in range(3)]
@@ -972,7 +1071,7 @@ async def test_dead_letters_are_capped_oldest_dropped_and_purged(
             for execution_id in ids:
                 await follow(redis, execution_id, on_terminal="failing")
                 await eventually(partial(recorded, redis, f"{execution_id}:1"), timeout=5)
-            await redis.enqueue_job(DELIVER_FUNCTION, "not json", _job_id="broken")
+            await plant_delivery(redis, "broken", "not json")
             await eventually(partial(recorded, redis, "undecodable:broken"), timeout=5)
     assert [letter["entry"] for letter in await dead_letters(redis)] == [
         f"{ids[2]}:1",
@@ -1026,3 +1125,314 @@ async def test_the_generation_counter_lives_on_while_the_follow_does(
     async with running_worker(redis, [Handled()], **client_options(fake)):
         await eventually(refreshed, timeout=5)
     assert len(finds(fake, endless)) >= 1
+
+
+# Issue 18, point 9: batched sweeps. Their own failure modes.
+
+
+async def in_one_shard(fake: FakeTransactionLink, count: int) -> list[str]:
+    """``count`` executions (completed at once) whose ids fall in one shard."""
+    from aiotlink.arq._state import shard_of
+
+    done = fake.add_definition(statuses=["COMPLETED"])
+    by_shard: dict[int, list[str]] = {}
+    while True:
+        execution_id = await start(fake, done)
+        ids = by_shard.setdefault(shard_of(execution_id), [])
+        ids.append(execution_id)
+        if len(ids) == count:
+            return ids
+
+
+async def test_one_lookup_of_a_batch_failing_transiently_leaves_the_others_their_outcome(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one claimed batch, a 503-like failure reschedules that member only."""
+    from aiotlink import APIConnectionError
+
+    failing, ending = await in_one_shard(fake, 2)
+    for execution_id in (failing, ending):  # due together, before any worker looks
+        assert await follow(redis, execution_id, on_terminal="Handled", poll_interval=0.3)
+    lookups: list[tuple[str, float]] = []
+
+    async def flaky_lookups(ctx: dict[str, Any]) -> None:  # before the first sweep
+        workflows = ctx["aiotlink"].client.workflows
+        real = workflows._find
+
+        async def flaky(key: str) -> Any:
+            lookups.append((key, time.monotonic()))
+            if key == failing and len([k for k, _ in lookups if k == failing]) == 1:
+                raise APIConnectionError("reset", method="GET", url="x", request_sent=True)
+            return await real(key)
+
+        monkeypatch.setattr(workflows, "_find", flaky)
+
+    handled = Handled()
+    options = client_options(fake, on_startup=flaky_lookups)
+    async with running_worker(redis, [handled], **options):
+        first, second = await handled.wait_for(2)
+    assert [first.execution_id, second.execution_id] == [ending, failing]
+    assert first.kind is second.kind is OutcomeKind.TERMINAL
+    (_, ended_at), (_, failed_at), (_, again_at) = sorted(lookups, key=lambda lookup: lookup[1])
+    assert abs(ended_at - failed_at) < 0.1  # one batch
+    assert again_at - failed_at >= 0.3 * (1 - JITTER) * 1.5 - 0.01  # the grown interval
+
+
+async def test_a_killed_workers_claims_come_due_again_after_their_lease(
+    redis: ArqRedis, fake: FakeTransactionLink
+) -> None:
+    """A poll and a delivery claimed by a worker that died run once their lease ends."""
+    from aiotlink.arq._state import armed_key, due_key, shard_args, shard_of
+    from aiotlink.arq._worker import BATCH
+
+    polled, delivered = await in_one_shard(fake, 2)
+    queue, shard = redis.default_queue_name, shard_of(polled)
+    assert await follow(redis, polled, on_terminal="Handled")
+    payload = {
+        "id": delivered,
+        "gen": 1,
+        "kind": "terminal",
+        "handler": "Handled",
+        "queue": queue,
+        "download": "",
+        "attempt": 1,
+        "body": None,
+    }
+    await plant_delivery(redis, delivered, json.dumps(payload))
+    # The dead worker's claim, as a sweep makes it: then nothing more of it.
+    _, claimed = await scripts(redis).claim(
+        keys=[due_key(queue, shard), armed_key(queue, shard)],
+        args=[
+            *shard_args(redis, queue, shard),
+            repr(time.time()),
+            BATCH,
+            "dead",
+            0.6,
+            0.6,
+            "x",
+            "0",
+        ],
+    )
+    assert sorted(member for member, _, _ in claimed) == sorted(
+        [polled.encode(), delivered.encode()]
+    )
+    claimed_at = time.monotonic()
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        outcomes = await handled.wait_for(2, timeout=5)
+        took = time.monotonic() - claimed_at
+        await eventually(partial(gone, redis, polled))
+        await eventually(partial(gone, redis, delivered))
+    assert sorted(outcome.execution_id for outcome in outcomes) == sorted([polled, delivered])
+    assert took >= 0.6  # not before the lease ended
+    assert len(finds(fake, polled)) == 1
+    assert not await redis.keys("arq:job:*")
+
+
+def counted_claims(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every claim the sweeps make from now on: (the sweep's job id, members claimed)."""
+    claims: list[tuple[str, int]] = []
+
+    def wrap(claim: Script) -> Script:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            reply = await claim(*args, **kwargs)
+            claims.append((kwargs["args"][-2], len(reply[1])))
+            return reply
+
+        return counted
+
+    wrap_script(monkeypatch, "claim", wrap)
+    return claims
+
+
+async def test_a_backlog_is_worked_off_by_many_sweeps_each_within_its_budget(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep claims again only within its time budget: a backlog never holds one job."""
+    from aiotlink.arq import _worker
+
+    monkeypatch.setattr(_worker, "BATCH", 4)
+    monkeypatch.setattr(_worker, "SWEEP_BUDGET", 0.0)  # one claim per sweep
+    claims = counted_claims(monkeypatch)
+    done = fake.add_definition(statuses=["COMPLETED"])
+    executions = [await start(fake, done) for _ in range(60)]
+    for execution_id in executions:
+        await follow(redis, execution_id, on_terminal="Handled")
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await handled.wait_for(60, timeout=20)
+    assert {outcome.execution_id for outcome in handled.outcomes} == set(executions)
+    per_job: dict[str, int] = {}
+    for job, _ in claims:
+        per_job[job] = per_job.get(job, 0) + 1
+    assert set(per_job.values()) == {1}, per_job  # each sweep claimed once, then ended
+    assert max(count for _, count in claims) == 4  # a batch at most
+    assert len(per_job) >= 2 * 60 / 4  # polls, then deliveries: many short sweeps
+
+
+async def test_a_sweep_claims_again_while_members_are_due_within_its_budget(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within its budget, one sweep goes on claiming full batches of a shard."""
+    from aiotlink.arq import _worker
+
+    monkeypatch.setattr(_worker, "BATCH", 3)
+    claims = counted_claims(monkeypatch)
+    executions = await in_one_shard(fake, 7)
+    for execution_id in executions:  # one shard, all due before the worker starts
+        await follow(redis, execution_id, on_terminal="Handled")
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        await handled.wait_for(7)
+    first_job = claims[0][0]
+    # A full batch, then another (the rest may go to the sweep armed meanwhile).
+    assert [count for job, count in claims if job == first_job][:2] == [3, 3]
+
+
+async def test_a_write_back_that_redis_keeps_refusing_leaves_the_claims_to_expire(
+    redis: ArqRedis,
+    fake: FakeTransactionLink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retried, then given up with an ERROR: the member is due again after its lease."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from aiotlink.arq import _worker
+
+    monkeypatch.setattr(_worker, "WRITE_BACK_DELAYS", (0.01,))
+    monkeypatch.setattr(_worker, "LEASE_MARGIN", 0.3)
+    refused: list[float] = []
+
+    def wrap(write_back: Script) -> Script:
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if len(refused) < 2:  # the first write-back and its one retry
+                refused.append(time.monotonic())
+                raise RedisConnectionError("Connection reset by peer")
+            return await write_back(*args, **kwargs)
+
+        return flaky
+
+    wrap_script(monkeypatch, "write_back", wrap)
+    execution_id = await start(fake, fake.add_definition(statuses=["COMPLETED"]))
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake), poll_timeout=0.4):
+        await follow(redis, execution_id, on_terminal="Handled")
+        [outcome] = await handled.wait_for(1, timeout=5)
+    assert "due again when their claims expire" in caplog.text
+    lookups = finds(fake, execution_id)
+    assert len(lookups) == 2  # the first answer was lost with its write-back
+    assert lookups[1].at - lookups[0].at >= 0.4 + 0.3 - 0.05  # after the lease
+    assert outcome.kind is OutcomeKind.TERMINAL
+
+
+async def test_a_worker_starts_whatever_redis_holds_or_says(
+    redis: ArqRedis,
+    fake: FakeTransactionLink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stray key under the due sets' prefix is skipped; a Redis error is only logged."""
+    from aiotlink.arq import _worker
+
+    await redis.zadd("aiotlink:due:no-shard", {"x": 1})
+    async with running_worker(redis, [], **client_options(fake)) as worker:
+        await eventually(lambda: "aiotlink" in worker.ctx)
+    assert await redis.zcard("aiotlink:due:no-shard") == 1  # not ours: left alone
+    assert not await redis.keys("aiotlink:armed:*")
+    monkeypatch.setattr(_worker, "parse_due_key", lambda key: ("q", 1))
+    _failing_once(monkeypatch, "heal")
+    async with running_worker(redis, [], **client_options(fake)) as worker:
+        await eventually(lambda: "aiotlink" in worker.ctx)
+    assert "could not arm the sweeps of durable following at startup" in caplog.text
+
+
+async def test_a_sweep_stays_for_what_comes_due_soon_instead_of_another_job(
+    redis: ArqRedis, fake: FakeTransactionLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard due every ~0.1 s is polled by few sweeps that stay, not one job per poll."""
+    from aiotlink.arq._state import shard_of
+
+    claims = counted_claims(monkeypatch)
+    endless = fake.add_definition(statuses=["RUNNING"], step_seconds=3600)
+    running: list[str] = []  # in one shard
+    while len(running) < 3:
+        execution_id = await start(fake, endless)
+        if not running or shard_of(execution_id) == shard_of(running[0]):
+            running.append(execution_id)
+    handled = Handled()
+    async with running_worker(redis, [handled], **client_options(fake)):
+        for execution_id in running:
+            await follow(
+                redis, execution_id, on_terminal="Handled", poll_interval=0.1, max_poll_interval=0.1
+            )
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(1.5)
+    polls = sum(len(finds(fake, execution_id)) for execution_id in running)
+    jobs = {job for job, count in claims if count}
+    assert polls >= 20
+    assert len(jobs) <= polls / 8, (len(jobs), polls)  # sweeps stayed for several polls
+
+
+async def test_follows_made_at_once_go_to_redis_together_each_with_its_own_answer(
+    redis: ArqRedis,
+) -> None:
+    """A burst of follow() calls is one pipeline on one connection; errors stay their own."""
+    from redis.exceptions import ResponseError
+
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    await redis.hset(generation_key(ids[7]), "not", "a counter")  # its INCR fails
+    before = (await redis.info("stats"))["total_connections_received"]
+    results = await asyncio.gather(
+        *(follow(redis, execution_id, on_terminal="later") for execution_id in ids),
+        return_exceptions=True,
+    )
+    connections = (await redis.info("stats"))["total_connections_received"] - before
+    assert isinstance(results[7], ResponseError)
+    assert "WRONGTYPE" in str(results[7])
+    assert results[:7] + results[8:] == [True] * 199
+    assert connections <= 2  # one round trip for the burst, not a connection per call
+    assert len(await redis.keys("aiotlink:follow:*")) == 199
+    # A caller cancelled while its follow waits for the burst's answer leaves the others
+    # theirs (its own follow may still be made, as a request cut after it was sent).
+    more = [str(uuid.uuid4()) for _ in range(20)]
+    calls = [asyncio.create_task(follow(redis, key, on_terminal="later")) for key in more]
+    await asyncio.sleep(0)
+    calls[0].cancel()
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(answers[0], asyncio.CancelledError)
+    assert answers[1:] == [True] * 19
+
+
+async def test_a_burst_of_follows_fails_together_when_redis_does_and_never_hangs() -> None:
+    """No Redis: each caller gets the error. A batch cut off (the loop closing): cancelled."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from aiotlink.arq._follow import _batch
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    nobody = ArqRedis(host="127.0.0.1", port=port)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    results = await asyncio.gather(
+        *(follow(nobody, key, on_terminal="later") for key in ids), return_exceptions=True
+    )
+    assert all(isinstance(result, RedisConnectionError) for result in results), results
+    await nobody.aclose()
+    # A "Redis" that never answers: the callers wait on the batch until it is cut off.
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda reader, writer: held.append(writer), "127.0.0.1", 0)
+    stuck = ArqRedis(host="127.0.0.1", port=silent.sockets[0].getsockname()[1])
+    calls = [asyncio.create_task(follow(stuck, key, on_terminal="later")) for key in ids]
+    await eventually(lambda: bool(held))
+    sender = _batch(stuck).sender
+    assert sender is not None
+    sender.cancel()
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(answer, asyncio.CancelledError) for answer in answers), answers
+    for writer in held:
+        writer.close()
+    silent.close()
+    await silent.wait_closed()
+    await stuck.aclose()

@@ -1,9 +1,10 @@
 """Durable following of executions on arq and Redis: across worker processes and restarts.
 
 In-process waits (``wait_for_completion``, ``as_completed``) live in one process's
-memory; a deploy or a crash forgets them. Here every follow is state in Redis and every
-poll a short arq job that schedules the next one, so any worker of a fleet carries on
-where another stopped. In the web process::
+memory; a deploy or a crash forgets them. Here every follow is state in Redis, due in a
+sorted set, and short arq jobs (sweeps) claim what is due in batches, poll it and
+schedule the next poll, so any worker of a fleet carries on where another stopped
+(aiotlink/arq/_state.py). In the web process::
 
     from aiotlink.arq import follow
     await follow(arq_redis, execution.id, on_terminal="handle_kyc", timeout=86400)

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -16,11 +15,14 @@ from typing import TYPE_CHECKING, Any, cast
 from ._state import (
     DEAD_LETTER_ORDER_KEY,
     DEAD_LETTERS_KEY,
-    DELIVER_FUNCTION,
-    STATE_GRACE_SECONDS,
+    REPLAY_PREFIX,
+    armed_key,
+    due_key,
     encode,
-    job_payload,
+    follow_key,
     scripts,
+    shard_args,
+    shard_of,
     text,
 )
 
@@ -44,10 +46,10 @@ async def dead_letters(redis: ArqRedis) -> list[dict[str, Any]]:
 
 
 async def replay(redis: ArqRedis, entry: str) -> bool:
-    """Take the dead letter ``entry`` off and queue its delivery again, on its queue.
+    """Take the dead letter ``entry`` off and make its delivery due again, on its queue.
 
-    Atomic: of replays racing for one entry, one queues it (True), the others find it
-    gone (False). The handler then gets ``max_attempts`` attempts again.
+    Atomic: of replays racing for one entry, one makes it due (True), the others find
+    it gone (False). The handler then gets ``max_attempts`` attempts again.
     """
     stored = await cast("Awaitable[bytes | None]", redis.hget(DEAD_LETTERS_KEY, entry))
     if stored is None:
@@ -57,19 +59,18 @@ async def replay(redis: ArqRedis, entry: str) -> bool:
         return False  # a payload that did not decode: for an operator to read, then purge
     payload = {key: value for key, value in letter.items() if key not in ("failed_at", "reason")}
     payload["attempt"] = 1
-    now = time.time()
-    job_id = f"aiotlink:replay:{entry}:{uuid.uuid4().hex}"
+    queue = payload["queue"]
+    member = f"{REPLAY_PREFIX}{entry}"
+    shard = shard_of(member)
     replayed = await scripts(redis).replay(
-        keys=[DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
-        args=[
-            entry,
-            stored,
-            job_id,
-            job_payload(redis, DELIVER_FUNCTION, encode(payload)),
-            payload["queue"],
-            repr(now),
-            STATE_GRACE_SECONDS,
+        keys=[
+            DEAD_LETTERS_KEY,
+            DEAD_LETTER_ORDER_KEY,
+            follow_key(member),
+            due_key(queue, shard),
+            armed_key(queue, shard),
         ],
+        args=[*shard_args(redis, queue, shard), entry, stored, encode(payload), repr(time.time())],
     )
     return bool(int(replayed))
 

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from .._arguments import check_execution_id, check_seconds, check_text, shown
@@ -16,12 +17,15 @@ from .._models import WorkflowStatus
 from .._workflows import poll_schedule
 from ._state import (
     GENERATION_TTL_SECONDS,
-    POLL_FUNCTION,
-    STATE_GRACE_SECONDS,
+    armed_key,
+    due_key,
     follow_key,
     generation_key,
-    job_payload,
+    per_client,
     scripts,
+    shard_args,
+    shard_of,
+    text,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +44,67 @@ def check_redis(redis: object) -> ArqRedis:
     if not isinstance(redis, ArqRedis):
         raise TypeError(f"redis must be an arq ArqRedis pool (arq.create_pool), got {shown(redis)}")
     return redis
+
+
+# The most follow() calls sent in one pipeline.
+MAX_PIPELINE = 1000
+
+
+class _Batch:
+    """``follow()`` calls made at once on one pool, sent together: one pipeline of scripts.
+
+    A caller waits for its own script's answer (or error) as if it were sent alone, but
+    a web process that hands over thousands of executions at once pays one round trip
+    per batch, not per call (benchmarks/NOTES.md, "Durable following").
+    """
+
+    def __init__(self, pool: ArqRedis) -> None:
+        self.pool = pool
+        self.waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self.sender: asyncio.Task[None] | None = None
+
+    async def run(self, keys: list[str], args: list[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((keys, args, future))
+        if self.sender is None:
+            # Started after the calls already scheduled, which join this batch.
+            self.sender = asyncio.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        taken: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        try:
+            while self.waiting:
+                taken, self.waiting = self.waiting[:MAX_PIPELINE], self.waiting[MAX_PIPELINE:]
+                try:
+                    async with self.pool.pipeline(transaction=False) as pipe:
+                        for keys, args, _ in taken:
+                            await scripts(self.pool).follow(keys=keys, args=args, client=pipe)
+                        answers = await pipe.execute(raise_on_error=False)
+                except Exception as error:  # no answers at all: each call fails with it
+                    answers = [error] * len(taken)
+                for (_, _, future), answer in zip(taken, answers, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+                taken = []
+        finally:
+            self.sender = None
+            # Cancelled itself (the loop closing): no caller waits for ever.
+            for _, _, future in taken + self.waiting:
+                future.cancel()
+            self.waiting = []
+
+
+_BATCHES: dict[int, tuple[Any, _Batch]] = {}
+
+
+def _batch(pool: ArqRedis) -> _Batch:
+    """The batch of ``pool``'s follow() calls, made once per pool."""
+    return per_client(_BATCHES, pool, _Batch)
 
 
 async def follow(
@@ -77,14 +142,14 @@ async def follow(
     if not isinstance(download, str) or "\0" in download:
         raise ValueError(f"download_to must be a directory path, got {shown(download_to)}")
     queue = pool.default_queue_name if queue_name is None else check_text("queue_name", queue_name)
+    shard = shard_of(key)
     now = time.time()
-    generation = await scripts(pool).follow(
-        keys=[follow_key(key), generation_key(key)],
-        args=[
+    generation = await _batch(pool).run(
+        [follow_key(key), generation_key(key), due_key(queue, shard), armed_key(queue, shard)],
+        [
+            *shard_args(pool, queue, shard),
             key,
             repr(now),
-            job_payload(pool, POLL_FUNCTION, key),
-            queue,
             handler,
             download,
             repr(schedule.poll_interval),
@@ -92,7 +157,6 @@ async def follow(
             repr(schedule.factor),
             "" if seconds is None else repr(now + seconds),
             "" if seconds is None else repr(seconds),
-            STATE_GRACE_SECONDS,
             GENERATION_TTL_SECONDS,
             # The trace that asked (when traced): every poll's span links to it.
             json.dumps(carrier) if (carrier := trace_context()) else "",
@@ -100,7 +164,7 @@ async def follow(
     )
     started = int(generation) > 0
     if int(generation) < 0:
-        logger.warning("the durable follow of %s had lost its poll job: queued again", key)
+        logger.warning("the durable follow of %s had lost its due entry: due again now", key)
     if started:
         logger.info("following execution %s durably (generation %s)", key, generation)
     return started
@@ -123,14 +187,15 @@ async def nudge(
     key = check_execution_id(execution_id)
     hint = None if status is None else WorkflowStatus(check_text("status", status))
     maybe_end = hint is None or hint.is_terminal
+    # The follow's queue (its due set's) is in its hash: read first, checked again by
+    # the script. redis-py types its commands as "an awaitable or the value".
+    queue = text(await cast("Awaitable[bytes | None]", pool.hget(follow_key(key), "queue")))
+    if not queue:
+        return False  # nobody follows it: nothing at all
+    shard = shard_of(key)
     followed = await scripts(pool).nudge(
-        keys=[follow_key(key)],
-        args=[
-            repr(time.time()),
-            "1" if maybe_end else "0",
-            job_payload(pool, POLL_FUNCTION, key),
-            STATE_GRACE_SECONDS,
-        ],
+        keys=[follow_key(key), due_key(queue, shard), armed_key(queue, shard)],
+        args=[*shard_args(pool, queue, shard), key, repr(time.time()), "1" if maybe_end else "0"],
     )
     return bool(int(followed))
 

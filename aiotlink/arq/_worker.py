@@ -1,9 +1,13 @@
-"""The worker side: the poll and delivery jobs, the client per worker, the outcome.
+"""The worker side: the sweep job, the client per worker, the outcome.
 
-A poll is a short arq job: it marks its lookup in flight, looks the execution up once
-(through the client's request layer, with its retries), and either schedules the next
-poll, deferred by the schedule of ``aiotlink._polling`` (the one in-process waits use),
-or ends the follow and queues the delivery of its outcome. Nothing waits between polls.
+A sweep (the arq job ``aiotlink_sweep``, one shard of one queue) claims the members of
+its shard that are due, a batch at a time (aiotlink/arq/_state.py). For a follow it
+looks the execution up once (through the client's request layer, with its retries)
+and either schedules the next poll, by the schedule of ``aiotlink._polling`` (the one
+in-process waits use), or ends the follow, which makes its outcome due for delivery.
+For a delivery it runs ``on_terminal``. Every lookup and handler of a batch runs at
+once; their outcomes go back to Redis in one script. Nothing waits between polls: a
+follow is a member of a sorted set until it is due again.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import asyncio
 import enum
 import json
 import logging
+import math
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -31,20 +37,23 @@ from .._models import WorkflowExecution
 from .._polling import PollSchedule, interval_after, is_transient, next_poll, nudge_floor
 from .._transport import parse_json
 from ._state import (
+    BATCH,
     BEGIN_FIELDS,
     DEAD_LETTER_ORDER_KEY,
     DEAD_LETTERS_KEY,
-    DELIVER_FUNCTION,
     GENERATION_TTL_SECONDS,
+    LEASE_MARGIN,
     MAX_DEAD_LETTERS,
-    POLL_FUNCTION,
-    STATE_GRACE_SECONDS,
+    STAY_SECONDS,
+    SWEEP_BUDGET,
+    SWEEP_FUNCTION,
+    armed_key,
+    due_key,
     encode,
-    follow_key,
-    job_payload,
-    outcome_job_id,
+    parse_due_key,
     scripts,
     seconds,
+    shard_args,
     text,
 )
 
@@ -95,6 +104,7 @@ Handler = Callable[[dict[str, Any], Outcome], Awaitable[object]]
 class _Settings:
     handlers: dict[str, Handler]
     client_options: dict[str, Any]
+    poll_timeout: float
     handler_timeout: float
     max_attempts: int
     retry_delay: float
@@ -141,19 +151,22 @@ def configure(
     """Settings for an arq worker that follows executions: merge them into ``WorkerSettings``.
 
     Returns ``{"functions": [...], "on_startup": ..., "on_shutdown": ...}``: your
-    ``functions`` (the ``on_terminal`` handlers among them, called by name) and the two
-    jobs of durable following, and hooks that build one ``TransactionLinkClient`` per
+    ``functions`` (the ``on_terminal`` handlers among them, called by name) and the job
+    of durable following (the sweep), and hooks that build one ``TransactionLinkClient`` per
     worker process at startup (``token`` ``None`` reads ``TRANSACTIONLINK_TOKEN`` there,
     ``base_url`` ``None`` reads ``TRANSACTIONLINK_BASE_URL``; ``timeout``,
     ``max_retries`` and ``connection_limit`` are the client's) and close it at
     shutdown, around your own ``on_startup``/``on_shutdown``. Nothing of the token
     goes to Redis.
 
-    A poll job runs for ``poll_timeout`` seconds at most. A handler runs for
+    A lookup runs for ``poll_timeout`` seconds at most. A handler runs for
     ``handler_timeout`` seconds at most (its download included); one that raises or
     runs over is run again after ``retry_delay`` seconds, doubling up to
     ``max_retry_delay``, ``max_attempts`` times in all, and then recorded as a dead
-    letter (``python -m aiotlink.arq list|replay|purge``).
+    letter (``python -m aiotlink.arq list|replay|purge``). A claim that a worker
+    never finished (killed, or cut off from Redis) is due again after that limit plus
+    LEASE_MARGIN seconds, for any worker. At startup, a worker arms the sweeps of
+    every due set in Redis (healing one that Redis lost).
     """
     handlers: dict[str, Handler] = {}
     for function in functions:
@@ -176,6 +189,7 @@ def configure(
             "max_retries": max_retries,
             "connection_limit": connection_limit,
         },
+        poll_timeout=poll_seconds,
         handler_timeout=handler_seconds,
         max_attempts=check_count("max_attempts", max_attempts, minimum=1),
         retry_delay=first_delay,
@@ -189,6 +203,7 @@ def configure(
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx[CONTEXT_KEY] = _WorkerState(settings, TransactionLinkClient(**settings.client_options))
+        await _heal(ctx["redis"])
         if settings.on_startup is not None:
             await settings.on_startup(ctx)
 
@@ -202,15 +217,14 @@ def configure(
                 await state.client.close()
 
     own = [
-        # No results kept: a poll's job id is never used again, and the outcome's
-        # includes the follow's generation (a later follow of the id delivers again).
-        # arq's own retries of a job re-run it after a worker died (at-least-once);
-        # the fence makes a stale poll a no-op, so they may be many.
-        func(poll, name=POLL_FUNCTION, timeout=poll_seconds, keep_result=0, max_tries=1000),
+        # No results kept: a sweep's job id is never used again. arq's own retries of
+        # a job run it again after a worker died; a sweep run again just claims what
+        # is due then. Its timeout: its claiming budget, then its last batch's lookups
+        # or handlers (each within its own limit), then the write-back.
         func(
-            deliver,
-            name=DELIVER_FUNCTION,
-            timeout=handler_seconds + 2,  # its own bookkeeping after the handler
+            sweep,
+            name=SWEEP_FUNCTION,
+            timeout=SWEEP_BUDGET + max(poll_seconds, handler_seconds) + LEASE_MARGIN,
             keep_result=0,
             max_tries=1000,
         ),
@@ -225,6 +239,23 @@ def _state(ctx: dict[str, Any]) -> _WorkerState:
             "the worker was not set up by aiotlink.arq.configure: use its on_startup"
         )
     return state
+
+
+async def _heal(redis: ArqRedis) -> None:
+    """Arm the sweep of every due set: one that Redis lost (with its worker) runs again."""
+    run = scripts(redis)
+    try:
+        async for key in redis.scan_iter(match="aiotlink:due:*", count=1000, _type="ZSET"):
+            parsed = parse_due_key(text(key))
+            if parsed is not None:
+                queue, shard = parsed
+                await run.heal(
+                    keys=[due_key(queue, shard), armed_key(queue, shard)],
+                    args=[*shard_args(redis, queue, shard), repr(time.time())],
+                )
+    except RedisError as error:
+        # Not fatal: the next follow or nudge of a member arms its sweep too.
+        logger.warning("could not arm the sweeps of durable following at startup: %s", error)
 
 
 def _cancelled_from_outside() -> bool:
@@ -253,24 +284,135 @@ class _Follow:
         self.last_body = text(row[len(BEGIN_FIELDS)]) if len(row) > len(BEGIN_FIELDS) else ""
 
 
-async def poll(ctx: dict[str, Any], execution_id: str) -> None:
-    """One poll of a durable follow (the job ``aiotlink_poll``)."""
+# What a sweep writes back for one member: see WRITE_BACK in _state.py.
+Written = list[str]
+
+
+async def sweep(ctx: dict[str, Any], queue: str, shard: int) -> None:
+    """Claim the due members of one shard and work them off (the job ``aiotlink_sweep``)."""
     state = _state(ctx)
     redis: ArqRedis = ctx["redis"]
-    job_id: str = ctx["job_id"]
-    run = scripts(redis)
-    started = time.time()
+    settings = state.settings
+    began = time.monotonic()
+    stayed = False
+    while True:
+        token = uuid.uuid4().hex
+        now = time.time()
+        try:
+            earliest, claimed = await scripts(redis).claim(
+                keys=[due_key(queue, shard), armed_key(queue, shard)],
+                args=[
+                    *shard_args(redis, queue, shard),
+                    repr(now),
+                    BATCH,
+                    token,
+                    repr(settings.poll_timeout + LEASE_MARGIN),
+                    repr(settings.handler_timeout + LEASE_MARGIN),
+                    ctx["job_id"],
+                    "1" if stayed else "0",
+                ],
+            )
+        except RedisError as error:
+            # Nothing claimed: arq runs this sweep again (the armed one may be it).
+            _retry_later(f"shard {shard} of {queue}", error)
+        writer = _Writer(redis, queue, shard, token, text(earliest))
+        tasks = [asyncio.create_task(_work(ctx, state, item, now, writer)) for item in claimed]
+        try:
+            failures = await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # A shutdown or the job's timeout: each member records what it got to
+            # (given back, a failed attempt, a poll to come) and writes it back.
+            if tasks:
+                await asyncio.wait(tasks)
+            await asyncio.shield(writer.close())
+            raise
+        for failure in failures:
+            if failure is not None:  # pragma: no cover - _work records every outcome itself (a bug)
+                logger.error("a sweep of %s lost a member's outcome: %r", queue, failure)
+        await writer.close()
+        spent = time.monotonic() - began
+        if len(claimed) == BATCH and spent < SWEEP_BUDGET:
+            stayed = False
+            continue  # more are due: on with them
+        # Members due within STAY seconds: wait for them rather than end and have arq
+        # start the job armed for them (its start path costs more than a batch's
+        # claim). A sweep killed meanwhile leaves that job armed.
+        wait = (float(writer.earliest) - time.time()) if writer.earliest else math.inf
+        wait = max(wait, 0)
+        if wait > STAY_SECONDS or spent + wait >= SWEEP_BUDGET:
+            return
+        await asyncio.sleep(wait)
+        stayed = True
+
+
+# Outcomes that come within this long (seconds) of each other are written back
+# together: a batch costs a few round trips, not one per member.
+FLUSH_DELAY = 0.02
+
+
+class _Writer:
+    """The write-backs of one claim: each outcome soon after it is known, coalesced.
+
+    A poll's outcome waits up to FLUSH_DELAY for others; a delivery's goes at once
+    (with those that came while a write-back was under way), so that a handler that has
+    ended does not run again if its worker is killed before the rest of its batch ends
+    (at-least-once, but not more often than that).
+    """
+
+    def __init__(self, redis: ArqRedis, queue: str, shard: int, token: str, earliest: str) -> None:
+        self.redis, self.queue, self.shard, self.token = redis, queue, shard, token
+        # When the shard's next member is due ('' none), as the last script saw it.
+        self.earliest = earliest
+        self.shard_args = shard_args(redis, queue, shard)
+        self.pending: list[Written] = []
+        self.scheduled = False
+        self.flushes: set[asyncio.Task[None]] = set()
+        self.lock = asyncio.Lock()
+
+    def add(self, written: Written, *, at_once: bool = False) -> None:
+        self.pending.append(written)
+        if not self.scheduled or at_once:
+            self.scheduled = True
+            flush = asyncio.create_task(self._flush_soon(0 if at_once else FLUSH_DELAY))
+            self.flushes.add(flush)
+            flush.add_done_callback(self.flushes.discard)
+
+    async def _flush_soon(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            taken, self.pending, self.scheduled = self.pending, [], False
+            await _write_back(self, taken)
+
+    async def close(self) -> None:
+        """Write back everything recorded (waiting for the write-backs under way)."""
+        await asyncio.gather(*self.flushes)
+        await self.flush()
+
+
+async def _work(
+    ctx: dict[str, Any], state: _WorkerState, item: list[Any], now: float, writer: _Writer
+) -> None:
+    """Look up or deliver one claimed member; write back what came of it."""
+    member, phase = text(item[0]), text(item[1])
+    if phase == "deliver":
+        writer.add(await _deliver(ctx, state, member, text(item[2])), at_once=True)
+        return
     try:
-        row = await run.begin(keys=[follow_key(execution_id)], args=[job_id, repr(started)])
-    except RedisError as error:
-        # Not a drop: the follow names this job, so arq must run it again.
-        _retry_later(execution_id, error)
-    if row is None:
-        return  # stale: the follow ended, or another run of this poll got there first
-    follow = _Follow(row)
+        follow = _Follow(item[2])
+    except (ValueError, TypeError, KeyError) as error:
+        # A follow's state that does not decode (written by something else than these
+        # scripts) is kept for an operator, not claimed again after every lease.
+        fields = dict(zip(BEGIN_FIELDS, map(text, item[2] or ()), strict=False))
+        writer.add(_undecodable(member, json.dumps(fields), error), at_once=True)
+        return
     # A span for the poll (tracing on), linked to the trace that started the follow.
-    with following(execution_id, follow.trace):
-        await _poll_followed(ctx, state, execution_id, follow, started)
+    with following(member, follow.trace):
+        written = await _poll(state, member, follow, now)
+    writer.add(written)
 
 
 def _carrier(stored: str) -> dict[str, str] | None:
@@ -284,47 +426,34 @@ def _carrier(stored: str) -> dict[str, str] | None:
     return {str(key): str(value) for key, value in carrier.items()}
 
 
-async def _poll_followed(
-    ctx: dict[str, Any], state: _WorkerState, execution_id: str, follow: _Follow, started: float
-) -> None:
-    """The lookup of a poll that is the follow's, and what follows from its answer."""
+async def _poll(state: _WorkerState, execution_id: str, follow: _Follow, started: float) -> Written:
+    """One lookup of a followed execution, and what follows from its answer."""
     if follow.deadline is not None and started >= follow.deadline:
         last = follow.last_body or None
-        await _end(ctx, execution_id, follow, OutcomeKind.TIMEOUT, body=last)
-        return
+        return _end(execution_id, follow, OutcomeKind.TIMEOUT, body=last)
     try:
-        lookup = await state.client.workflows._find(execution_id)
+        async with asyncio.timeout(state.settings.poll_timeout):
+            lookup = await state.client.workflows._find(execution_id)
     except TransactionLinkError as error:
         if not is_transient(error):
-            await _end(ctx, execution_id, follow, OutcomeKind.ERROR, error=error)
-            return
+            return _end(execution_id, follow, OutcomeKind.ERROR, error=error)
         logger.warning("polling execution %s failed, will poll again: %s", execution_id, error)
         retry_after = error.retry_after if isinstance(error, APIError) else None
-        await _reschedule(
-            ctx, execution_id, follow, started, changed=False, retry_after=retry_after
-        )
-        return
+        return _next(execution_id, follow, started, changed=False, retry_after=retry_after)
     except (Exception, asyncio.CancelledError) as error:
-        # Not an answer at all: the job's timeout (arq cancels it), a bug. The follow
-        # must not stop here: the next poll comes as if this one had failed.
+        # Not an answer at all: over poll_timeout, a shutdown, a bug. The follow must
+        # not stop here: the next poll comes as if this one had failed.
         logger.warning(
             "polling execution %s was interrupted (%s), will poll again",
             execution_id,
             type(error).__name__,
         )
-        await asyncio.shield(
-            _reschedule(ctx, execution_id, follow, started, changed=False, retry_after=None)
-        )
-        if isinstance(error, asyncio.CancelledError) and _cancelled_from_outside():
-            raise
-        return
+        return _next(execution_id, follow, started, changed=False, retry_after=None)
     execution = lookup.execution
     if execution.is_terminal:
-        await _end(ctx, execution_id, follow, OutcomeKind.TERMINAL, body=lookup.body.decode())
-        return
+        return _end(execution_id, follow, OutcomeKind.TERMINAL, body=lookup.body.decode())
     changed = execution.status.value != follow.status
-    await _reschedule(
-        ctx,
+    return _next(
         execution_id,
         follow,
         started,
@@ -335,8 +464,7 @@ async def _poll_followed(
     )
 
 
-async def _reschedule(
-    ctx: dict[str, Any],
+def _next(
     execution_id: str,
     follow: _Follow,
     started: float,
@@ -345,57 +473,38 @@ async def _reschedule(
     retry_after: float | None,
     status: str = "",
     body: str = "",
-) -> None:
-    redis: ArqRedis = ctx["redis"]
+) -> Written:
+    """The next poll, by the schedule in-process waits use."""
     interval = interval_after(follow.schedule, follow.interval, changed=changed)
-    now = time.time()
     due, not_before = next_poll(
-        now,
+        time.time(),
         interval,
         retry_after=retry_after,
         random_fraction=random.random(),
         started_at=started,
         nudged=False,
     )
-    try:
-        await scripts(redis).reschedule(
-            keys=[follow_key(execution_id)],
-            args=[
-                ctx["job_id"],
-                repr(now),
-                repr(interval),
-                repr(due),
-                repr(nudge_floor(not_before, started)),
-                status,
-                body,
-                job_payload(redis, POLL_FUNCTION, execution_id),
-                STATE_GRACE_SECONDS,
-                execution_id,
-                GENERATION_TTL_SECONDS,
-            ],
-        )
-    except RedisError as error:
-        _retry_later(execution_id, error)
+    floor = nudge_floor(not_before, started)
+    return [execution_id, "poll", repr(interval), repr(due), repr(floor), status, body]
 
 
-def _retry_later(execution_id: str, error: RedisError) -> NoReturn:
-    """Redis failed us mid-poll: arq runs this very job again (the fence still passes it)."""
+def _retry_later(name: str, error: RedisError) -> NoReturn:
+    """Redis failed us before anything was claimed: arq runs this very job again."""
     from arq.worker import Retry
 
-    logger.warning("durable follow of %s: Redis failed (%s), retrying", execution_id, error)
+    logger.warning("durable following, %s: Redis failed (%s), retrying", name, error)
     raise Retry(defer=1.0) from None
 
 
-async def _end(
-    ctx: dict[str, Any],
+def _end(
     execution_id: str,
     follow: _Follow,
     kind: OutcomeKind,
     *,
     body: str | None = None,
     error: TransactionLinkError | None = None,
-) -> None:
-    redis: ArqRedis = ctx["redis"]
+) -> Written:
+    """The follow ended: its outcome, due for delivery."""
     payload = {
         "id": execution_id,
         "gen": follow.generation,
@@ -410,19 +519,62 @@ async def _end(
     }
     if kind is OutcomeKind.ERROR:
         logger.warning("durable follow of %s ended: %s", execution_id, payload["error"])
-    try:
-        await scripts(redis).end(
-            keys=[follow_key(execution_id)],
-            args=[
-                ctx["job_id"],
-                outcome_job_id(execution_id, follow.generation, 1),
-                job_payload(redis, DELIVER_FUNCTION, encode(payload)),
-                repr(time.time()),
-                STATE_GRACE_SECONDS,
-            ],
+    return [execution_id, "end", encode(payload)]
+
+
+# A write-back that Redis refuses is tried again this many times, after these delays
+# (seconds): a Redis restart is ridden out; beyond that, the claims' leases expire.
+WRITE_BACK_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+async def _write_back(writer: _Writer, written: list[Written]) -> None:
+    """Write back outcomes of a batch in one script; arm the shard's next sweep."""
+    if not written:
+        return
+    redis, queue, shard = writer.redis, writer.queue, writer.shard
+    outcomes = json.dumps(written, separators=(",", ":"))
+    for delay in (*WRITE_BACK_DELAYS, None):
+        try:
+            earliest, dropped = await scripts(redis).write_back(
+                keys=[
+                    due_key(queue, shard),
+                    armed_key(queue, shard),
+                    DEAD_LETTERS_KEY,
+                    DEAD_LETTER_ORDER_KEY,
+                ],
+                args=[
+                    *writer.shard_args,
+                    repr(time.time()),
+                    writer.token,
+                    outcomes,
+                    GENERATION_TTL_SECONDS,
+                    MAX_DEAD_LETTERS,
+                ],
+            )
+            writer.earliest = text(earliest)
+            break
+        except RedisError as error:
+            if delay is None:
+                logger.error(
+                    "durable following, shard %d of %s: Redis failed (%s); the batch's %d"
+                    " members are due again when their claims expire",
+                    shard,
+                    queue,
+                    error,
+                    len(written),
+                )
+                return
+            logger.warning(
+                "durable following, shard %d of %s: Redis failed (%s), writing back again",
+                shard,
+                queue,
+                error,
+            )
+            await asyncio.sleep(delay)
+    for old in dropped:
+        logger.warning(
+            "more than %d dead letters: dropped the oldest, %s", MAX_DEAD_LETTERS, text(old)
         )
-    except RedisError as failure:
-        _retry_later(execution_id, failure)
 
 
 def _outcome(payload: dict[str, Any]) -> Outcome:
@@ -438,17 +590,15 @@ def _outcome(payload: dict[str, Any]) -> Outcome:
     )
 
 
-async def deliver(ctx: dict[str, Any], encoded: str) -> None:
-    """Run a follow's ``on_terminal`` with its outcome (the job ``aiotlink_deliver``)."""
-    state = _state(ctx)
+async def _deliver(ctx: dict[str, Any], state: _WorkerState, member: str, encoded: str) -> Written:
+    """Run a follow's ``on_terminal`` with its outcome."""
     began = time.monotonic()
     try:
         payload: dict[str, Any] = json.loads(encoded)
         outcome = _outcome(payload)
     except (ValueError, KeyError, TypeError, TransactionLinkError) as error:
         # A payload that does not decode is kept for an operator, never dropped.
-        await _undecodable(ctx, encoded, error)
-        return
+        return _undecodable(member, encoded, error)
     try:
         handler = state.settings.handlers.get(payload["handler"])
         if handler is None:
@@ -472,23 +622,20 @@ async def deliver(ctx: dict[str, Any], encoded: str) -> None:
             and _cancelled_from_outside()
             and time.monotonic() - began < state.settings.handler_timeout
         ):
-            # Cancelled before its time was up: a shutdown (SIGTERM, a deploy), not
-            # arq's job timeout (which comes after handler_timeout). arq runs this same
-            # job again; it is not a failed attempt.
-            raise
-        # A handler that raised, ran over its time, or was cancelled by arq's job
+            # Cancelled before its time was up: a shutdown (SIGTERM, a deploy), not the
+            # sweep's job timeout (which comes after handler_timeout). Given back, due
+            # now, for any worker: it is not a failed attempt.
+            return [member, "release"]
+        # A handler that raised, ran over its time, or was cancelled by the sweep's job
         # timeout: a failed attempt, run again later or recorded as a dead letter.
-        await asyncio.shield(_failed(ctx, state, payload, error))
-        if isinstance(error, asyncio.CancelledError) and _cancelled_from_outside():
-            raise
-        return
+        return _failed(state, member, payload, error)
     logger.info("delivered the outcome of %s to %s", outcome.execution_id, payload["handler"])
+    return [member, "done"]
 
 
-async def _failed(
-    ctx: dict[str, Any], state: _WorkerState, payload: dict[str, Any], error: BaseException
-) -> None:
-    redis: ArqRedis = ctx["redis"]
+def _failed(
+    state: _WorkerState, member: str, payload: dict[str, Any], error: BaseException
+) -> Written:
     settings = state.settings
     attempt = int(payload["attempt"])
     reason = "timed out" if isinstance(error, TimeoutError) else f"{type(error).__name__}: {error}"
@@ -504,17 +651,7 @@ async def _failed(
             reason,
         )
         again = {**payload, "attempt": attempt + 1}
-        try:
-            await redis.enqueue_job(
-                DELIVER_FUNCTION,
-                encode(again),
-                _job_id=outcome_job_id(payload["id"], payload["gen"], attempt + 1),
-                _queue_name=payload["queue"],
-                _defer_by=delay,
-            )
-        except RedisError as failure:
-            _retry_later(payload["id"], failure)
-        return
+        return [member, "retry", encode(again), repr(time.time() + delay)]
     logger.error(
         "handler %s for %s failed %d times, recorded as a dead letter: %s",
         payload["handler"],
@@ -523,33 +660,17 @@ async def _failed(
         reason,
     )
     letter = {**payload, "failed_at": time.time(), "reason": reason}
-    await _dead_letter(redis, f"{payload['id']}:{payload['gen']}", letter, payload["id"])
+    return [member, "dead", f"{payload['id']}:{payload['gen']}", encode(letter)]
 
 
-async def _undecodable(ctx: dict[str, Any], encoded: object, error: Exception) -> None:
-    raw = encoded if isinstance(encoded, str) else repr(encoded)
+def _undecodable(member: str, encoded: str, error: Exception) -> Written:
     reason = f"undecodable payload: {type(error).__name__}"
-    logger.error("delivery job %s: %s, recorded as a dead letter", ctx["job_id"], reason)
+    logger.error("the durable follow of %s: %s, recorded as a dead letter", member, reason)
     letter = {
         "id": "",
         "reason": reason,
         "failed_at": time.time(),
         # Capped: a dead letter is for an operator to read, not a second copy of a body.
-        "raw": raw[:RAW_LETTER_CHARS],
+        "raw": encoded[:RAW_LETTER_CHARS],
     }
-    await _dead_letter(ctx["redis"], f"undecodable:{ctx['job_id']}", letter, ctx["job_id"])
-
-
-async def _dead_letter(redis: ArqRedis, entry: str, letter: dict[str, Any], name: str) -> None:
-    """Record a dead letter; Redis failing here makes arq run the delivery job again."""
-    try:
-        dropped = await scripts(redis).dead_letter(
-            keys=[DEAD_LETTERS_KEY, DEAD_LETTER_ORDER_KEY],
-            args=[entry, encode(letter), repr(time.time()), MAX_DEAD_LETTERS],
-        )
-    except RedisError as failure:
-        _retry_later(name, failure)
-    for old in dropped:
-        logger.warning(
-            "more than %d dead letters: dropped the oldest, %s", MAX_DEAD_LETTERS, text(old)
-        )
+    return [member, "dead", f"undecodable:{member}", encode(letter)]
