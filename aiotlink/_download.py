@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import errno
 import logging
 import mmap
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -84,6 +86,10 @@ MAX_SOCKET_READ_BYTES = 256 * 1024
 MIN_SOCKET_READ_BYTES = 64 * 1024
 # Direct writes go through up to this many buffers of this size (a multiple of
 # DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
+# Each stretch this long, once written, is sent on to the disk at once, while the rest
+# downloads (:func:`_start_write_out`): the fsync before the rename then finds little
+# left to write, where otherwise the whole file would wait for it.
+WRITE_OUT_BYTES = 8 * 1024 * 1024
 DIRECT_BUFFERS = 3
 DIRECT_BUFFER_BYTES = 4 * 1024 * 1024
 # O_DIRECT wants buffers, offsets and lengths aligned to the device's logical block size:
@@ -549,6 +555,42 @@ def _write_gathered(descriptor: int, chunks: list[bytes], offset: int) -> None:
             offset += len(chunk)
 
 
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which Python's os module lacks; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # a libc without it
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writing the dirty pages out; wait for none of it
+
+
+def _start_write_out(descriptor: int, start: int, end: int) -> bool:
+    """Start writing bytes ``start`` to ``end`` of a file out to disk (on a disk thread).
+
+    Only started: the pages stay cached, and the fsync before the rename is still what
+    makes the file durable. Without it a whole result sat in the page cache until that
+    fsync, and the download waited for all of it to be written then; with it the disk
+    writes while the rest arrives (benchmarks/NOTES.md, "A fifth look"). False where the
+    system or the filesystem cannot: the download goes on without.
+    """
+    if _SYNC_FILE_RANGE is None:
+        return False
+    if _SYNC_FILE_RANGE(descriptor, start, end - start, _SYNC_FILE_RANGE_WRITE) == 0:
+        return True
+    logger.debug(
+        "could not start writing a download out early: %s", os.strerror(ctypes.get_errno())
+    )
+    return False
+
+
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` (on the disk thread)."""
     while data:
@@ -669,8 +711,9 @@ class _PageCacheWriter:
     finds no room hands what it has gathered to the disk before it waits (else the
     room that all wait for could be held by batches nobody writes), and the budget lets
     the waiting downloads in, in turn. One download holds MAX_QUEUED_BYTES at most: a
-    fast one does not take the whole budget. What the page cache holds is the OS's to
-    flush; the fsync before the rename makes the file durable.
+    fast one does not take the whole budget. Each WRITE_OUT_BYTES written are sent on to
+    the disk at once (:func:`_start_write_out`); the fsync before the rename makes the
+    file durable.
     """
 
     def __init__(self, descriptor: int, disk: _DiskQueue, budget: ByteBudget) -> None:
@@ -685,6 +728,8 @@ class _PageCacheWriter:
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._offset = 0
+        self._written_out = 0  # where the next stretch to start writing out begins
+        self._write_out = True  # until the system says it cannot
         self._closed = False
 
     def has_room(self, size: int) -> bool:
@@ -711,11 +756,22 @@ class _PageCacheWriter:
             return
         batch, size = self._batch, self._batch_bytes
         self._batch, self._batch_bytes = [], 0
-        future = self._disk.submit(_write_gathered, self.descriptor, batch, self._offset)
+        write_out_from = None
+        if self._write_out and self._offset + size - self._written_out >= WRITE_OUT_BYTES:
+            write_out_from, self._written_out = self._written_out, self._offset + size
+        future = self._disk.submit(self._write, batch, self._offset, write_out_from)
         future.add_done_callback(partial(_give_back, self._loop, self._budget, size))
         self._offset += size
         self._queued_bytes += size
         self._queued.append((future, size))
+
+    def _write(self, batch: list[bytes], offset: int, write_out_from: int | None) -> None:
+        """Write ``batch`` at ``offset``; then start writing out the stretch it ends, if any."""
+        _write_gathered(self.descriptor, batch, offset)
+        # Checked here too: writes queued before a failure still carry their stretch.
+        if write_out_from is not None and self._write_out:
+            end = offset + sum(map(len, batch))
+            self._write_out = _start_write_out(self.descriptor, write_out_from, end)
 
     def _land_oldest(self) -> None:
         """Forget the oldest queued write, done; raises its OSError if it failed."""
@@ -733,7 +789,7 @@ class _PageCacheWriter:
     # The rest runs on the disk queue, after every write handed over.
     def truncate(self) -> None:
         os.ftruncate(self.descriptor, 0)
-        self._offset = 0
+        self._offset = self._written_out = 0
 
     def finish(self) -> None:
         """Nothing is held back: every chunk went to the file as it came."""

@@ -20,8 +20,17 @@ with the other side. Reports, per side: peak RSS growth of the whole process fro
 before the downloads (ru_maxrss, exact), MB/s over the whole batch, the worst loop lag
 and the most threads alive.
 
+**Both sides start from the same memory** (``--settle``, 3 s by default): each side
+starts writing that long after the files of the one before were deleted. On a virtual
+machine whose host takes freed memory back (free page reporting), a page-cache write
+into memory taken back cost 8 times one into memory just freed (0.7 against 5.5 GB/s
+on the machine of benchmarks/NOTES.md, "A fifth look"), and the host takes it back
+within about 2 s: without the wait, whichever side started sooner after a deletion
+wrote faster, whatever the client.
+
     python benchmarks/download.py                       # 1 GiB, 6 rounds; 1, 20, 100 at once
     python benchmarks/download.py --mib 64 --rounds 1 --concurrency 2,4 --concurrent-mib 1
+    python benchmarks/download.py --settle 0            # start each side at once
 """
 
 from __future__ import annotations
@@ -125,7 +134,7 @@ def measured(target: Path, seconds: float, meters: Meters) -> dict[str, float]:
     }
 
 
-async def run(size_mib: int, rounds: int, folder: Path) -> dict[str, Any]:
+async def run(size_mib: int, rounds: int, folder: Path, settle: float) -> dict[str, Any]:
     async with (
         fake_server_process(*fake_options(size_mib)) as fake,
         TransactionLinkClient(TOKEN, base_url=fake.url) as client,
@@ -146,6 +155,7 @@ async def run(size_mib: int, rounds: int, folder: Path) -> dict[str, Any]:
             # Each round starts with another side: whoever runs right after a 1 GiB write
             # pays for the kernel reclaiming its page cache.
             for name in sides[number % 4 :] + sides[: number % 4]:
+                await asyncio.sleep(settle)  # the same memory for every side (see above)
                 target = folder / f"{name}.json"
                 outcome: dict[str, float] | None
                 if name == "aiohttp":
@@ -232,12 +242,18 @@ async def aiotlink_concurrent_one(
 
 
 async def concurrent_side(
-    side: str, api_url: str, ids: list[str], folder: Path, size_mib: int, timeout: float
+    side: str,
+    api_url: str,
+    ids: list[str],
+    folder: Path,
+    size_mib: int,
+    timeout: float,
+    start_at: float = 0.0,
 ) -> dict[str, Any]:
     """One side's batch, in this process: every download started together, then checked.
 
     Both sides first make one small call to the API, so that their sessions exist and
-    are warm before the baseline RSS is taken.
+    are warm before the baseline RSS is taken, then wait until ``start_at`` (time.time).
     """
     targets = [folder / f"{side}-{number}.json" for number in range(len(ids))]
     if side == "aiotlink":
@@ -262,6 +278,7 @@ async def concurrent_side(
                 raw_concurrent_one(session, api_url, id_, target)
                 for id_, target in zip(ids, targets, strict=True)
             ]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
         before, ever_before = rss_bytes(), peak_rss_ever()
         stop, threads = asyncio.Event(), [threading.active_count()]
         counting = asyncio.create_task(most_threads(stop, threads))
@@ -316,16 +333,26 @@ async def prepare(client: TransactionLinkClient, definition: str, count: int) ->
 
 
 def run_side_in_process(
-    side: str, api_url: str, ids: list[str], folder: Path, size_mib: int
+    side: str, api_url: str, ids: list[str], folder: Path, size_mib: int, settle: float
 ) -> dict[str, Any]:
-    """This script again, for one side's batch: a fresh interpreter and heap."""
+    """This script again, for one side's batch: a fresh interpreter and heap.
+
+    Its downloads start ``settle`` seconds from now, whatever its start-up took.
+    """
+    start_at = time.time() + settle
     command = [sys.executable, __file__, "--side", side, "--api", api_url, "--ids", ",".join(ids)]
     command += ["--folder", str(folder), "--concurrent-mib", str(size_mib)]
-    return run_script(command, timeout=batch_timeout(len(ids), size_mib) + 60)
+    command += ["--start-at", repr(start_at)]
+    return run_script(command, timeout=batch_timeout(len(ids), size_mib) + 60 + settle)
 
 
 async def run_concurrent(
-    counts: list[int], size_mib: int, concurrent_mib: int, rounds: int, folder: Path
+    counts: list[int],
+    size_mib: int,
+    concurrent_mib: int,
+    rounds: int,
+    folder: Path,
+    settle: float,
 ) -> list[dict[str, Any]]:
     shapes = []
     for count in counts:
@@ -343,7 +370,7 @@ async def run_concurrent(
                     batch.mkdir()
                     try:
                         outcome = await asyncio.to_thread(
-                            run_side_in_process, side, fake.url, ids, batch, mib
+                            run_side_in_process, side, fake.url, ids, batch, mib, settle
                         )
                     finally:
                         shutil.rmtree(batch, ignore_errors=True)
@@ -415,17 +442,26 @@ def main() -> None:
     parser.add_argument(
         "--concurrent-rounds", type=int, help="rounds at concurrency (default: --rounds)"
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds between deleting one side's files and the next side's start",
+    )
     # One side's batch, run by this script in a fresh process.
     parser.add_argument("--side", choices=CONCURRENT_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         ids = args.ids.split(",")
         timeout = batch_timeout(len(ids), args.concurrent_mib)
         outcome = asyncio.run(
-            concurrent_side(args.side, args.api, ids, args.folder, args.concurrent_mib, timeout)
+            concurrent_side(
+                args.side, args.api, ids, args.folder, args.concurrent_mib, timeout, args.start_at
+            )
         )
         print(json.dumps(outcome))
         return
@@ -436,11 +472,16 @@ def main() -> None:
             args.mib if count == 1 else count * args.concurrent_mib for count in args.concurrency
         ]
         check_disk(folder, max([args.mib, *sizes]))
-        report = asyncio.run(run(args.mib, args.rounds, folder))
+        report = asyncio.run(run(args.mib, args.rounds, folder, args.settle))
         if args.concurrency:
             report["concurrent"] = asyncio.run(
                 run_concurrent(
-                    args.concurrency, args.mib, args.concurrent_mib, concurrent_rounds, folder
+                    args.concurrency,
+                    args.mib,
+                    args.concurrent_mib,
+                    concurrent_rounds,
+                    folder,
+                    args.settle,
                 )
             )
             report["concurrent_targets"] = {

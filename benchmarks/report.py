@@ -38,7 +38,10 @@ SMOKE = {
     "calls": ["--calls", "64", "--httpx-calls", "64", "--rounds", "1"],
     "decode": ["--count", "100", "--rounds", "1"],
     "waiters": ["--waiters", "50", "--rounds", "1"],
-    "download": ["--mib", "8", "--rounds", "1", "--concurrency", "2,4", "--concurrent-mib", "1"],
+    "download": [
+        *("--mib", "8", "--rounds", "1", "--settle", "0"),
+        *("--concurrency", "2,4", "--concurrent-mib", "1"),
+    ],
     "webhooks": ["--executions", "20", "--spread", "2", "--setup-seconds", "0.5"],
     "otel": ["--calls", "200", "--rounds", "1"],
     "durable": ["--smoke"],

@@ -6,9 +6,11 @@ import asyncio
 import errno
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +31,7 @@ from aiotlink import (
     ResponseValidationError,
     ServerError,
     TransactionLinkClient,
+    _download,
 )
 from aiotlink._download import _DiskPool, _DiskQueue, content_range
 from aiotlink.testing import FakeTransactionLink, GeneratedResult
@@ -1183,3 +1186,105 @@ async def test_refusing_a_large_result_costs_the_fake_no_error(
     # The fake notices the closed connection and ends its answer.
     await eventually(lambda: len(served) == 2 and all(task.done() for task in served))
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def record_write_outs(
+    monkeypatch: pytest.MonkeyPatch, *, able: bool = True
+) -> list[tuple[str, int, int, bool]]:
+    """Each early write-out a download starts, and each fsync, in the order they ran.
+
+    ``able=False``: the system cannot start one (as on a filesystem without it).
+    """
+    events: list[tuple[str, int, int, bool]] = []
+    real_start, real_fsync = _download._start_write_out, os.fsync
+    monkeypatch.setattr(_download, "WRITE_OUT_BYTES", 256 * 1024)
+
+    def start_write_out(descriptor: int, start: int, end: int) -> bool:
+        assert threading.current_thread().name.startswith(DISK_THREADS)
+        started = real_start(descriptor, start, end) if able else False
+        events.append(("write out", start, end, started))
+        return started
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", 0, os.fstat(descriptor).st_size, True))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(_download, "_start_write_out", start_write_out)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return events
+
+
+async def test_a_download_sends_each_stretch_to_disk_before_its_fsync(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disk writes while the rest arrives, so the fsync does not wait for the whole file."""
+    events = record_write_outs(monkeypatch)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()
+    write_outs = [event for event in events if event[0] == "write out"]
+    assert len(write_outs) >= 2
+    assert events.index(write_outs[-1]) < events.index(("fsync", 0, BIG.size, True))
+    # Stretch after stretch from the start, each at least WRITE_OUT_BYTES, all started.
+    ends = [0] + [end for _, _, end, _ in write_outs]
+    assert [start for _, start, _, _ in write_outs] == ends[:-1]
+    assert all(end - start >= 256 * 1024 for start, end in itertools.pairwise(ends))
+    assert ends[-1] <= BIG.size
+    assert all(started for *_, started in write_outs)
+
+
+async def test_a_system_that_cannot_write_out_early_still_gets_the_whole_file(
+    fake: FakeTransactionLink,
+    client: TransactionLinkClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One refusal and the download stops asking; the fsync alone makes the file durable.
+
+    The refusal comes only once more writes, each ending a stretch, are queued behind it:
+    they must not ask again either.
+    """
+    events = record_write_outs(monkeypatch, able=False)
+    monkeypatch.setattr(_download, "MAX_BATCH_BYTES", 1024 * 1024)  # 256 KiB writes
+    handed_over, queued_behind = 0, threading.Event()
+    real_hand_over, refuse = _download._PageCacheWriter._hand_over, _download._start_write_out
+
+    def hand_over(writer: _download._PageCacheWriter) -> None:
+        nonlocal handed_over
+        real_hand_over(writer)
+        handed_over += 1
+        if handed_over >= 3:
+            queued_behind.set()
+
+    def refuse_later(descriptor: int, start: int, end: int) -> bool:
+        assert queued_behind.wait(10)
+        return refuse(descriptor, start, end)
+
+    monkeypatch.setattr(_download._PageCacheWriter, "_hand_over", hand_over)
+    monkeypatch.setattr(_download, "_start_write_out", refuse_later)
+    execution_id = await completed(fake, client, BIG)
+    target = tmp_path / "r.json"
+    await client.workflows.download_result(execution_id, target)
+    assert sha256(target) == BIG.sha256()
+    assert [event[0] for event in events].count("write out") == 1
+    assert ("fsync", 0, BIG.size, True) in events
+
+
+def test_starting_a_write_out_works_on_a_file_and_says_when_it_cannot(tmp_path: Path) -> None:
+    """The real system call: started on a regular file; refused (False) on a pipe."""
+    with (tmp_path / "f").open("wb") as file:
+        file.write(b"x" * 100_000)
+        file.flush()
+        assert _download._start_write_out(file.fileno(), 0, 100_000) is (
+            sys.platform.startswith("linux")
+        )
+    reading, writing = os.pipe()
+    try:
+        assert _download._start_write_out(reading, 0, 10) is False
+    finally:
+        os.close(reading)
+        os.close(writing)
