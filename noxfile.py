@@ -56,3 +56,5 @@ def bench_smoke(session: nox.Session) -> None:
     session.run("python", "benchmarks/report.py", "--smoke")
     for path, count in (("decode", "100"), ("calls", "200"), ("waiters", "50"), ("download", "4")):
         session.run("python", "benchmarks/profile.py", path, "--count", count, silent=True)
+    page_cache = ("--mib", "8", "--rounds", "1", "--pause", "0")
+    session.run("python", "benchmarks/page_cache.py", *page_cache, silent=True)

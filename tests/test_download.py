@@ -1274,8 +1274,13 @@ async def test_a_system_that_cannot_write_out_early_still_gets_the_whole_file(
     assert ("fsync", 0, BIG.size, True) in events
 
 
-def test_starting_a_write_out_works_on_a_file_and_says_when_it_cannot(tmp_path: Path) -> None:
-    """The real system call: started on a regular file; refused (False) on a pipe."""
+def test_starting_a_write_out_works_on_a_file_and_says_when_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real system call: started on a regular file; refused (False) on a pipe.
+
+    Where there is no such call (not Linux, a libc without it), never started.
+    """
     with (tmp_path / "f").open("wb") as file:
         file.write(b"x" * 100_000)
         file.flush()
@@ -1288,3 +1293,15 @@ def test_starting_a_write_out_works_on_a_file_and_says_when_it_cannot(tmp_path: 
     finally:
         os.close(reading)
         os.close(writing)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert _download._sync_file_range() is None
+    monkeypatch.setattr(sys, "platform", "linux")
+
+    def no_libc(name: str | None, **options: Any) -> Any:
+        raise OSError("no such library")
+
+    monkeypatch.setattr(_download.ctypes, "CDLL", no_libc)
+    assert _download._sync_file_range() is None
+    monkeypatch.setattr(_download, "_SYNC_FILE_RANGE", None)
+    with (tmp_path / "f").open("ab") as file:
+        assert _download._start_write_out(file.fileno(), 0, 100_000) is False
