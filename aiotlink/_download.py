@@ -84,12 +84,12 @@ MIN_READ_BUFFER_BYTES = 64 * 1024
 LOOP_TURN_READ_BYTES = 16 * 1024 * 1024
 MAX_SOCKET_READ_BYTES = 256 * 1024
 MIN_SOCKET_READ_BYTES = 64 * 1024
-# Direct writes go through up to this many buffers of this size (a multiple of
-# DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 # Each stretch this long, once written, is sent on to the disk at once, while the rest
 # downloads (:func:`_start_write_out`): the fsync before the rename then finds little
 # left to write, where otherwise the whole file would wait for it.
 WRITE_OUT_BYTES = 8 * 1024 * 1024
+# Direct writes go through up to this many buffers of this size (a multiple of
+# DIRECT_ALIGNMENT) per download: 12 MiB. Fewer or smaller ones measured slower.
 DIRECT_BUFFERS = 3
 DIRECT_BUFFER_BYTES = 4 * 1024 * 1024
 # O_DIRECT wants buffers, offsets and lengths aligned to the device's logical block size:

@@ -1,6 +1,7 @@
 """Durable following (aiotlink.arq) of many executions by arq worker processes.
 
     python benchmarks/durable.py --executions 100000 --workers 4
+    python benchmarks/durable.py --executions 100000 --workers 4 --rate 200
     python benchmarks/durable.py --smoke          # tiny counts: checks it still runs
 
 The fake server runs as its own process, Redis is the real ``redis-server``
@@ -11,6 +12,14 @@ with its own executions of the same shape (all started, then all followed; each 
 - in-process: one ``as_completed`` over every id, the default schedule;
 - durable: ``follow`` for every id, then ``--workers`` arq worker processes
   (benchmarks/durable_worker.py) poll them in short jobs until every handler has run.
+
+With ``--rate N`` the executions are started over time instead, N a second (a batch
+every 0.25 s), and each batch is waited on or followed as soon as it exists: in-process
+with a ``wait_for_completion`` per execution, durable with a ``follow`` per execution.
+All at once, both sides ask for more lookups a second than two cores serve, and each
+makes as many as its CPU per lookup allows; at a rate the machine serves, the GETs per
+execution tell whether each side keeps the schedule (benchmarks/NOTES.md, "Durable
+following").
 
 Measured: GETs per execution on both sides (from the fake's request log), the durable
 side's drain time (the first follow to the last handler) against the schedule's floor
@@ -32,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +111,65 @@ def gets(log: Path, ids: set[str]) -> Counter[str]:
     return counts
 
 
-async def in_process(url: str, definition: str, count: int, step: float) -> dict[str, Any]:
+BATCH_SECONDS = 0.25  # with --rate: a batch of executions started every this often
+
+
+async def paced(
+    client: TransactionLinkClient,
+    definition: str,
+    count: int,
+    rate: float,
+    then: Callable[[list[str]], Awaitable[None]],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Start ``count`` executions, ``rate`` a second; ``then(ids)`` each batch at once.
+
+    Returns when each execution was started and when ``then`` was done with it.
+    """
+    made: dict[str, float] = {}
+    handed: dict[str, float] = {}
+    size = max(1, round(rate * BATCH_SECONDS))
+    began = time.time()
+    for number, first in enumerate(range(0, count, size)):
+        await asyncio.sleep(max(0.0, began + number * BATCH_SECONDS - time.time()))
+        batch = await asyncio.gather(
+            *(client.workflows.initialise(definition) for _ in range(min(size, count - first)))
+        )
+        ids = [str(execution.id) for execution in batch]
+        started = time.time()
+        await then(ids)
+        done = time.time()
+        for id_ in ids:
+            made[id_], handed[id_] = started, done
+    return made, handed
+
+
+async def in_process(
+    url: str, definition: str, count: int, step: float, rate: float
+) -> dict[str, Any]:
+    statuses: Counter[str] = Counter()
     async with TransactionLinkClient(TOKEN, base_url=url) as client:
-        made = await create(client, definition, count)
-        began = time.time()
-        statuses: Counter[str] = Counter()
-        async for outcome in client.workflows.as_completed(made):
-            statuses["error" if isinstance(outcome, Exception) else outcome.status.value] += 1
+        if rate:
+            waits: list[asyncio.Task[Any]] = []
+
+            async def wait_for(ids: list[str]) -> None:
+                waits.extend(
+                    asyncio.create_task(client.workflows.wait_for_completion(id_)) for id_ in ids
+                )
+
+            began = time.time()
+            made, waited = await paced(client, definition, count, rate, wait_for)
+            for outcome in await asyncio.gather(*waits, return_exceptions=True):
+                statuses[
+                    "error" if isinstance(outcome, BaseException) else outcome.status.value
+                ] += 1
+        else:
+            made = await create(client, definition, count)
+            began = time.time()
+            waited = dict.fromkeys(made, began)
+            async for outcome in client.workflows.as_completed(made):
+                statuses["error" if isinstance(outcome, Exception) else outcome.status.value] += 1
         drained = time.time() - began
-    floor = max(detected_at(began, created, step) for created in made.values()) - began
+    floor = max(detected_at(waited[id_], created, step) for id_, created in made.items()) - began
     return {"ids": made, "seconds": drained, "floor_seconds": floor, "statuses": statuses}
 
 
@@ -139,7 +199,14 @@ async def commands(redis: ArqRedis) -> int:
 
 
 async def durable(
-    url: str, definition: str, count: int, step: float, workers: int, redis_port: int, folder: Path
+    url: str,
+    definition: str,
+    count: int,
+    step: float,
+    rate: float,
+    workers: int,
+    redis_port: int,
+    folder: Path,
 ) -> dict[str, Any]:
     outcomes = folder / "outcomes.log"
     environment = {
@@ -151,15 +218,28 @@ async def durable(
     }
     redis = await create_pool(RedisSettings(host="127.0.0.1", port=redis_port))
     processes = start_workers(workers, environment)
+
+    async def follow_all(ids: list[str]) -> None:
+        await asyncio.gather(*(follow(redis, key, on_terminal="finished") for key in ids))
+
     try:
         async with TransactionLinkClient(TOKEN, base_url=url) as client:
-            made = await create(client, definition, count)
-        await redis.config_resetstat()
-        before = await commands(redis)
-        began = time.time()
-        for first in range(0, count, 1000):
-            chunk = list(made)[first : first + 1000]
-            await asyncio.gather(*(follow(redis, key, on_terminal="finished") for key in chunk))
+            if rate:
+                await redis.config_resetstat()
+                before = await commands(redis)
+                began = time.time()
+                made, handed = await paced(client, definition, count, rate, follow_all)
+            else:
+                made = await create(client, definition, count)
+                await redis.config_resetstat()
+                before = await commands(redis)
+                began = time.time()
+                for first in range(0, count, 1000):
+                    await follow_all(list(made)[first : first + 1000])
+                # Each execution followed in the order the follows went, spread evenly
+                # over the seconds they took (one follow's time is not recorded).
+                spacing = (time.time() - began) / max(count - 1, 1)
+                handed = {id_: began + index * spacing for index, id_ in enumerate(made)}
         followed = time.time()
         done: list[str] = []
         while len(done) < count:
@@ -174,16 +254,7 @@ async def durable(
             process.wait(timeout=60)
         await redis.aclose()
     last = max(float(line.split(" ")[0]) for line in done)
-    # The floor: each execution followed in the order the follows went, spread evenly
-    # over the seconds they took (one follow's time is not recorded).
-    spacing = (followed - began) / max(count - 1, 1)
-    floor = (
-        max(
-            detected_at(began + index * spacing, created, step)
-            for index, created in enumerate(made.values())
-        )
-        - began
-    )
+    floor = max(detected_at(handed[id_], created, step) for id_, created in made.items()) - began
     return {
         "ids": made,
         "seconds": last - began,
@@ -203,9 +274,16 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
         fake, url, definition = start_fake(options.step_seconds, log)
         try:
             count, step = options.executions, options.step_seconds
-            local = await in_process(url, definition, count, step)
+            local = await in_process(url, definition, count, step, options.rate)
             remote = await durable(
-                url, definition, count, step, options.workers, redis.port, Path(folder)
+                url,
+                definition,
+                count,
+                step,
+                options.rate,
+                options.workers,
+                redis.port,
+                Path(folder),
             )
         finally:
             fake.terminate()
@@ -217,6 +295,7 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
     peak = max(remote["peak_rss_mib"])
     return {
         "executions": count,
+        "rate": options.rate or "all at once",
         "workers": options.workers,
         "step_seconds": step,
         "in_process": {**local, "gets_per_execution": local_per},
@@ -241,6 +320,9 @@ def main() -> None:
     parser.add_argument("--executions", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--step-seconds", type=float, default=10.0, help="per status step")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="executions started a second (0: all at once)"
+    )
     parser.add_argument("--smoke", action="store_true", help="20 executions, 2 workers")
     options = parser.parse_args()
     if options.smoke:
