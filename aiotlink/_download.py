@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import errno
 import logging
 import mmap
@@ -560,8 +559,10 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
+        import ctypes  # here: a Python built without libffi has none
+
         function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # a libc without it
+    except (ImportError, OSError, AttributeError):  # no ctypes, or a libc without it
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     function.restype = ctypes.c_int
@@ -585,6 +586,8 @@ def _start_write_out(descriptor: int, start: int, end: int) -> bool:
         return False
     if _SYNC_FILE_RANGE(descriptor, start, end - start, _SYNC_FILE_RANGE_WRITE) == 0:
         return True
+    import ctypes  # found, since the call above was
+
     logger.debug(
         "could not start writing a download out early: %s", os.strerror(ctypes.get_errno())
     )

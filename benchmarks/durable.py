@@ -13,9 +13,10 @@ with its own executions of the same shape (all started, then all followed; each 
 - durable: ``follow`` for every id, then ``--workers`` arq worker processes
   (benchmarks/durable_worker.py) poll them in short jobs until every handler has run.
 
-With ``--rate N`` the executions are started over time instead, N a second (a batch
-every 0.25 s), and each batch is waited on or followed as soon as it exists: in-process
-with a ``wait_for_completion`` per execution, durable with a ``follow`` per execution.
+With ``--rate N`` the executions are started over time instead, N a second (in
+batches of about a quarter of a second's), and each batch is waited on or followed as
+soon as it exists: in-process with a ``wait_for_completion`` per execution, durable
+with a ``follow`` per execution.
 All at once, both sides ask for more lookups a second than two cores serve, and each
 makes as many as its CPU per lookup allows; at a rate the machine serves, the GETs per
 execution tell whether each side keeps the schedule (benchmarks/NOTES.md, "Durable
@@ -129,8 +130,9 @@ async def paced(
     handed: dict[str, float] = {}
     size = max(1, round(rate * BATCH_SECONDS))
     began = time.time()
-    for number, first in enumerate(range(0, count, size)):
-        await asyncio.sleep(max(0.0, began + number * BATCH_SECONDS - time.time()))
+    for first in range(0, count, size):
+        # Batch by batch at ``rate`` exactly, whatever the rounding of ``size``.
+        await asyncio.sleep(max(0.0, began + first / rate - time.time()))
         batch = await asyncio.gather(
             *(client.workflows.initialise(definition) for _ in range(min(size, count - first)))
         )

@@ -1,7 +1,7 @@
 """How fast this machine's page cache takes a file, by how long ago its memory was freed.
 
 Writes a file (1 MiB writes, ``--mib`` in all) from the main thread and from a thread
-of its own, in turn, deletes it, and waits ``--pause`` seconds before the next. On a
+of its own, in turn, waiting ``--pause`` seconds after the deletion of the one before. On a
 virtual machine whose host takes freed memory back (free page reporting), the writes
 after a pause are several times slower than those right after a deletion: the same
 pages are then fresh to the host. ``download.py --settle`` exists for this
@@ -64,9 +64,9 @@ def main() -> None:
             rounds: list[dict[str, Any]] = []
             for _ in range(args.rounds):
                 for where, write in (("main thread", write_file), ("a thread", from_a_thread)):
+                    time.sleep(pause)  # since the last file was deleted
                     rounds.append({"from": where, **write(path, args.mib, data)})
                     path.unlink()
-                    time.sleep(pause)
             report[f"pause {pause:g} s"] = rounds
     print(json.dumps(report, indent=2))
 

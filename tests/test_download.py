@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -1234,7 +1235,9 @@ async def test_a_download_sends_each_stretch_to_disk_before_its_fsync(
     assert [start for _, start, _, _ in write_outs] == ends[:-1]
     assert all(end - start >= 256 * 1024 for start, end in itertools.pairwise(ends))
     assert ends[-1] <= BIG.size
-    assert all(started for *_, started in write_outs)
+    # Started where the system has the call (Linux); elsewhere asked once, refused.
+    linux = sys.platform.startswith("linux")
+    assert all(started == linux for *_, started in write_outs)
 
 
 async def test_a_system_that_cannot_write_out_early_still_gets_the_whole_file(
@@ -1300,8 +1303,35 @@ def test_starting_a_write_out_works_on_a_file_and_says_when_it_cannot(
     def no_libc(name: str | None, **options: Any) -> Any:
         raise OSError("no such library")
 
-    monkeypatch.setattr(_download.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert _download._sync_file_range() is None
     monkeypatch.setattr(_download, "_SYNC_FILE_RANGE", None)
     with (tmp_path / "f").open("ab") as file:
         assert _download._start_write_out(file.fileno(), 0, 100_000) is False
+
+
+async def test_a_restarted_download_writes_out_from_its_first_byte_again(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage that ignores Range sends the whole object again: stretches start over at 0."""
+    events = record_write_outs(monkeypatch)
+    payload = b'{"data": "' + b"x" * 2_000_000 + b'"}'
+
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Length": str(len(payload)), "ETag": '"v1"'}
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        await response.write(payload[:800_000])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
+    storage.script("GET", "/r.json", cut_short, reply(200, text=payload.decode()))
+    target = tmp_path / "r.json"
+    async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
+        await client.workflows.download_result(EXECUTION_ID, target)
+    assert target.read_bytes() == payload
+    starts = [start for kind, start, _, _ in events if kind == "write out"]
+    assert starts.count(0) == 2  # the first answer's stretches, then the whole object's
+    assert max(end for kind, _, end, _ in events if kind == "write out") <= len(payload)
