@@ -169,23 +169,33 @@ async def test_dropped_connection_resumes_with_range_and_if_range(
     assert second.query == first.query  # the same URL, byte for byte
 
 
-async def test_storage_that_ignores_range_restarts_cleanly(
-    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path, disk: str
+def cut_short_then_whole(
+    server: ScriptedServer, storage: ScriptedServer, payload: bytes, *, cut: int
 ) -> None:
-    """If storage answers a Range request with the whole object (200), it starts over."""
-    payload = b'{"data": "' + b"x" * 500_000 + b'"}'
+    """A redirect to storage that drops the first GET after ``cut`` bytes, then ignores Range.
+
+    Its second answer is the whole object (200), whatever the Range asked.
+    """
 
     async def cut_short(request: web.Request) -> web.StreamResponse:
         headers = {"Content-Length": str(len(payload)), "ETag": '"v1"'}
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
-        await response.write(payload[:200_000])
+        await response.write(payload[:cut])
         assert request.transport is not None
         request.transport.close()
         return response
 
     server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
     storage.script("GET", "/r.json", cut_short, reply(200, text=payload.decode()))
+
+
+async def test_storage_that_ignores_range_restarts_cleanly(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path, disk: str
+) -> None:
+    """If storage answers a Range request with the whole object (200), it starts over."""
+    payload = b'{"data": "' + b"x" * 500_000 + b'"}'
+    cut_short_then_whole(server, storage, payload, cut=200_000)
     target = tmp_path / "r.json"
     async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
         downloaded = await client.workflows.download_result(EXECUTION_ID, target)
@@ -1316,18 +1326,7 @@ async def test_a_restarted_download_writes_out_from_its_first_byte_again(
     """Storage that ignores Range sends the whole object again: stretches start over at 0."""
     events = record_write_outs(monkeypatch)
     payload = b'{"data": "' + b"x" * 2_000_000 + b'"}'
-
-    async def cut_short(request: web.Request) -> web.StreamResponse:
-        headers = {"Content-Length": str(len(payload)), "ETag": '"v1"'}
-        response = web.StreamResponse(headers=headers)
-        await response.prepare(request)
-        await response.write(payload[:800_000])
-        assert request.transport is not None
-        request.transport.close()
-        return response
-
-    server.script(*RESULT, reply(200, {"$redirect": f"{storage.url}/r.json?X-Amz-Signature=ab"}))
-    storage.script("GET", "/r.json", cut_short, reply(200, text=payload.decode()))
+    cut_short_then_whole(server, storage, payload, cut=800_000)
     target = tmp_path / "r.json"
     async with TransactionLinkClient(TOKEN, base_url=server.url, retry_backoff=False) as client:
         await client.workflows.download_result(EXECUTION_ID, target)
