@@ -669,8 +669,12 @@ async def test_uninstrument_stops_everything_and_ends_open_waits(
     """Off: no span, no hook; a wait in progress ends its span at once, later ones make none."""
     slow = fake.add_definition(statuses=["RUNNING", "COMPLETED"], step_seconds=60)
     execution_id = (await client.workflows.initialise(slow)).id
-    waiting = asyncio.create_task(client.workflows.wait_for_completion(execution_id, **FAST))
-    await eventually(lambda: len(fake.requests_for("find")) >= 2)
+    # First lookup at once, then a long sleep: no poll is in flight when it is turned
+    # off (a poll started before would still end its span, rightly).
+    waiting = asyncio.create_task(
+        client.workflows.wait_for_completion(execution_id, poll_interval=60, max_poll_interval=60)
+    )
+    await eventually(lambda: len(telemetry.named("aiotlink.poll")) == 1)
     telemetry.exporter.clear()
     aiotlink.otel.uninstrument()
     assert _instrument.current is None
