@@ -66,9 +66,9 @@ DIRECT_IO = False
 # What one download may have queued for the disk at once, at most: enough to keep a
 # disk thread busy while the loop reads on.
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
-# Chunks are gathered into writes of up to a quarter of this, less as more downloads
-# share the client's budget: gathered bytes are held until written, and at 100
-# downloads a write per chunk as it came measured as fast as larger ones.
+# Chunks are gathered into batches of up to a quarter of this for a disk thread, less
+# as more downloads share the client's budget: gathered bytes are held until written.
+# A batch is one hand-over to a thread, but a write a chunk (see _write_gathered).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MIN_BATCH_BYTES = 64 * 1024
 # What aiohttp may hold of a download's body (read_bufsize is a quarter of this): large
@@ -526,32 +526,19 @@ def _stop_bypassing_page_cache(descriptor: int) -> bool:
 _DIRECT_WRITE_REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
-# The most buffers one pwritev takes (IOV_MAX on Linux and the BSDs).
-_MAX_IOVECS = 1024
-
-
 def _write_gathered(descriptor: int, chunks: list[bytes], offset: int) -> None:
     """Write ``chunks`` one after another from ``offset`` (on a disk thread).
 
-    One ``pwritev`` for the lot where the platform has it: each system call lets go of
-    the GIL and takes it back, and with the event loop wanting it too that hand-over
-    costs more than the call. What a short write leaves goes out chunk by chunk.
+    One ``pwrite`` a chunk (a socket read: 256 KiB at most), not one ``pwritev`` a
+    batch. Large writes cost the kernel more per byte here: into memory the host had
+    taken back, a GiB in 1 MiB writes took 1.0 to 1.9 s of system CPU, in 128 KiB
+    writes 0.3 s (``benchmarks/page_cache.py --write-kib``). Gathered, one 1 GiB
+    download took 1.4 to 1.7 s of it; chunk by chunk 0.8 s, as raw aiohttp
+    (benchmarks/NOTES.md, "A sixth look").
     """
-    if len(chunks) == 1 or not hasattr(os, "pwritev"):  # Windows has no pwritev
-        for chunk in chunks:
-            _write_all(descriptor, memoryview(chunk), offset)
-            offset += len(chunk)
-        return
-    for start in range(0, len(chunks), _MAX_IOVECS):
-        group = chunks[start : start + _MAX_IOVECS]
-        written = os.pwritev(descriptor, group, offset)
-        for chunk in group:
-            if written >= len(chunk):
-                written -= len(chunk)
-            else:  # a short write: the rest of this chunk, then the others, one by one
-                _write_all(descriptor, memoryview(chunk)[written:], offset + written)
-                written = 0
-            offset += len(chunk)
+    for chunk in chunks:
+        _write_all(descriptor, memoryview(chunk), offset)
+        offset += len(chunk)
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -707,7 +694,7 @@ class _DirectWriter:
 class _PageCacheWriter:
     """Writes through the page cache, every one off the event loop: the default writer.
 
-    Chunks are gathered into writes (MAX_BATCH_BYTES) for the file's disk queue, and
+    Chunks are gathered into batches (MAX_BATCH_BYTES) for the file's disk queue, and
     the loop goes on reading while the disk threads write. Each chunk's bytes are taken
     from the client's budget as it arrives and come back once written, so that what
     every download holds, gathered or queued, stays within the budget. A download that

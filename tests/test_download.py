@@ -379,10 +379,9 @@ async def test_existing_file_is_replaced_whole_on_success(
 def fill_disk_after(room: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make writes of the temporary file fail with ENOSPC once ``room`` bytes are written.
 
-    The writers write with ``os.pwrite`` or, several chunks at once, ``os.pwritev``,
-    from the disk threads.
+    Both writers write with ``os.pwrite``, from the disk threads.
     """
-    real_pwrite, real_pwritev = os.pwrite, os.pwritev
+    real_pwrite = os.pwrite
     left = [room]
 
     def take_room(size: int) -> None:
@@ -394,12 +393,7 @@ def fill_disk_after(room: int, monkeypatch: pytest.MonkeyPatch) -> None:
         take_room(len(data))
         return real_pwrite(descriptor, data, offset)
 
-    def pwritev(descriptor: int, buffers: list[bytes], offset: int) -> int:
-        take_room(sum(len(buffer) for buffer in buffers))
-        return real_pwritev(descriptor, buffers, offset)
-
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.setattr("aiotlink._download.os.pwritev", pwritev)
 
 
 # Direct writes hand over 64 KiB buffers (see small_direct_buffers): the first room
@@ -440,7 +434,6 @@ def record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, int]
         return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
 
     return writes
 
@@ -488,7 +481,6 @@ async def test_without_o_direct_writes_go_through_the_page_cache(
         return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
 
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
@@ -531,7 +523,6 @@ async def test_a_filesystem_refusing_direct_writes_gets_them_through_the_cache(
         return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
 
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
@@ -598,7 +589,6 @@ async def test_a_failed_write_fails_the_download_cleanly(
         return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
 
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"
@@ -640,7 +630,6 @@ def block_disk_work(
         real_ftruncate(descriptor, length)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
 
     monkeypatch.setattr("aiotlink._download.os.ftruncate", ftruncate)
     return started, release, held
@@ -1170,7 +1159,6 @@ async def test_page_cache_writes_are_made_off_the_event_loop(
         return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
 
     execution_id = await completed(fake, client, BIG)
     target = tmp_path / "r.json"

@@ -644,7 +644,6 @@ async def test_many_downloads_share_the_clients_budget_and_a_few_threads(
 
     monkeypatch.setattr(ByteBudget, "take", take)
     monkeypatch.setattr("aiotlink._download.os.pwrite", pwrite)
-    monkeypatch.delattr(os, "pwritev")  # every write through pwrite, as patched
     budget = 512 * 1024
     result = GeneratedResult(2_000_000, seed=5)
     async with FakeTransactionLink(redirect_threshold=100_000) as fake:
@@ -1013,28 +1012,26 @@ def test_a_child_forked_after_disk_work_gets_threads_of_its_own() -> None:
 def test_gathered_chunks_written_whole_after_short_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pwritev that writes less than asked: the rest still lands where it belongs."""
+    """A pwrite that writes less than asked: the rest still lands where it belongs."""
     from aiotlink import _download
 
-    real_pwritev = os.pwritev
-    calls: list[int] = []
+    real_pwrite = os.pwrite
+    calls: list[tuple[int, int]] = []
 
-    def short_pwritev(descriptor: int, buffers: list[bytes], offset: int) -> int:
-        calls.append(len(buffers))
-        # Only the first 5 bytes and a bit of the second chunk, as a signal or a full
-        # pipe might leave it.
-        head = b"".join(buffers)[: len(buffers[0]) + 3]
-        return real_pwritev(descriptor, [head], offset)
+    def short_pwrite(descriptor: int, data: memoryview, offset: int) -> int:
+        calls.append((len(data), offset))
+        # At most 3 bytes a call, as a signal or a full pipe might leave it.
+        return real_pwrite(descriptor, data[:3], offset)
 
-    monkeypatch.setattr(_download.os, "pwritev", short_pwritev)
-    monkeypatch.setattr(_download, "_MAX_IOVECS", 2)  # two calls for three chunks
     chunks = [b"abcde", b"fghijkl", b"mnop"]
     path = tmp_path / "gathered"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    path.write_bytes(b"0123")
+    descriptor = os.open(path, os.O_WRONLY)
+    monkeypatch.setattr(_download.os, "pwrite", short_pwrite)
     try:
-        os.pwrite(descriptor, b"0123", 0)
         _download._write_gathered(descriptor, chunks, 4)
     finally:
         os.close(descriptor)
     assert path.read_bytes() == b"0123" + b"".join(chunks)
-    assert calls == [2, 1]
+    # Chunk by chunk, each one's rest after its short write, never a chunk skipped.
+    assert calls == [(5, 4), (2, 7), (7, 9), (4, 12), (1, 15), (4, 16), (1, 19)]
