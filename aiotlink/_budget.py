@@ -6,6 +6,15 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
+from collections.abc import AsyncIterator
+
+# The budget a download streaming to disk is counted to need: a budget of B bytes lets
+# B // STREAM_SHARE_BYTES of them stream at once (32 for the default 16 MiB), and the
+# others wait their turn before they ask for the result. Each stream also has its
+# socket and aiohttp's read buffer, which the bytes taken below do not count; and at
+# 100 at once every turn of the event loop read 100 sockets: slower than 32 at a time,
+# with twice the loop's lag (benchmarks/NOTES.md, "A sixth look").
+STREAM_SHARE_BYTES = 512 * 1024
 
 
 class ByteBudget:
@@ -26,11 +35,26 @@ class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self.users = 0  # downloads drawing on it now: each may buffer a share
+        self.users = 0  # downloads streaming now (turn()): each may buffer a share
+        self._turns = asyncio.Semaphore(max(1, limit // STREAM_SHARE_BYTES))
 
         self._lock = threading.Lock()
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._wake_pending = False  # a _grant is queued on the loop by a disk thread
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """A download's turn to stream, counted among the users while it lasts.
+
+        It waits, first come first served, while as many downloads stream as the
+        budget allows (STREAM_SHARE_BYTES).
+        """
+        async with self._turns:
+            self.users += 1
+            try:
+                yield
+            finally:
+                self.users -= 1
 
     def has_room(self, size: int) -> bool:
         """Whether ``size`` bytes could be taken now, nobody waiting before."""

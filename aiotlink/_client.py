@@ -153,7 +153,8 @@ class TransactionLinkClient:
     client's own session. ``max_response_bytes`` bounds every API answer read (results
     have ``get_result``'s ``max_bytes``): past it a call raises
     :class:`ResponseTooLargeError` having read no more. ``download_buffer_bytes``
-    (default 16 MiB) is what all downloads of the client buffer at once, together.
+    (default 16 MiB) is what all downloads of the client buffer at once, together; one
+    download to disk streams per 512 KiB of it, the others wait their turn.
 
     One client is meant to be shared by all tasks of an event loop. Closing it ends
     every wait on it at once with :class:`ClientClosedError`.

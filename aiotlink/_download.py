@@ -77,10 +77,13 @@ MIN_BATCH_BYTES = 64 * 1024
 MAX_READ_BUFFER_BYTES = 1024 * 1024
 MIN_READ_BUFFER_BYTES = 64 * 1024
 # How much one turn of the event loop may read for all of a client's downloads, shared
-# among them as the size of each socket read (asyncio's 256 KiB at most, 64 KiB at
-# least). Every socket with data is read in the same turn: at 100 downloads of 256 KiB
-# reads a turn took some 40 ms at 650 MB/s, and the loop's lag with it.
-LOOP_TURN_READ_BYTES = 16 * 1024 * 1024
+# among those streaming as the size of each socket read (asyncio's 256 KiB at most, 64
+# KiB at least). Every socket with data is read in the same turn: at 100 downloads of
+# 256 KiB reads a turn took some 40 ms at 650 MB/s, and the loop's lag with it. With 32
+# streaming (ByteBudget.turn), 6 MiB (192 KiB reads) measured a worst lag of 21 to 23 ms
+# in the median round against 8 MiB's 22 to 27 (benchmarks/NOTES.md, "A sixth look").
+# Reads under 128 KiB cost half as much CPU again (glibc's heap; "A fifth look").
+LOOP_TURN_READ_BYTES = 6 * 1024 * 1024
 MAX_SOCKET_READ_BYTES = 256 * 1024
 MIN_SOCKET_READ_BYTES = 64 * 1024
 # Each stretch this long, once written, is sent on to the disk at once, while the rest
@@ -969,22 +972,25 @@ class Downloader:
     async def run(self) -> DownloadedResult:
         """Download to the destination: the file appears whole, or not at all."""
         assert self._destination is not None
-        temp = _TempFile(
-            self._destination,
-            self._budget,
-            direct_io=DIRECT_IO if self._direct_io is None else self._direct_io,
-        )
-        self._budget.users += 1
+        temp = None
         try:
-            storage_url = await self._fill(temp)
+            # In turn with the client's other downloads (ByteBudget.turn), from the
+            # temporary file and the URL (which a long wait could let expire) to the
+            # last byte handed to the disk; the fsync and the rename make room for more.
+            async with self._budget.turn():
+                temp = _TempFile(
+                    self._destination,
+                    self._budget,
+                    direct_io=DIRECT_IO if self._direct_io is None else self._direct_io,
+                )
+                storage_url = await self._fill(temp)
             await self._progress.report(temp.size, temp.size, final=True)
             logger.debug("writing the last of %d bytes to disk", temp.size)
             await temp.commit()
         except BaseException:
-            temp.discard()
+            if temp is not None:
+                temp.discard()
             raise
-        finally:
-            self._budget.users -= 1
         logger.debug("the result is at %s (%d bytes)", self._destination, temp.size)
         return DownloadedResult(self._destination, temp.size, storage_url is not None)
 

@@ -235,9 +235,11 @@ async def raw_concurrent_one(
 
 
 async def aiotlink_concurrent_one(
-    client: TransactionLinkClient, execution_id: str, target: Path
+    client: TransactionLinkClient, execution_id: str, target: Path, direct_io: bool
 ) -> None:
-    downloaded = await client.workflows.download_result(execution_id, target)
+    downloaded = await client.workflows.download_result(
+        execution_id, target, direct_io=direct_io or None
+    )
     assert downloaded.redirected
 
 
@@ -249,6 +251,7 @@ async def concurrent_side(
     size_mib: int,
     timeout: float,
     start_at: float = 0.0,
+    direct_io: bool = False,
 ) -> dict[str, Any]:
     """One side's batch, in this process: every download started together, then checked.
 
@@ -265,7 +268,7 @@ async def concurrent_side(
         if session is None:
             await client.workflows.find(ids[0])
             downloads = [
-                aiotlink_concurrent_one(client, id_, target)
+                aiotlink_concurrent_one(client, id_, target, direct_io)
                 for id_, target in zip(ids, targets, strict=True)
             ]
         else:
@@ -340,7 +343,13 @@ async def prepare(client: TransactionLinkClient, definition: str, count: int) ->
 
 
 def run_side_in_process(
-    side: str, api_url: str, ids: list[str], folder: Path, size_mib: int, settle: float
+    side: str,
+    api_url: str,
+    ids: list[str],
+    folder: Path,
+    size_mib: int,
+    settle: float,
+    direct_io: bool,
 ) -> dict[str, Any]:
     """This script again, for one side's batch: a fresh interpreter and heap.
 
@@ -349,7 +358,7 @@ def run_side_in_process(
     start_at = time.time() + settle
     command = [sys.executable, __file__, "--side", side, "--api", api_url, "--ids", ",".join(ids)]
     command += ["--folder", str(folder), "--concurrent-mib", str(size_mib)]
-    command += ["--start-at", repr(start_at)]
+    command += ["--start-at", repr(start_at), *(["--direct-io"] if direct_io else [])]
     return run_script(command, timeout=batch_timeout(len(ids), size_mib) + 60 + settle)
 
 
@@ -360,6 +369,7 @@ async def run_concurrent(
     rounds: int,
     folder: Path,
     settle: float,
+    direct_io: bool = False,
 ) -> list[dict[str, Any]]:
     shapes = []
     for count in counts:
@@ -377,7 +387,14 @@ async def run_concurrent(
                     batch.mkdir()
                     try:
                         outcome = await asyncio.to_thread(
-                            run_side_in_process, side, fake.url, ids, batch, mib, settle
+                            run_side_in_process,
+                            side,
+                            fake.url,
+                            ids,
+                            batch,
+                            mib,
+                            settle,
+                            direct_io,
                         )
                     finally:
                         shutil.rmtree(batch, ignore_errors=True)
@@ -464,6 +481,11 @@ def main() -> None:
         default=3.0,
         help="seconds between deleting one side's files and the next side's start",
     )
+    parser.add_argument(
+        "--direct-io",
+        action="store_true",
+        help="download_result(..., direct_io=True) in the batches at concurrency",
+    )
     # One side's batch, run by this script in a fresh process.
     parser.add_argument("--side", choices=CONCURRENT_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
@@ -476,7 +498,14 @@ def main() -> None:
         timeout = batch_timeout(len(ids), args.concurrent_mib)
         outcome = asyncio.run(
             concurrent_side(
-                args.side, args.api, ids, args.folder, args.concurrent_mib, timeout, args.start_at
+                args.side,
+                args.api,
+                ids,
+                args.folder,
+                args.concurrent_mib,
+                timeout,
+                start_at=args.start_at,
+                direct_io=args.direct_io,
             )
         )
         print(json.dumps(outcome))
@@ -498,8 +527,10 @@ def main() -> None:
                     concurrent_rounds,
                     folder,
                     args.settle,
+                    args.direct_io,
                 )
             )
+            report["direct_io"] = args.direct_io
             report["concurrent_targets"] = {
                 target: all(shape["targets"][target] for shape in report["concurrent"])
                 for target in report["concurrent"][0]["targets"]

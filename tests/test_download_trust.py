@@ -1035,3 +1035,53 @@ def test_gathered_chunks_written_whole_after_short_writes(
     assert path.read_bytes() == b"0123" + b"".join(chunks)
     # Chunk by chunk, each one's rest after its short write, never a chunk skipped.
     assert calls == [(5, 4), (2, 7), (7, 9), (4, 12), (1, 15), (4, 16), (1, 19)]
+
+
+async def test_downloads_past_the_budgets_streams_wait_their_turn(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A budget of 1 MiB lets two downloads stream at once (STREAM_SHARE_BYTES).
+
+    The others wait before they ask the API for the URL: no request, no temporary file,
+    no connection; a waiting download cancelled leaves nothing behind, and the rest
+    follow in turn as the first finish.
+    """
+    from aiotlink._budget import STREAM_SHARE_BYTES
+
+    budget = 1024 * 1024
+    assert budget // STREAM_SHARE_BYTES == 2
+    in_flight, most = [0], [0]
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        try:
+            await release.wait()
+            return web.Response(body=V1, headers={"ETag": '"v1"'})
+        finally:
+            in_flight[0] -= 1
+
+    redirect_to(server, storage)
+    storage.script(*OBJECT, held)
+    client = TransactionLinkClient(TOKEN, base_url=server.url, download_buffer_bytes=budget)
+    async with client:
+        downloads = [
+            asyncio.create_task(
+                client.workflows.download_result(EXECUTION_ID, tmp_path / f"{n}.json")
+            )
+            for n in range(5)
+        ]
+        await eventually(lambda: in_flight[0] == 2)
+        await asyncio.sleep(0.1)  # time for a third to start, were it let
+        assert len(server.requests_to(*RESULT)) == 2
+        assert len(leftovers(tmp_path)) == 2
+        downloads[2].cancel()  # while it waits its turn
+        release.set()
+        finished = await asyncio.gather(*downloads, return_exceptions=True)
+    assert isinstance(finished[2], asyncio.CancelledError)
+    assert [d.size for d in finished if not isinstance(d, BaseException)] == [len(V1)] * 4
+    assert most[0] == 2
+    assert len(storage.requests_to(*OBJECT)) == len(server.requests_to(*RESULT)) == 4
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "2.json").exists()
