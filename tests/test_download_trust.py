@@ -1085,3 +1085,25 @@ async def test_downloads_past_the_budgets_streams_wait_their_turn(
     assert len(storage.requests_to(*OBJECT)) == len(server.requests_to(*RESULT)) == 4
     assert leftovers(tmp_path) == []
     assert not (tmp_path / "2.json").exists()
+
+
+async def test_a_failed_download_gives_its_turn_to_the_next(
+    server: ScriptedServer, storage: ScriptedServer, tmp_path: Path
+) -> None:
+    """A budget with one turn: storage fails the first download, the next still runs."""
+    redirect_to(server, storage)
+    storage.script(*OBJECT, reply(503, text="busy"), whole(V1, '"v1"'))
+    client = TransactionLinkClient(
+        TOKEN, base_url=server.url, max_retries=0, download_buffer_bytes=64 * 1024
+    )
+    async with client, asyncio.timeout(10):
+        first, second = await asyncio.gather(
+            client.workflows.download_result(EXECUTION_ID, tmp_path / "first.json"),
+            client.workflows.download_result(EXECUTION_ID, tmp_path / "second.json"),
+            return_exceptions=True,
+        )
+    assert isinstance(first, ServerError)
+    assert not isinstance(second, BaseException)
+    assert (tmp_path / "second.json").read_bytes() == V1
+    assert not (tmp_path / "first.json").exists()
+    assert leftovers(tmp_path) == []
